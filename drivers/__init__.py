@@ -1,0 +1,1 @@
+"""Device I/O: Modbus transports, register maps as data, device kinds, simulators."""
