@@ -83,9 +83,7 @@ class LoadSeries:
             raise ValueError(f"start must be finite epoch seconds, got {self.start}")
 
     @classmethod
-    def from_datetime(
-        cls, start: datetime, step_s: int, values: Iterable[float | None]
-    ) -> LoadSeries:
+    def from_datetime(cls, start: datetime, step_s: int, values: Iterable[float | None]) -> LoadSeries:
         """Build from an aware datetime (naive ones are refused: ambiguous)."""
         if start.tzinfo is None or start.utcoffset() is None:
             raise ValueError("start must be timezone-aware")
@@ -407,9 +405,7 @@ def jiangsu_5day(
         geo,
         calendar.days_before(ref),
         want=days,
-        eligible=_excluded_check(
-            excluded_dates, calendar.is_typical_day, "not a normal working day"
-        ),
+        eligible=_excluded_check(excluded_dates, calendar.is_typical_day, "not a normal working day"),
         max_lookback_days=max_lookback_days + (geo.event_date - ref).days,
     )
     if len(got.profiles) < days:
@@ -569,9 +565,7 @@ def beijing_5of10(
     chosen = sorted(ranked[:top], key=lambda r: r[1], reverse=True)
     got.profiles = [(d, p) for _, d, p in chosen]
     curve = _average([p for _, d, p in chosen])
-    notes = [
-        f"ranked {pool} typical days by daily {rank_by}: {[d.isoformat() for _, d, _ in ranked]}"
-    ]
+    notes = [f"ranked {pool} typical days by daily {rank_by}: {[d.isoformat() for _, d, _ in ranked]}"]
     return _result(method, series, geo, curve, got, notes=notes + _event_day_note(calendar, geo))
 
 
@@ -581,9 +575,7 @@ def _pre_event(
     """(lead seconds, lead window length, actual mean kW, coverage) for a day-of adjustment."""
     far, near = hours
     if far <= near:
-        raise ValueError(
-            f"adjustment window must be (far, near) hours with far > near, got {hours}"
-        )
+        raise ValueError(f"adjustment window must be (far, near) hours with far > near, got {hours}")
     lead_s, length_s = far * 3600.0, (far - near) * 3600.0
     actual, cov = series.mean_kw(geo.t0 - lead_s, geo.t0 - lead_s + length_s)
     return lead_s, length_s, actual, cov
@@ -663,9 +655,7 @@ def caiso_10in10(
             unadjusted = _mean(curve)
             curve = [v * ratio for v in curve]
             adj_kw = _mean(curve) - unadjusted
-    return _result(
-        method, series, geo, curve, got, notes=notes, adjustment_ratio=ratio, adjustment_kw=adj_kw
-    )
+    return _result(method, series, geo, curve, got, notes=notes, adjustment_ratio=ratio, adjustment_kw=adj_kw)
 
 
 def pjm_high4of5(
@@ -811,9 +801,7 @@ def _solve(a: list[list[float]], b: list[float]) -> list[float] | None:
     return x
 
 
-def _ols(
-    rows: Sequence[Sequence[tuple[int, float]]], ys: Sequence[float], p: int
-) -> list[float] | None:
+def _ols(rows: Sequence[Sequence[tuple[int, float]]], ys: Sequence[float], p: int) -> list[float] | None:
     """Ordinary least squares by the normal equations over sparse rows of (column, value)."""
     xtx = [[0.0] * p for _ in range(p)]
     xty = [0.0] * p

@@ -199,9 +199,7 @@ class MiniBroker:
         if self._server is not None:
             raise RuntimeError("MiniBroker already started")
         self._stopping = False
-        self._server = await asyncio.start_server(
-            self._handle_client, self._host, self._requested_port
-        )
+        self._server = await asyncio.start_server(self._handle_client, self._host, self._requested_port)
         self._bound_port = self._server.sockets[0].getsockname()[1]
         logger.info("minibroker listening host=%s port=%d", self._host, self._bound_port)
         return self._bound_port
@@ -263,9 +261,7 @@ class MiniBroker:
 
     # -------------------------------------------------------------- connection
 
-    async def _handle_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _handle_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Serve one TCP connection from CONNECT to close."""
         peer = writer.get_extra_info("peername")
         conn = _Connection(reader, writer, peer=f"{peer[0]}:{peer[1]}" if peer else "?")
@@ -345,9 +341,7 @@ class MiniBroker:
             session.connection = None
             if session.clean and self._sessions.get(session.client_id) is session:
                 del self._sessions[session.client_id]
-            logger.debug(
-                "client disconnected client_id=%s graceful=%s", session.client_id, graceful
-            )
+            logger.debug("client disconnected client_id=%s graceful=%s", session.client_id, graceful)
         will, conn.will = conn.will, None
         if will is not None and not graceful and not self._stopping:
             logger.debug("publishing will client_id=%s topic=%s", _cid(conn), will.topic)

@@ -105,9 +105,7 @@ class Notifier:
         """
         if self._address is None:
             return False
-        message = "\n".join(
-            f"{key}={' '.join(str(value).splitlines())}" for key, value in fields.items()
-        )
+        message = "\n".join(f"{key}={' '.join(str(value).splitlines())}" for key, value in fields.items())
         try:
             if self._sock is None:
                 self._sock = socket.socket(

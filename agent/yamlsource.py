@@ -125,9 +125,7 @@ def load_yaml_files(paths: Sequence[Path]) -> LoadedYaml:
         replaced: set[YamlPath] = set()
         data = _merge(data, later.data, (), replaced)
         locations = {
-            p: loc
-            for p, loc in locations.items()
-            if not any(p[:n] in replaced for n in range(1, len(p) + 1))
+            p: loc for p, loc in locations.items() if not any(p[:n] in replaced for n in range(1, len(p) + 1))
         }
         # Every path of a later file survives the merge; only the root stays the main file's.
         locations.update((p, loc) for p, loc in later.locations.items() if p)
@@ -353,9 +351,7 @@ def format_validation_errors(
             if etype == "union_tag_not_found":
                 message = "required field missing"
             elif "tag" in ctx:
-                message = (
-                    f"unknown value {ctx['tag']!r}; expected one of: {ctx.get('expected_tags')}"
-                )
+                message = f"unknown value {ctx['tag']!r}; expected one of: {ctx.get('expected_tags')}"
         elif etype in _MESSAGE_PREFIXES:
             message = message.removeprefix(_MESSAGE_PREFIXES[etype])
         elif etype in ("literal_error", "enum") and _is_plain_scalar(error.get("input")):

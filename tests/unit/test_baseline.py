@@ -167,9 +167,7 @@ def test_realtime_15min() -> None:
     r = realtime_15min(MARCH, EVENT, CAL)
     assert r.curve_kw == approx([333.0, 333.0])
     assert r.coverage == 1.0
-    later = EventWindow(
-        EVENT.start, EVENT.end, control_start=datetime(2024, 4, 2, 14, 30, tzinfo=LON)
-    )
+    later = EventWindow(EVENT.start, EVENT.end, control_start=datetime(2024, 4, 2, 14, 30, tzinfo=LON))
     assert realtime_15min(MARCH, later, CAL).mean_kw == pytest.approx(334.0)
 
 

@@ -58,14 +58,8 @@ def test_at_is_the_same_clock_time_across_dst() -> None:
     assert before == datetime(2024, 3, 28, 14, tzinfo=UTC).timestamp()
     assert after == datetime(2024, 4, 2, 13, tzinfo=UTC).timestamp()
     # October: BST until Sun 27 Oct 2024 01:00 UTC.
-    assert (
-        LONDON.at(date(2024, 10, 25), time(14))
-        == datetime(2024, 10, 25, 13, tzinfo=UTC).timestamp()
-    )
-    assert (
-        LONDON.at(date(2024, 10, 28), time(14))
-        == datetime(2024, 10, 28, 14, tzinfo=UTC).timestamp()
-    )
+    assert LONDON.at(date(2024, 10, 25), time(14)) == datetime(2024, 10, 25, 13, tzinfo=UTC).timestamp()
+    assert LONDON.at(date(2024, 10, 28), time(14)) == datetime(2024, 10, 28, 14, tzinfo=UTC).timestamp()
 
 
 def test_day_bounds_on_dst_days() -> None:

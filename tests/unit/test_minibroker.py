@@ -312,9 +312,7 @@ async def test_persistent_session_gets_messages_sent_while_offline(broker: MiniB
     assert topics == ["ps/0", "ps/1", "ps/2", "ps/end"]
 
 
-async def test_unacked_qos1_is_resent_with_dup_on_resume(
-    open_raw: RawFactory, broker: MiniBroker
-) -> None:
+async def test_unacked_qos1_is_resent_with_dup_on_resume(open_raw: RawFactory, broker: MiniBroker) -> None:
     raw = await open_raw(broker)
     await raw.connect("forgetful", clean=False)
     await raw.send(b"\x82\x06\x00\x01\x00\x01r\x01")  # SUBSCRIBE "r" qos 1
@@ -345,9 +343,7 @@ async def test_persistent_session_present_flag_and_clean_reset(
     raw.abort()
 
 
-async def test_session_takeover_drops_old_connection(
-    open_raw: RawFactory, broker: MiniBroker
-) -> None:
+async def test_session_takeover_drops_old_connection(open_raw: RawFactory, broker: MiniBroker) -> None:
     first = await open_raw(broker)
     await first.connect("dup")
     second = await open_raw(broker)
@@ -437,9 +433,7 @@ async def test_mqtt5_connect_refused_with_connack(open_raw: RawFactory, broker: 
             pass
 
 
-async def test_empty_client_id_needs_clean_session(
-    open_raw: RawFactory, broker: MiniBroker
-) -> None:
+async def test_empty_client_id_needs_clean_session(open_raw: RawFactory, broker: MiniBroker) -> None:
     raw = await open_raw(broker)
     assert await raw.connect("", clean=False) == b"\x00\x02"
     raw = await open_raw(broker)

@@ -133,9 +133,7 @@ def test_duplicate_key_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigFileError) as info:
         load_yaml(path)
-    assert str(info.value) == (
-        f"{path}:4:5: devices[0].unit_id: duplicate key 'unit_id' (first at line 3)"
-    )
+    assert str(info.value) == (f"{path}:4:5: devices[0].unit_id: duplicate key 'unit_id' (first at line 3)")
     assert info.value.location == SourceLocation(str(path), 4, 5)
 
 
@@ -309,8 +307,7 @@ def errors_for(path: Path) -> list[str]:
 def test_wrong_type(tmp_path: Path) -> None:
     path = write(tmp_path, "config.yaml", "version: 1\ninterval_s: fast\n")
     assert errors_for(path) == [
-        f"{path}:2:1: interval_s: Input should be a valid number,"
-        " unable to parse string as a number"
+        f"{path}:2:1: interval_s: Input should be a valid number, unable to parse string as a number"
     ]
 
 
@@ -347,8 +344,7 @@ def test_extra_field_lists_allowed_names(tmp_path: Path) -> None:
     )
     assert errors_for(path) == [
         f"{path}:6:33: devices[0].registers.cnt: unknown field 'cnt'; allowed: address, count",
-        f"{path}:2:1: intervall_s: unknown field 'intervall_s';"
-        " allowed: devices, interval_s, version",
+        f"{path}:2:1: intervall_s: unknown field 'intervall_s'; allowed: devices, interval_s, version",
     ]
 
 
@@ -357,9 +353,7 @@ def test_extra_field_without_model_has_no_allowed_list(tmp_path: Path) -> None:
     src = load_yaml(path)
     with pytest.raises(ValidationError) as info:
         Config.model_validate(src.data)
-    assert format_validation_errors(info.value, src) == [
-        f"{path}:2:1: colour: unknown field 'colour'"
-    ]
+    assert format_validation_errors(info.value, src) == [f"{path}:2:1: colour: unknown field 'colour'"]
 
 
 def test_literal_error(tmp_path: Path) -> None:
@@ -424,9 +418,7 @@ def test_custom_validator_message_without_prefix(tmp_path: Path) -> None:
             setpoint_c: 80
         """,
     )
-    assert errors_for(path) == [
-        f"{path}:8:5: devices[1].setpoint_c: setpoint must be between 5 and 35 °C"
-    ]
+    assert errors_for(path) == [f"{path}:8:5: devices[1].setpoint_c: setpoint must be between 5 and 35 °C"]
 
 
 def test_plain_union_member_names_are_dropped(tmp_path: Path) -> None:
@@ -450,8 +442,7 @@ def test_errors_in_merged_files_point_into_the_right_file(tmp_path: Path) -> Non
     with pytest.raises(ValidationError) as info:
         Config.model_validate(src.data)
     assert format_validation_errors(info.value, src, Config) == [
-        f"{extra}:2:1: interval_s: Input should be a valid number,"
-        " unable to parse string as a number"
+        f"{extra}:2:1: interval_s: Input should be a valid number, unable to parse string as a number"
     ]
 
 

@@ -1,0 +1,129 @@
+"""The `dr-agent` command: run the daemon, check configs, print the schema, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+from agent import __version__
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from agent.configload import ConfigError, load_site_config
+
+    try:
+        cfg, warnings = load_site_config(args.config)
+    except ConfigError as exc:
+        for line in exc.lines + exc.warnings:
+            print(line, file=sys.stderr)
+        print(f"{args.config}: {len(exc.lines)} error(s)", file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(w, file=sys.stderr)
+    print(
+        f"{args.config}: OK (site {cfg.site.id}, {len(cfg.devices)} devices, "
+        f"{len(cfg.strategies)} strategies{f', {len(warnings)} warning(s)' if warnings else ''})"
+    )
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from agent.config import SiteConfig
+
+    schema = SiteConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "dr-agent site configuration (version 1)"
+    text = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from agent.clock import Clock, ScaledClock, SystemClock
+    from agent.configload import ConfigError, load_site_config
+    from agent.daemon import Agent
+    from agent.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    try:
+        cfg, warnings = load_site_config(args.config)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        return 1
+    for w in warnings:
+        print(w, file=sys.stderr)
+    clock: Clock = ScaledClock.from_spec(args.clock) if args.clock else SystemClock()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        agent = Agent(cfg, clock)
+        await agent.run(stop)
+
+    _run_loop(main())
+    return 0
+
+
+def _run_loop(coro: object) -> None:
+    try:
+        import uvloop  # optional: the `speed` extra
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dr-agent", description="Demand-response agent for energy gateways.")
+    p.add_argument("--version", action="version", version=f"dr-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the agent daemon")
+    r.add_argument("-c", "--config", required=True, help="site config YAML")
+    r.add_argument("--log-level", default="info")
+    r.add_argument("--log-format", choices=["auto", "text", "json"], default="auto")
+    r.add_argument("--clock", help=argparse.SUPPRESS)  # SPEED@ORIGIN_SIM@ORIGIN_WALL, for simulations
+    r.set_defaults(func=_cmd_run)
+
+    v = sub.add_parser("validate", help="check a site config; every error as file:line:col")
+    v.add_argument("-c", "--config", required=True)
+    v.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the site config")
+    s.add_argument("-o", "--output", help="write to this file instead of stdout")
+    s.set_defaults(func=_cmd_schema)
+
+    d = sub.add_parser("demo", help="a simulated plant, a broker, an event, live progress, a settlement")
+    d.add_argument("--json", action="store_true", help="print only the settlement as one JSON object")
+    d.add_argument("--speed", type=float, default=60.0, help="time compression (default 60x)")
+    d.add_argument("--duration-min", type=float, default=30.0, help="event length, simulated minutes")
+    d.add_argument("--target-pct", type=float, default=10.0, help="requested reduction, %% of peak")
+    d.add_argument("--config", default=None, help="site config to simulate (default config/demo-site.yaml)")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The site configuration: one versioned YAML, validated by pydantic, the single source of truth.
+
+`dr-agent schema` prints the JSON Schema generated from these models;
+`dr-agent validate` reports every error as `file:line:col: field: message`.
+Regional rules (the band, allowed hours, limits, incentives) are all here,
+never constants in code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from drivers.registry import kinds
+from strategies.model import Program, Strategy
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteInfo(_Model):
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", description="Site id; also the MQTT topic segment."
+    )
+    name: str = Field(default="", description="Human-readable site name.")
+    timezone: str = Field(default="UTC", description="IANA timezone of the site, e.g. Asia/Shanghai.")
+    meter: str = Field(description="Name of the device that meters the whole site.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {v!r}; use an IANA name like Asia/Shanghai") from None
+        return v
+
+
+class TlsConfig(_Model):
+    ca_file: str | None = Field(default=None, description="CA certificate (PEM) to verify the broker.")
+    cert_file: str | None = Field(default=None, description="Client certificate (PEM), for mutual TLS.")
+    key_file: str | None = Field(default=None, description="Client private key (PEM).")
+    insecure: bool = Field(default=False, description="Skip hostname verification (testing only).")
+
+
+class MqttConfig(_Model):
+    host: str = Field(default="127.0.0.1", description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
+    tls: TlsConfig | None = Field(default=None, description="TLS settings; omit for plain TCP.")
+    username: str | None = Field(default=None, description="User name, if the broker needs one.")
+    password_env: str = Field(
+        default="DR_AGENT_MQTT_PASSWORD",
+        description="Environment variable holding the password (or systemd credential 'mqtt-password').",
+    )
+    client_id: str | None = Field(default=None, description="MQTT client id (default dr-agent-<site id>).")
+    topic_root: str | None = Field(default=None, description="Topic prefix (default dr/<site id>).")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, s.")
+
+    def password(self) -> str | None:
+        """From systemd credentials first, then the environment; never from the config file."""
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred_dir:
+            p = Path(cred_dir) / "mqtt-password"
+            if p.is_file():
+                # An empty credential file (as the installer creates) means "no password".
+                secret = p.read_text().strip()
+                if secret:
+                    return secret
+        return os.environ.get(self.password_env)
+
+
+class ModbusEndpoint(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Endpoint name devices refer to.")
+    protocol: Literal["tcp", "rtu", "rtu_over_tcp"] = Field(
+        default="tcp", description="tcp (Modbus TCP), rtu (serial RS-485), rtu_over_tcp (serial gateway)."
+    )
+    host: str | None = Field(default=None, description="Host, for tcp and rtu_over_tcp.")
+    port: int = Field(default=502, ge=1, le=65535, description="TCP port.")
+    serial_port: str | None = Field(default=None, description="Serial device, for rtu (e.g. /dev/ttyUSB0).")
+    baudrate: int = Field(default=9600, description="Serial baud rate.")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="Serial parity.")
+    stopbits: Literal[1, 2] = Field(default=1, description="Serial stop bits.")
+    timeout_s: float = Field(default=1.0, gt=0, le=30, description="Timeout of every request, s.")
+    inter_frame_delay_ms: float = Field(
+        default=0.0, ge=0, le=1000, description="Quiet time between requests (slow serial devices), ms."
+    )
+
+    @model_validator(mode="after")
+    def _transport(self) -> ModbusEndpoint:
+        if self.protocol == "rtu":
+            if not self.serial_port:
+                raise ValueError("protocol rtu needs serial_port")
+            if self.host:
+                raise ValueError("protocol rtu takes serial_port, not host (use rtu_over_tcp for a gateway)")
+        elif not self.host:
+            raise ValueError(f"protocol {self.protocol} needs host")
+        elif self.serial_port:
+            raise ValueError(f"protocol {self.protocol} takes host, not serial_port")
+        return self
+
+
+class ModbusConfig(_Model):
+    endpoints: list[ModbusEndpoint] = Field(
+        min_length=1, description="Modbus endpoints (one connection each)."
+    )
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60, description="How often every device is read, s.")
+
+
+class ProgramLimits(_Model):
+    max_events_per_day: int | None = Field(default=None, ge=0, description="Most events a day.")
+    max_hours_per_day: float | None = Field(default=None, ge=0, description="Most event hours a day.")
+    max_event_duration_s: float | None = Field(default=None, gt=0, description="Longest single event, s.")
+    max_days_per_year: int | None = Field(default=None, ge=0, description="Most event days a year.")
+    min_notice_s: float | None = Field(default=None, ge=0, description="Least notice before the start, s.")
+
+
+class ContractConfig(_Model):
+    peak_kw: float = Field(gt=0, description="Site peak load the contract is based on, kW.")
+    band_pct: tuple[float, float] = Field(
+        default=(5.0, 20.0), description="Committed curtailment band, % of peak [min, max]."
+    )
+    allowed_hours: tuple[str, str] | None = Field(
+        default=None, description="Local hours events may run in, [HH:MM, HH:MM] (Jiangsu: 10:00-15:00)."
+    )
+    programs: dict[Program, ProgramLimits] = Field(
+        default_factory=dict, description="Per-program limits (contracted, realtime, price)."
+    )
+    incentive_cny_per_kw: float = Field(default=0.0, ge=0, description="Incentive per verified kW.")
+    min_events_per_year: int | None = Field(default=None, ge=0, description="Participation minimum a year.")
+    official_baseline: str = Field(
+        default="realtime_15min", description="Baseline method the programme settles on."
+    )
+
+    @field_validator("band_pct")
+    @classmethod
+    def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"band_pct must be [min, max] with 0 <= min < max <= 100, got [{lo}, {hi}]")
+        return v
+
+    @field_validator("allowed_hours")
+    @classmethod
+    def _hours(cls, v: tuple[str, str] | None) -> tuple[str, str] | None:
+        if v is not None:
+            for t in v:
+                if not _HHMM.match(t):
+                    raise ValueError(f"{t!r} is not a time of day; write HH:MM")
+            if v[0] >= v[1]:
+                raise ValueError(f"allowed_hours start {v[0]} must be before end {v[1]}")
+        return v
+
+    def band_kw(self) -> tuple[float, float]:
+        return self.peak_kw * self.band_pct[0] / 100, self.peak_kw * self.band_pct[1] / 100
+
+
+class ControlConfig(_Model):
+    period_s: float = Field(default=1.0, gt=0, le=60, description="Control cycle, s.")
+    report_interval_s: float = Field(default=10.0, gt=0, le=3600, description="Live report interval, s.")
+    deadband_pct: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="No action while curtailment is this close to the aim, % of peak.",
+    )
+    settle_s: float = Field(
+        default=15.0, ge=0, le=600, description="Wait this long after a change before judging its effect, s."
+    )
+    filter_s: float = Field(
+        default=10.0, ge=0, le=300, description="Time constant of the load filter the controller acts on, s."
+    )
+    meter_stale_s: float = Field(
+        default=10.0, gt=0, le=600, description="A meter reading older than this is unknown: hold, don't act."
+    )
+    restore_on_stop: bool = Field(default=True, description="Restore devices when the agent stops.")
+
+
+class StorageConfig(_Model):
+    path: str = Field(
+        default="dr-agent.sqlite",
+        description="SQLite database; relative paths are under $DR_AGENT_STATE_DIR (or the working dir).",
+    )
+    raw_retention_s: float = Field(
+        default=2 * 86400, gt=0, description="Keep poll-rate readings this long, s."
+    )
+
+    def resolved(self) -> Path:
+        p = Path(self.path)
+        if p.is_absolute():
+            return p
+        return Path(os.environ.get("DR_AGENT_STATE_DIR", ".")) / p
+
+
+class MetricsConfig(_Model):
+    enabled: bool = Field(default=True, description="Serve Prometheus metrics.")
+    host: str = Field(default="127.0.0.1", description="Address of the /metrics endpoint.")
+    port: int = Field(default=9464, ge=0, le=65535, description="Port of the /metrics endpoint (0 = any).")
+
+
+def _union(types: tuple[type, ...]) -> Any:
+    u: Any = types[0]
+    for t in types[1:]:
+        u = u | t
+    return u
+
+
+DeviceConfig = Annotated[_union(tuple(k.config for k in kinds().values())), Field(discriminator="kind")]
+
+
+class SiteConfig(_Model):
+    version: Literal[1] = Field(description="Config format version; this agent reads version 1.")
+    site: SiteInfo = Field(description="Who and where the site is.")
+    mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The DR provider's MQTT broker.")
+    modbus: ModbusConfig = Field(description="Modbus endpoints.")
+    devices: list[DeviceConfig] = Field(min_length=1, description="The site meter and controllable devices.")
+    contract: ContractConfig = Field(description="The DR contract the site signed.")
+    control: ControlConfig = Field(default_factory=ControlConfig, description="Control loop tuning.")
+    strategies: list[Strategy] = Field(min_length=1, description="Load-shedding strategies.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Local database.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+
+    @model_validator(mode="after")
+    def _references(self) -> SiteConfig:
+        endpoints = {e.name for e in self.modbus.endpoints}
+        names: set[str] = set()
+        for d in self.devices:
+            if d.name in names:
+                raise ValueError(f"device name {d.name!r} is used twice")
+            names.add(d.name)
+            if d.endpoint not in endpoints:
+                raise ValueError(
+                    f"device {d.name!r}: unknown endpoint {d.endpoint!r}; known: {', '.join(sorted(endpoints))}"
+                )
+        if self.site.meter not in names:
+            raise ValueError(f"site.meter {self.site.meter!r} is not a device")
+        meter = next(d for d in self.devices if d.name == self.site.meter)
+        if meter.kind != "meter":
+            raise ValueError(f"site.meter {self.site.meter!r} is a {meter.kind}, not a meter")
+        return self
+
+    @property
+    def topic_root(self) -> str:
+        return self.mqtt.topic_root or f"dr/{self.site.id}"
+
+    def device(self, name: str) -> Any:
+        return next(d for d in self.devices if d.name == name)
+
+    def strategy_for(self, program: str) -> Strategy:
+        for s in self.strategies:
+            if program in s.programs:
+                return s
+        for s in self.strategies:
+            if s.default:
+                return s
+        return self.strategies[0]

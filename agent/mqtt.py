@@ -1,0 +1,194 @@
+"""The MQTT link: one aiomqtt client, a reconnect loop, and a durable, ordered outbox.
+
+Everything the agent says (responses, live reports, settlements, event
+states) goes through the SQLite outbox first and is published in order at
+QoS 1; a message leaves the outbox only when the broker acknowledged it. So
+a broker outage loses nothing: the backlog drains in order on reconnect.
+Availability (`status`) is the exception: it is current state, published
+directly and retained, with a last will for the offline case.
+
+Topic map (root = mqtt.topic_root, default dr/<site id>); docs/mqtt-api.md:
+  in   {root}/in/event                 DR events from the provider
+  out  {root}/out/response             opt in / opt out answers
+  out  {root}/out/error                refusals of malformed messages
+  out  {root}/out/report               live reports during an event
+  out  {root}/out/event/<event_id>     event state (retained)
+  out  {root}/out/settlement/<event_id> settlement (retained)
+  out  {root}/status                   online / offline / stopped (retained)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiomqtt
+
+from agent.config import MqttConfig
+from agent.store import AsyncStore
+
+log = logging.getLogger("dr_agent.mqtt")
+
+MessageHandler = Callable[[str, bytes], Awaitable[None]]
+
+
+class Topics:
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+        self.event_in = f"{self.root}/in/event"
+        self.response = f"{self.root}/out/response"
+        self.error = f"{self.root}/out/error"
+        self.report = f"{self.root}/out/report"
+        self.status = f"{self.root}/status"
+
+    def event_state(self, event_id: str) -> str:
+        return f"{self.root}/out/event/{event_id}"
+
+    def settlement(self, event_id: str) -> str:
+        return f"{self.root}/out/settlement/{event_id}"
+
+
+class MqttLink:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        topics: Topics,
+        store: AsyncStore,
+        client_id: str,
+        on_message: MessageHandler,
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.topics = topics
+        self.store = store
+        self.client_id = client_id
+        self.on_message = on_message
+        self.on_connected = on_connected
+        self.client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.ever_connected = asyncio.Event()
+        self._outbox_wake = asyncio.Event()
+        self.published = 0
+        self.received = 0
+        self.connects = 0
+        self.last_error: str | None = None
+        self._rng = random.Random()
+
+    # -- the outbox ------------------------------------------------------------
+
+    async def send(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
+        """Queue a message durably; the sender publishes it in order when connected."""
+        await self.store.outbox_put(topic, json.dumps(payload, separators=(",", ":")), 1, retain)
+        self._outbox_wake.set()
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        while True:
+            pending = await self.store.outbox_pending(100)
+            if not pending:
+                self._outbox_wake.clear()
+                await self._outbox_wake.wait()
+                continue
+            sent: list[int] = []
+            try:
+                for m in pending:
+                    await client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain, timeout=10)
+                    sent.append(m.seq)
+                    self.published += 1
+            finally:
+                if sent:
+                    await self.store.outbox_sent(sent)
+
+    # -- connection ------------------------------------------------------------
+
+    def _tls(self) -> ssl.SSLContext | None:
+        t = self.cfg.tls
+        if t is None:
+            return None
+        ctx = ssl.create_default_context(cafile=t.ca_file)
+        if t.cert_file:
+            ctx.load_cert_chain(t.cert_file, t.key_file)
+        if t.insecure:
+            ctx.check_hostname = False
+        return ctx
+
+    def _client(self) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            self.cfg.host,
+            self.cfg.port,
+            identifier=self.client_id,
+            username=self.cfg.username,
+            password=self.cfg.password(),
+            will=aiomqtt.Will(self.topics.status, json.dumps({"state": "offline"}), qos=1, retain=True),
+            clean_session=False,  # a persistent session: events sent while we were away are kept
+            keepalive=self.cfg.keepalive_s,
+            tls_context=self._tls(),
+            timeout=10,
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe, receive and drain the outbox; reconnect with full-jitter backoff."""
+        attempt = 0
+        while True:
+            try:
+                async with self._client() as client:
+                    self.client = client
+                    attempt = 0
+                    self.connects += 1
+                    await client.subscribe(self.topics.event_in, qos=1)
+                    await client.publish(
+                        self.topics.status, json.dumps({"state": "online"}), qos=1, retain=True
+                    )
+                    if self.last_error:
+                        log.warning("event=mqtt_reconnected broker=%s:%s", self.cfg.host, self.cfg.port)
+                    else:
+                        log.info("event=mqtt_connected broker=%s:%s", self.cfg.host, self.cfg.port)
+                    self.last_error = None
+                    self.connected.set()
+                    self.ever_connected.set()
+                    if self.on_connected:
+                        await self.on_connected()
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._drain(client), name="mqtt-outbox")
+                        tg.create_task(self._receive(client), name="mqtt-receive")
+            except* aiomqtt.MqttError as group:
+                err = str(group.exceptions[0])
+                if self.last_error is None:
+                    log.error(
+                        "event=mqtt_disconnected broker=%s:%s error=%r", self.cfg.host, self.cfg.port, err
+                    )
+                else:
+                    log.debug("event=mqtt_connect_failed error=%r", err)
+                self.last_error = err
+            finally:
+                self.client = None
+                self.connected.clear()
+            delay = self._rng.uniform(0, min(30.0, 0.5 * 2**attempt))
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self.received += 1
+            payload = message.payload
+            raw = payload if isinstance(payload, bytes) else str(payload or "").encode()
+            try:
+                await self.on_message(str(message.topic), raw)
+            except Exception:  # a handler bug must not drop the connection
+                log.exception("event=handler_failed topic=%s", message.topic)
+
+    async def publish_status(self, state: str, **extra: Any) -> None:
+        """Publish availability directly (retained); used for `stopped` on a clean stop."""
+        client = self.client
+        if client is None:
+            return
+        try:
+            await client.publish(
+                self.topics.status, json.dumps({"state": state, **extra}), qos=1, retain=True, timeout=3
+            )
+        except aiomqtt.MqttError as exc:
+            log.warning("event=status_publish_failed state=%s error=%r", state, str(exc))

@@ -1,0 +1,318 @@
+"""SQLite store: readings, events, the revert journal, settlements and the MQTT outbox.
+
+One connection, used from one worker thread, so the event loop never waits
+on disk: async callers go through `AsyncStore`. The revert journal records
+the value every write replaced, durably and before the write is sent, so a
+restore after cancel, shutdown or a crash is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS readings(
+    device TEXT NOT NULL, ts REAL NOT NULL, kw REAL NOT NULL,
+    PRIMARY KEY(device, ts)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS readings_1m(
+    device TEXT NOT NULL, minute INTEGER NOT NULL,
+    kw_sum REAL NOT NULL, n INTEGER NOT NULL, kw_min REAL, kw_max REAL,
+    PRIMARY KEY(device, minute)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events(
+    event_id TEXT PRIMARY KEY, modification_number INTEGER NOT NULL, payload TEXT NOT NULL,
+    state TEXT NOT NULL, opt TEXT, code TEXT, reason TEXT,
+    effective_start REAL, received_ts REAL NOT NULL, updated_ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS journal(
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, role TEXT NOT NULL,
+    original REAL, written REAL, ts REAL NOT NULL, event_id TEXT, step TEXT,
+    restored_ts REAL, restore_note TEXT);
+CREATE INDEX IF NOT EXISTS journal_open ON journal(restored_ts) WHERE restored_ts IS NULL;
+CREATE TABLE IF NOT EXISTS settlements(event_id TEXT PRIMARY KEY, ts REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload TEXT NOT NULL,
+    qos INTEGER NOT NULL, retain INTEGER NOT NULL, created_ts REAL NOT NULL, sent_ts REAL);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE sent_ts IS NULL;
+CREATE TABLE IF NOT EXISTS audit(
+    id INTEGER PRIMARY KEY, ts REAL NOT NULL, event_id TEXT, device TEXT, what TEXT NOT NULL);
+"""
+
+
+@dataclass
+class JournalEntry:
+    id: int
+    device: str
+    role: str
+    original: float | None
+    written: float | None
+    ts: float
+    event_id: str | None
+    step: str | None
+
+
+@dataclass
+class OutboxMessage:
+    seq: int
+    topic: str
+    payload: str
+    qos: int
+    retain: bool
+
+
+class Store:
+    """Synchronous store; use from one thread (AsyncStore does that)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- readings -------------------------------------------------------------
+
+    def add_readings(self, rows: Iterable[tuple[str, float, float]]) -> None:
+        """Insert (device, ts, kw) rows and fold them into 1-minute aggregates."""
+        rows = list(rows)
+        if not rows:
+            return
+        agg: dict[tuple[str, int], list[float]] = {}
+        for dev, ts, kw in rows:
+            a = agg.setdefault((dev, int(ts // 60)), [0.0, 0, kw, kw])
+            a[0] += kw
+            a[1] += 1
+            a[2] = min(a[2], kw)
+            a[3] = max(a[3], kw)
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO readings VALUES (?,?,?)", rows)
+            self.db.executemany(
+                """INSERT INTO readings_1m VALUES (?,?,?,?,?,?)
+                   ON CONFLICT(device, minute) DO UPDATE SET
+                   kw_sum = kw_sum + excluded.kw_sum, n = n + excluded.n,
+                   kw_min = min(kw_min, excluded.kw_min), kw_max = max(kw_max, excluded.kw_max)""",
+                [(d, m, a[0], a[1], a[2], a[3]) for (d, m), a in agg.items()],
+            )
+
+    def readings(self, device: str, start: float, end: float) -> list[tuple[float, float]]:
+        cur = self.db.execute(
+            "SELECT ts, kw FROM readings WHERE device=? AND ts>=? AND ts<? ORDER BY ts",
+            (device, start, end),
+        )
+        return [(float(a), float(b)) for a, b in cur]
+
+    def minute_means(self, device: str, start: float, end: float) -> list[tuple[int, float]]:
+        cur = self.db.execute(
+            "SELECT minute, kw_sum / n FROM readings_1m WHERE device=? AND minute>=? AND minute<? ORDER BY minute",
+            (device, int(start // 60), int(end // 60)),
+        )
+        return [(int(a), float(b)) for a, b in cur]
+
+    def prune_readings(self, older_than: float) -> int:
+        with self.db:
+            cur = self.db.execute("DELETE FROM readings WHERE ts < ?", (older_than,))
+        return cur.rowcount
+
+    # -- events ----------------------------------------------------------------
+
+    def save_event(
+        self,
+        event_id: str,
+        modification_number: int,
+        payload: dict[str, Any],
+        state: str,
+        opt: str | None,
+        code: str | None,
+        reason: str | None,
+        effective_start: float | None,
+    ) -> None:
+        now = time.time()
+        with self.db:
+            self.db.execute(
+                """INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)
+                   ON CONFLICT(event_id) DO UPDATE SET modification_number=excluded.modification_number,
+                   payload=excluded.payload, state=excluded.state, opt=excluded.opt, code=excluded.code,
+                   reason=excluded.reason, effective_start=excluded.effective_start, updated_ts=excluded.updated_ts""",
+                (
+                    event_id,
+                    modification_number,
+                    json.dumps(payload),
+                    state,
+                    opt,
+                    code,
+                    reason,
+                    effective_start,
+                    now,
+                    now,
+                ),
+            )
+
+    def set_event_state(self, event_id: str, state: str) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE events SET state=?, updated_ts=? WHERE event_id=?", (state, time.time(), event_id)
+            )
+
+    def events(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        q = "SELECT event_id, modification_number, payload, state, opt, code, reason, effective_start, updated_ts FROM events"
+        args: tuple[Any, ...] = ()
+        if states is not None:
+            st = list(states)
+            q += f" WHERE state IN ({','.join('?' * len(st))})"
+            args = tuple(st)
+        q += " ORDER BY received_ts"
+        out = []
+        for row in self.db.execute(q, args):
+            out.append(
+                {
+                    "event_id": row[0],
+                    "modification_number": row[1],
+                    "payload": json.loads(row[2]),
+                    "state": row[3],
+                    "opt": row[4],
+                    "code": row[5],
+                    "reason": row[6],
+                    "effective_start": row[7],
+                    "updated_ts": row[8],
+                }
+            )
+        return out
+
+    # -- revert journal --------------------------------------------------------
+
+    def journal_open(self, device: str | None = None, role: str | None = None) -> list[JournalEntry]:
+        q = "SELECT id, device, role, original, written, ts, event_id, step FROM journal WHERE restored_ts IS NULL"
+        args: list[Any] = []
+        if device is not None:
+            q += " AND device=?"
+            args.append(device)
+        if role is not None:
+            q += " AND role=?"
+            args.append(role)
+        q += " ORDER BY id"
+        return [JournalEntry(*row) for row in self.db.execute(q, args)]
+
+    def journal_record(
+        self,
+        device: str,
+        role: str,
+        original: float | None,
+        written: float | None,
+        event_id: str | None,
+        step: str | None,
+    ) -> int:
+        """Record a write before it is sent. The first open entry of a (device, role) keeps the original."""
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO journal(device, role, original, written, ts, event_id, step) VALUES (?,?,?,?,?,?,?)",
+                (device, role, original, written, time.time(), event_id, step),
+            )
+        return int(cur.lastrowid or 0)
+
+    def journal_restored(self, device: str, role: str, note: str) -> None:
+        with self.db:
+            self.db.execute(
+                "UPDATE journal SET restored_ts=?, restore_note=? WHERE device=? AND role=? AND restored_ts IS NULL",
+                (time.time(), note, device, role),
+            )
+
+    # -- settlements, audit ------------------------------------------------------
+
+    def save_settlement(self, event_id: str, body: dict[str, Any]) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO settlements VALUES (?,?,?)", (event_id, time.time(), json.dumps(body))
+            )
+
+    def settlements(self, limit: int = 100) -> list[dict[str, Any]]:
+        cur = self.db.execute("SELECT body FROM settlements ORDER BY ts DESC LIMIT ?", (limit,))
+        return [json.loads(r[0]) for r in cur]
+
+    def settlement(self, event_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT body FROM settlements WHERE event_id=?", (event_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def audit(self, what: str, event_id: str | None = None, device: str | None = None) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO audit(ts, event_id, device, what) VALUES (?,?,?,?)",
+                (time.time(), event_id, device, what),
+            )
+
+    def audit_log(self, limit: int = 100) -> list[tuple[float, str | None, str | None, str]]:
+        cur = self.db.execute(
+            "SELECT ts, event_id, device, what FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return list(cur)
+
+    # -- outbox ----------------------------------------------------------------
+
+    def outbox_put(self, topic: str, payload: str, qos: int, retain: bool) -> int:
+        with self.db:
+            cur = self.db.execute(
+                "INSERT INTO outbox(topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?)",
+                (topic, payload, qos, int(retain), time.time()),
+            )
+        return int(cur.lastrowid or 0)
+
+    def outbox_pending(self, limit: int = 100) -> list[OutboxMessage]:
+        cur = self.db.execute(
+            "SELECT seq, topic, payload, qos, retain FROM outbox WHERE sent_ts IS NULL ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+        return [OutboxMessage(r[0], r[1], r[2], r[3], bool(r[4])) for r in cur]
+
+    def outbox_sent(self, seqs: Iterable[int]) -> None:
+        now = time.time()
+        with self.db:
+            self.db.executemany("UPDATE outbox SET sent_ts=? WHERE seq=?", [(now, s) for s in seqs])
+
+    def outbox_prune(self, older_than: float) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM outbox WHERE sent_ts IS NOT NULL AND sent_ts < ?", (older_than,))
+
+    def meta_get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def meta_set(self, key: str, value: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
+
+
+class AsyncStore:
+    """Runs Store calls on one dedicated thread, so SQLite never blocks the event loop."""
+
+    def __init__(self, store: Store) -> None:
+        self.sync = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, lambda: fn(*args))
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        fn = getattr(self.sync, name)
+
+        async def wrapper(*args: Any) -> Any:
+            return await self.call(fn, *args)
+
+        return wrapper
+
+    async def close(self) -> None:
+        await self.call(self.sync.close)
+        self._pool.shutdown(wait=True)

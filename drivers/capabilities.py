@@ -1,0 +1,63 @@
+"""Small capability protocols: what strategies and the controller may ask of a device.
+
+Strategies speak these, never Modbus. A device kind implements the ones it
+can; `isinstance(dev, Dimmable)` tells at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class PowerMeter(Protocol):
+    def power_kw(self) -> float | None:
+        """Active power in kW (positive = consumption), None when unknown."""
+
+
+@runtime_checkable
+class Diagnosable(Protocol):
+    def diagnostics(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class SetpointControl(Protocol):
+    """HVAC: a temperature setpoint within comfort limits."""
+
+    def setpoint_c(self) -> float | None: ...
+
+    def setpoint_limits_c(self) -> tuple[float, float]: ...
+
+
+@runtime_checkable
+class Dimmable(Protocol):
+    def level_pct(self) -> float | None: ...
+
+    def min_level_pct(self) -> float: ...
+
+
+@runtime_checkable
+class CurrentLimited(Protocol):
+    """EV charger: a current limit in A per phase."""
+
+    def current_limit_a(self) -> float | None: ...
+
+    def current_range_a(self) -> tuple[float, float]: ...
+
+    def kw_per_amp(self) -> float: ...
+
+
+@runtime_checkable
+class Dispatchable(Protocol):
+    """Storage: discharge (positive kW) within SOC and inverter limits."""
+
+    def soc_pct(self) -> float | None: ...
+
+    def max_discharge_kw(self) -> float: ...
+
+    def reserve_soc_pct(self) -> float: ...
+
+
+@runtime_checkable
+class Switchable(Protocol):
+    def is_on(self) -> bool | None: ...

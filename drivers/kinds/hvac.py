@@ -1,0 +1,45 @@
+"""HVAC unit or thermostat: shed by moving the setpoint within comfort limits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from drivers.device import Device, DeviceConfigBase
+from drivers.registry import register
+
+
+class HvacConfig(DeviceConfigBase):
+    kind: Literal["hvac"] = Field(description="An HVAC unit with a temperature setpoint.")
+    mode: Literal["cooling", "heating"] = Field(
+        default="cooling", description="Cooling sheds by raising the setpoint, heating by lowering it."
+    )
+    setpoint_min_c: float = Field(default=18.0, description="Lowest setpoint the agent may write, °C.")
+    setpoint_max_c: float = Field(default=28.0, description="Highest setpoint the agent may write, °C.")
+
+    @model_validator(mode="after")
+    def _limits(self) -> HvacConfig:
+        if self.setpoint_min_c >= self.setpoint_max_c:
+            raise ValueError(
+                f"setpoint_min_c {self.setpoint_min_c} must be below setpoint_max_c {self.setpoint_max_c}"
+            )
+        return self
+
+
+@register(HvacConfig)
+class Hvac(Device):
+    kind = "hvac"
+    required_roles = ("power_kw", "setpoint_c")
+    writable_roles = ("setpoint_c",)
+
+    def setpoint_c(self) -> float | None:
+        return self.reading("setpoint_c")
+
+    def setpoint_limits_c(self) -> tuple[float, float]:
+        c = self.config
+        assert isinstance(c, HvacConfig)
+        return c.setpoint_min_c, c.setpoint_max_c
+
+    def zone_temp_c(self) -> float | None:
+        return self.reading("zone_temp_c")

@@ -1,0 +1,237 @@
+"""Modbus transports: one connection per endpoint, one request at a time, a timeout on every call.
+
+Everything that touches pymodbus lives here, so a pymodbus upgrade is one
+file's work. All unit ids on an endpoint share its connection; an
+`asyncio.Lock` keeps requests strictly sequential (serial buses and many TCP
+gateways cannot interleave). A lost connection is re-opened on demand with
+full-jitter exponential backoff, never in a tight loop, never blocking the
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from drivers.profile import Function
+
+log = logging.getLogger("dr_agent.modbus")
+# pymodbus logs every failed frame at ERROR with a hex dump; our own health
+# tracking reports failures once, loudly, so keep pymodbus quiet.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+Protocol_ = Literal["tcp", "rtu", "rtu_over_tcp"]
+
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+class ModbusIOError(Exception):
+    """A request failed: no connection, timeout, or a Modbus exception response."""
+
+    def __init__(self, endpoint: str, message: str, exception_code: int | None = None) -> None:
+        self.endpoint = endpoint
+        self.exception_code = exception_code
+        super().__init__(f"{endpoint}: {message}")
+
+
+@dataclass
+class EndpointStats:
+    requests: int = 0
+    failures: int = 0
+    reconnects: int = 0
+    last_latency_s: float = 0.0
+    connected: bool = False
+    last_error: str | None = None
+
+
+@dataclass
+class Backoff:
+    """Full-jitter exponential backoff (AWS architecture blog's 'full jitter')."""
+
+    base_s: float = 0.5
+    cap_s: float = 30.0
+    attempt: int = 0
+    not_before: float = 0.0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def failed(self, now: float) -> float:
+        delay = self.rng.uniform(0, min(self.cap_s, self.base_s * 2**self.attempt))
+        self.attempt += 1
+        self.not_before = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        self.attempt = 0
+        self.not_before = 0.0
+
+
+class ModbusTransport:
+    """A Modbus endpoint (TCP, RTU over serial, or RTU over TCP) shared by its unit ids."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        protocol: Protocol_ = "tcp",
+        host: str | None = None,
+        port: int = 502,
+        serial_port: str | None = None,
+        baudrate: int = 9600,
+        parity: Literal["N", "E", "O"] = "N",
+        stopbits: int = 1,
+        bytesize: int = 8,
+        timeout_s: float = 1.0,
+        inter_frame_delay_s: float = 0.0,
+        backoff_cap_s: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.protocol = protocol
+        self.timeout_s = timeout_s
+        self.inter_frame_delay_s = inter_frame_delay_s
+        self.stats = EndpointStats()
+        self._lock = asyncio.Lock()
+        self._backoff = Backoff(cap_s=backoff_cap_s)
+        self._last_frame_end = 0.0
+        self._client: Any
+        if protocol == "rtu":
+            if not serial_port:
+                raise ValueError(f"endpoint {name}: rtu needs a serial port")
+            self.address = serial_port
+            self._client = AsyncModbusSerialClient(
+                serial_port,
+                framer=FramerType.RTU,
+                baudrate=baudrate,
+                parity=parity,
+                stopbits=stopbits,
+                bytesize=bytesize,
+                timeout=timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+        else:
+            if not host:
+                raise ValueError(f"endpoint {name}: {protocol} needs a host")
+            self.address = f"{host}:{port}"
+            self._client = AsyncModbusTcpClient(
+                host,
+                port=port,
+                framer=FramerType.RTU if protocol == "rtu_over_tcp" else FramerType.SOCKET,
+                timeout=timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.connected)
+
+    async def _ensure_connected(self) -> None:
+        if self._client.connected:
+            return
+        now = time.monotonic()
+        if now < self._backoff.not_before:
+            raise ModbusIOError(
+                self.name, f"not connected (retrying in {self._backoff.not_before - now:.1f} s)"
+            )
+        try:
+            async with asyncio.timeout(self.timeout_s * 2):
+                ok = await self._client.connect()
+        except (TimeoutError, OSError) as exc:
+            ok = False
+            self.stats.last_error = str(exc) or type(exc).__name__
+        if not ok:
+            delay = self._backoff.failed(time.monotonic())
+            self.stats.connected = False
+            self.stats.last_error = self.stats.last_error or "connect failed"
+            raise ModbusIOError(self.name, f"cannot connect to {self.address} (next try in {delay:.1f} s)")
+        self._backoff.succeeded()
+        self.stats.reconnects += 1
+        self.stats.connected = True
+
+    async def _call(self, what: str, coro_factory: Any) -> Any:
+        async with self._lock:
+            await self._ensure_connected()
+            if self.inter_frame_delay_s:
+                wait = self._last_frame_end + self.inter_frame_delay_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            t0 = time.monotonic()
+            self.stats.requests += 1
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    response = await coro_factory()
+            except TimeoutError:
+                self.stats.failures += 1
+                self.stats.last_error = f"timeout after {self.timeout_s:g} s"
+                # A timed-out request may still be answered later; resync by reconnecting.
+                self._client.close()
+                self._backoff.failed(time.monotonic())
+                raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from None
+            except (ModbusException, OSError) as exc:
+                self.stats.failures += 1
+                self.stats.last_error = str(exc)
+                self._client.close()
+                self._backoff.failed(time.monotonic())
+                raise ModbusIOError(self.name, f"{what}: {exc}") from exc
+            finally:
+                self._last_frame_end = time.monotonic()
+            self.stats.last_latency_s = self._last_frame_end - t0
+            if response.isError():
+                code = getattr(response, "exception_code", None)
+                self.stats.failures += 1
+                name = EXCEPTION_NAMES.get(code or 0, "error")
+                self.stats.last_error = f"exception {code} ({name})"
+                raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}", code)
+            return response
+
+    async def read(self, unit: int, function: Function, address: int, count: int) -> list[int] | list[bool]:
+        """Read `count` registers or bits from `function`'s table on `unit`."""
+        c = self._client
+        what = f"read {function} {address}+{count} unit {unit}"
+        if function == "holding_register":
+            r = await self._call(what, lambda: c.read_holding_registers(address, count=count, device_id=unit))
+            return list(r.registers[:count])
+        if function == "input_register":
+            r = await self._call(what, lambda: c.read_input_registers(address, count=count, device_id=unit))
+            return list(r.registers[:count])
+        if function == "coil":
+            r = await self._call(what, lambda: c.read_coils(address, count=count, device_id=unit))
+            return [bool(b) for b in r.bits[:count]]
+        r = await self._call(what, lambda: c.read_discrete_inputs(address, count=count, device_id=unit))
+        return [bool(b) for b in r.bits[:count]]
+
+    async def write_registers(self, unit: int, address: int, values: Sequence[int]) -> None:
+        c = self._client
+        what = f"write holding {address}+{len(values)} unit {unit}"
+        if len(values) == 1:
+            await self._call(what, lambda: c.write_register(address, values[0], device_id=unit))
+        else:
+            await self._call(what, lambda: c.write_registers(address, list(values), device_id=unit))
+
+    async def write_coil(self, unit: int, address: int, value: bool) -> None:
+        c = self._client
+        await self._call(
+            f"write coil {address} unit {unit}", lambda: c.write_coil(address, value, device_id=unit)
+        )
+
+    async def close(self) -> None:
+        self._client.close()
+        self.stats.connected = False
