@@ -116,7 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--target-pct", type=float, default=10.0, help="requested reduction, %% of peak")
     d.add_argument("--config", default=None, help="site config to simulate (default config/demo-site.yaml)")
     d.set_defaults(func=_cmd_demo)
+    import importlib
+
+    for module in EXTRA_COMMANDS:
+        importlib.import_module(module).register(sub)
     return p
+
+
+# Further commands live in their own modules, each with `register(subparsers)`,
+# so the CLI grows without one file that every feature edits.
+EXTRA_COMMANDS: list[str] = []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -33,7 +34,7 @@ from agent.mqtt import MqttLink, Topics
 from agent.sdnotify import Notifier
 from agent.settlement import settle
 from agent.store import AsyncStore, Store
-from drivers.device import Device
+from drivers.device import Device, Transport
 from drivers.modbus import ModbusTransport
 from drivers.profile import load_profile
 from drivers.registry import kinds
@@ -65,9 +66,14 @@ class PendingReadings:
     rows: list[tuple[str, float, float]] = field(default_factory=list)
 
 
-def build_devices(cfg: SiteConfig) -> tuple[dict[str, ModbusTransport], dict[str, Device]]:
-    transports: dict[str, ModbusTransport] = {}
+def build_devices(
+    cfg: SiteConfig, given: Mapping[str, Transport] | None = None
+) -> tuple[dict[str, Any], dict[str, Device]]:
+    """One transport per endpoint (or the given ones) and one device object per configured device."""
+    transports: dict[str, Any] = dict(given or {})
     for ep in cfg.modbus.endpoints:
+        if ep.name in transports:
+            continue
         transports[ep.name] = ModbusTransport(
             ep.name,
             protocol=ep.protocol,
@@ -89,14 +95,23 @@ def build_devices(cfg: SiteConfig) -> tuple[dict[str, ModbusTransport], dict[str
 
 
 class Agent:
-    def __init__(self, cfg: SiteConfig, clock: Clock | None = None, *, metrics: bool | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SiteConfig,
+        clock: Clock | None = None,
+        *,
+        metrics: bool | None = None,
+        transports: Mapping[str, Transport] | None = None,
+        store_path: str | None = None,
+    ) -> None:
+        """`transports` replaces the Modbus endpoints (simulation); `store_path` the database path."""
         self.cfg = cfg
         self.clock: Clock = clock or SystemClock()
         self.tz = ZoneInfo(cfg.site.timezone)
         self.topics = Topics(cfg.topic_root)
-        self.transports, self.devices = build_devices(cfg)
+        self.transports, self.devices = build_devices(cfg, transports)
         self.meter = self.devices[cfg.site.meter]
-        self.store = AsyncStore(Store(cfg.storage.resolved()))
+        self.store = AsyncStore(Store(store_path or cfg.storage.resolved()))
         self.actuator = Actuator(self.devices, self.store)
         self.controller = Controller(cfg.control, self.devices, self.actuator, self.tz)
         self.mqtt: MqttLink | None = None
@@ -116,6 +131,8 @@ class Agent:
         self.metrics_port: int | None = None
         self._metrics = cfg.metrics.enabled if metrics is None else metrics
         self._rng = random.Random()
+        #: Without MQTT (simulation), outgoing messages go here instead: (topic, payload).
+        self.sink: Callable[[str, dict[str, Any]], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -410,6 +427,8 @@ class Agent:
     async def _send(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
         if self.mqtt is not None:
             await self.mqtt.send(topic, payload, retain)
+        elif self.sink is not None:
+            self.sink(topic, payload)
 
     # -- control -----------------------------------------------------------------------
 

@@ -1,0 +1,111 @@
+"""Shared fixtures: a real Mosquitto on a free loopback port, the simulated site on real Modbus TCP.
+
+Every test gets its own broker port, its own Modbus ports, its own topic root
+and its own SQLite file, so no test depends on another and they may run in
+any order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.config import SiteConfig
+from agent.configload import load_site_config
+from drivers.sim.plant import SimEndpoint, SimulatedPlant
+from drivers.sim.server import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "config" / "demo-site.yaml"
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if not found:
+        pytest.fail("Mosquitto is not installed: run ./dev test (it installs it) or apt-get install mosquitto")
+    return found
+
+
+@dataclass
+class Mosquitto:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    conf: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def start(self) -> None:
+        """(Re)start on the same port and config, e.g. after an outage test stopped it."""
+        self.proc = _spawn_mosquitto(self.conf, self.port)
+
+
+def _spawn_mosquitto(conf: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return proc
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"mosquitto exited: {err}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("mosquitto did not start listening")
+
+
+def start_mosquitto(tmp: Path, extra_conf: str = "", port: int | None = None) -> Mosquitto:
+    """A Mosquitto on 127.0.0.1:<free port>, anonymous unless `extra_conf` says otherwise."""
+    port = port or free_port()
+    conf = tmp / f"mosquitto-{port}.conf"
+    body = f"listener {port} 127.0.0.1\n" + (extra_conf or "allow_anonymous true\n")
+    body += "persistence false\nlog_dest stderr\nlog_type error\n"
+    conf.write_text(body)
+    return Mosquitto("127.0.0.1", port, _spawn_mosquitto(conf, port), conf)
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = start_mosquitto(tmp_path)
+    yield broker
+    broker.stop()
+
+
+def site_config(broker_port: int, tmp: Path, *, topic_root: str | None = None, base: Path = DEMO_CONFIG) -> SiteConfig:
+    """The demo site on free ports, a private topic root and a private database."""
+    cfg, _ = load_site_config(base)
+    endpoints = [e.model_copy(update={"host": "127.0.0.1", "port": free_port()}) for e in cfg.modbus.endpoints]
+    root = topic_root or f"test/{os.getpid()}/{time.monotonic_ns()}"
+    return cfg.model_copy(
+        update={
+            "mqtt": cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": broker_port, "topic_root": root}),
+            "modbus": cfg.modbus.model_copy(update={"endpoints": endpoints}),
+            "storage": cfg.storage.model_copy(update={"path": str(tmp / "agent.sqlite")}),
+            "metrics": cfg.metrics.model_copy(update={"port": 0}),
+        }
+    )
+
+
+async def serve_plant(cfg: SiteConfig, clock: object, seed: int = 1) -> tuple[SimulatedPlant, asyncio.Task[None]]:
+    """Build the plant for `cfg`, serve every endpoint over Modbus TCP, and run its physics on `clock`."""
+    plant = SimulatedPlant.build(cfg.devices, peak_kw=cfg.contract.peak_kw, meter_name=cfg.site.meter, seed=seed)
+    await plant.serve([SimEndpoint(e.name, e.host or "127.0.0.1", e.port) for e in cfg.modbus.endpoints])
+    task = asyncio.create_task(plant.run(clock), name="plant")  # type: ignore[arg-type]
+    return plant, task
