@@ -848,9 +848,18 @@ def regression(
         lt = calendar.local_datetime(ts)
         return (lt.hour * 3600 + lt.minute * 60 + lt.second) // tod_step_s
 
+    same_grid = (
+        temperature is not None
+        and temperature.step_s == series.step_s
+        and temperature.is_aligned(series.start)
+    )
+
     def temp_at(ts: float) -> float | None:
         if temperature is None:
             return None
+        if same_grid:  # the common case, and the hot loop: index, don't integrate
+            i = round((ts - temperature.start) / temperature.step_s)
+            return temperature.values[i] if 0 <= i < len(temperature.values) else None
         t, cov = temperature.mean_kw(ts, ts + series.step_s)
         return t if cov > 0 else None
 

@@ -292,6 +292,10 @@ def test_regression_recovers_a_temperature_response() -> None:
     r10 = regression(load, EVENT, CAL, days=21, temperature=temps, cooling_base_c=10.0)
     assert r10.curve_kw == pytest.approx([109.5, 112.25], rel=1e-9)
     assert not any("dropped" in n for n in r10.notes)
+    # A temperature series on another grid (half-hourly, same values) is averaged per interval.
+    temps30 = build(first, last, lambda lt, k: temp(lt.replace(minute=0), k), 1800)
+    r30 = regression(load, EVENT, CAL, days=21, temperature=temps30)
+    assert r30.curve_kw == approx([109.5, 112.25])
 
 
 def test_october_dst_and_a_makeup_day_on_the_25_hour_day() -> None:
