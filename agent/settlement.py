@@ -13,8 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def energy_kwh(samples: Sequence[tuple[float, float]], start: float, end: float) -> tuple[float, float]:
-    """Energy over [start, end) from (ts, kW) samples held until the next; returns (kWh, covered seconds)."""
+def energy_kwh(
+    samples: Sequence[tuple[float, float]], start: float, end: float, max_hold_s: float = 30.0
+) -> tuple[float, float]:
+    """Energy over [start, end) from (ts, kW) samples; returns (kWh, covered seconds).
+
+    Each reading holds until the next one, but at most `max_hold_s`: a silent
+    meter is a gap in coverage, not a flat line.
+    """
     if end <= start:
         return 0.0, 0.0
     pts = sorted(samples)
@@ -22,7 +28,7 @@ def energy_kwh(samples: Sequence[tuple[float, float]], start: float, end: float)
     covered = 0.0
     for i, (ts, kw) in enumerate(pts):
         nxt = pts[i + 1][0] if i + 1 < len(pts) else end
-        a, b = max(ts, start), min(nxt, end)
+        a, b = max(ts, start), min(nxt, end, ts + max_hold_s)
         if b > a:
             total += kw * (b - a)
             covered += b - a
