@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drivers.device import DeviceConfigBase
 from drivers.registry import kinds
 from strategies.model import Program, Strategy
 
@@ -212,7 +213,14 @@ def _union(types: tuple[type, ...]) -> Any:
     return u
 
 
-DeviceConfig = Annotated[_union(tuple(k.config for k in kinds().values())), Field(discriminator="kind")]
+if TYPE_CHECKING:
+    # The real type is a union built from the kind registry at import time; for the
+    # type checker every device config is "the common fields plus a kind".
+    class DeviceConfig(DeviceConfigBase):
+        kind: str
+
+else:
+    DeviceConfig = Annotated[_union(tuple(k.config for k in kinds().values())), Field(discriminator="kind")]
 
 
 class SiteConfig(_Model):

@@ -97,7 +97,7 @@ async def demo(args: argparse.Namespace, out: TextIO) -> dict[str, Any] | None:
                     await client.subscribe(f"{root}/status", qos=1)
                     # Like a real provider, wait until the agent says it is online (it subscribes first).
                     async for msg in client.messages:
-                        if str(msg.topic).endswith("/status") and b'"online"' in bytes(msg.payload or b""):  # type: ignore[arg-type]
+                        if str(msg.topic).endswith("/status") and b'"online"' in bytes(msg.payload or b""):
                             break
                     start = datetime.fromtimestamp(clock.now(), tz) + timedelta(minutes=16)
                     start = start.replace(second=0, microsecond=0)
