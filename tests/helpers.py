@@ -98,13 +98,17 @@ def write_config(cfg: Any, path: Any) -> Any:
     return path
 
 
-def agent_command(config_path: Any, clock_spec: str | None = None) -> list[str]:
-    import shutil
+def dr_agent() -> list[str]:
+    """The `dr-agent` of the interpreter running the tests (not whatever is first on PATH)."""
     import sys
+    from pathlib import Path
 
-    exe = shutil.which("dr-agent")
-    base = [exe] if exe else [sys.executable, "-m", "agent.cli"]
-    cmd = [*base, "run", "-c", str(config_path), "--log-format", "json"]
+    exe = Path(sys.executable).parent / "dr-agent"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "agent.cli"]
+
+
+def agent_command(config_path: Any, clock_spec: str | None = None) -> list[str]:
+    cmd = [*dr_agent(), "run", "-c", str(config_path), "--log-format", "json"]
     if clock_spec:
         cmd += ["--clock", clock_spec]
     return cmd

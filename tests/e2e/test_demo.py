@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 
 import pytest
+
+from tests.helpers import dr_agent
 
 pytestmark = pytest.mark.e2e
 
 
 def test_demo_json_settles_in_band() -> None:
-    exe = shutil.which("dr-agent")
-    cmd = [exe] if exe else [sys.executable, "-m", "agent.cli"]
+    cmd = dr_agent()
     # Faster than the README's default (60x) to keep the suite short; same code path.
     proc = subprocess.run(
         [*cmd, "demo", "--json", "--speed", "120", "--duration-min", "20"],
