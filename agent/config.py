@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from drivers.device import DeviceConfigBase
 from drivers.registry import kinds
-from strategies.model import Program, Strategy
+from strategies.model import Program, Strategy, StrategySelection
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
 
@@ -231,7 +231,19 @@ class SiteConfig(_Model):
     devices: list[DeviceConfig] = Field(min_length=1, description="The site meter and controllable devices.")
     contract: ContractConfig = Field(description="The DR contract the site signed.")
     control: ControlConfig = Field(default_factory=ControlConfig, description="Control loop tuning.")
-    strategies: list[Strategy] = Field(min_length=1, description="Load-shedding strategies.")
+    strategies: list[Strategy] = Field(
+        min_length=1,
+        description="Load-shedding strategies, inline (the loader appends those of strategy_files).",
+    )
+    strategy_files: list[str] = Field(
+        default_factory=list,
+        description="Strategy YAML files (one strategy each, paths relative to this file), added to strategies.",
+    )
+    strategy_select: StrategySelection | None = Field(
+        default=None,
+        description="Which strategy runs per program (contracted, realtime, price) and by default; "
+        "omitted: each strategy's programs and default flags decide.",
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local database.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
 
@@ -262,6 +274,12 @@ class SiteConfig(_Model):
         return next(d for d in self.devices if d.name == name)
 
     def strategy_for(self, program: str) -> Strategy:
+        if self.strategy_select is not None:
+            by_name = {s.name: s for s in self.strategies}
+            named = self.strategy_select.named()
+            chosen = named.get(program) or named.get("default")
+            if chosen in by_name:
+                return by_name[chosen]
         for s in self.strategies:
             if program in s.programs:
                 return s

@@ -8,6 +8,7 @@ here, in one place, so no action can drive a device outside them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,10 +83,16 @@ class StepLimits:
 
 
 def resolve_targets(action: Action, devices: Mapping[str, Device]) -> list[str]:
-    """Device names an action addresses: its explicit list, then its group, in config order."""
+    """Device names an action addresses: its explicit list, then its group's devices of the kind
+    the action drives (a zone may hold HVAC and lighting alike), in config order."""
     names = list(action.devices)
     if action.group:
-        names += [n for n, d in devices.items() if d.config.zone == action.group and n not in names]
+        want = ACTION_DEVICE_KIND[action.kind]
+        names += [
+            n
+            for n, d in devices.items()
+            if d.config.zone == action.group and d.kind == want and n not in names
+        ]
     return names
 
 
@@ -97,6 +104,7 @@ def default_expected_kw(action: Action, device: Device) -> float:
     if isinstance(action, LightingAction):
         level = 0.0 if action.off else (action.level_pct or 0.0)
         floor = device.min_level_pct() if isinstance(device, Dimmable) else 0.0
+        floor = max(floor, action.floor_pct or 0.0)
         return rated * (100 - max(level, floor)) / 100
     if isinstance(action, EvChargerAction) and isinstance(device, CurrentLimited):
         lo, _hi = device.current_range_a()
@@ -124,7 +132,7 @@ def build_steps(strategy: Strategy, devices: Mapping[str, Device]) -> list[Step]
                         order=len(steps),
                         stage=stage.name,
                         device=name,
-                        action=action,
+                        action=effective_action(action, dev.config),
                         expected_kw=expected,
                     )
                 )
@@ -134,6 +142,71 @@ def build_steps(strategy: Strategy, devices: Mapping[str, Device]) -> list[Step]
     for i, st in enumerate(steps):
         st.order = i
     return steps
+
+
+def effective_action(action: Action, device_config: Any) -> Action:
+    """The action as the controller runs it on one device: a relay's minimum off time becomes
+    the step's minimum hold and its minimum on time the step's cooldown (the larger of the
+    action's and the device's), so compressors are never short-cycled."""
+    if not isinstance(action, RelayAction):
+        return action
+    min_off = max(action.min_off_s or 0.0, float(getattr(device_config, "min_off_s", 0.0) or 0.0))
+    min_on = max(action.min_on_s or 0.0, float(getattr(device_config, "min_on_s", 0.0) or 0.0))
+    if min_off <= action.min_hold_s and min_on <= action.cooldown_s:
+        return action
+    return action.model_copy(
+        update={
+            "min_off_s": min_off,
+            "min_on_s": min_on,
+            "min_hold_s": max(action.min_hold_s, min_off),
+            "cooldown_s": max(action.cooldown_s, min_on),
+        }
+    )
+
+
+def config_estimate_kw(action: Action, device_config: Any) -> float:
+    """What shedding one device saves, from its config alone (validation, plans without readings)."""
+    if action.expected_kw is not None:
+        return action.expected_kw
+    rated = float(getattr(device_config, "rated_kw", None) or 0.0)
+    if isinstance(action, HvacAction):
+        return rated * 0.25
+    if isinstance(action, LightingAction):
+        level = 0.0 if action.off else (action.level_pct or 0.0)
+        floor = max(float(getattr(device_config, "min_level_pct", 0.0)), action.floor_pct or 0.0)
+        return rated * (100 - max(level, floor)) / 100
+    if isinstance(action, EvChargerAction):
+        kw_per_a = getattr(device_config, "phases", 3) * getattr(device_config, "voltage_v", 230.0) / 1000
+        lo = float(getattr(device_config, "min_current_a", 6.0))
+        hi = float(getattr(device_config, "max_current_a", 32.0))
+        full = min(rated, hi * kw_per_a) if rated else hi * kw_per_a
+        if action.current_a is not None:
+            cap = action.current_a
+        elif action.power_kw is not None:
+            cap = action.power_kw / kw_per_a
+        else:
+            cap = 0.0
+        if cap < lo:
+            cap = 0.0 if action.pause else lo
+        return max(0.0, full - min(cap, hi) * kw_per_a)
+    if isinstance(action, StorageAction):
+        return min(
+            action.discharge_kw, float(getattr(device_config, "max_discharge_kw", action.discharge_kw))
+        )
+    return rated
+
+
+def precool_value(step: Step, device: Device, original: float | None) -> float | None:
+    """The pre-cooling setpoint for an HVAC step with `precool`, within limits; None if none applies."""
+    a = step.action
+    if not isinstance(a, HvacAction) or a.precool is None or original is None:
+        return None
+    if not isinstance(device, SetpointControl) or getattr(device.config, "mode", "cooling") != "cooling":
+        return None
+    dlo, dhi = device.setpoint_limits_c()
+    lo, _hi = a.comfort_limits(dlo, dhi)
+    target = round(min(dhi, max(dlo, lo, original - a.precool.offset_c)), 1)
+    return target if target < original else None
 
 
 def _stage_index(strategy: Strategy, name: str) -> int:
@@ -156,6 +229,17 @@ def _ev_cap_a(action: EvChargerAction, device: CurrentLimited, min_a: float) -> 
     return cap
 
 
+def _round_within(value: float, lo: float, hi: float, ndigits: int) -> float:
+    """`value` rounded to the write resolution without leaving [lo, hi] (limits need not be round)."""
+    q = 10.0**ndigits
+    out = round(value, ndigits)
+    if out > hi:
+        out = math.floor(hi * q + 1e-9) / q
+    if out < lo:
+        out = math.ceil(lo * q - 1e-9) / q
+    return out
+
+
 class NotApplicable(Exception):
     """The step cannot shed now (device state unknown, reserve reached, nothing to shed)."""
 
@@ -171,41 +255,55 @@ def shed_value(step: Step, device: Device, original: float | None) -> float | bo
     if isinstance(a, HvacAction):
         if not isinstance(device, SetpointControl) or original is None:
             raise NotApplicable("setpoint unknown")
-        lo, hi = device.setpoint_limits_c()
+        dlo, dhi = device.setpoint_limits_c()
+        lo, hi = a.comfort_limits(dlo, dhi)
         heating = getattr(device.config, "mode", "cooling") == "heating"
         if a.setpoint_c is not None:
             target = a.setpoint_c
         else:
             offset = a.setpoint_offset_c or 0.0
             target = original - offset if heating else original + offset
-        target = min(hi, max(lo, target))
+        # The action's comfort limits first, then the device's, which no action can widen.
+        target = min(dhi, max(dlo, min(hi, max(lo, target))))
+        target = _round_within(target, dlo, dhi, 1)
         if (not heating and target <= original) or (heating and target >= original):
             raise NotApplicable("setpoint already at or beyond the shed value")
-        return round(target, 1)
+        return target
     if isinstance(a, LightingAction):
         if not isinstance(device, Dimmable) or original is None:
             raise NotApplicable("dim level unknown")
         level = 0.0 if a.off else float(a.level_pct or 0.0)
-        level = max(level, device.min_level_pct())
+        floor = max(device.min_level_pct(), a.floor_pct or 0.0)
+        # Levels are written as whole percent: round, but never below a fractional floor.
+        level = _round_within(max(level, floor), math.ceil(floor - 1e-9), 100.0, 0)
         if level >= original:
             raise NotApplicable("already dimmed")
-        return round(level)
+        return level
     if isinstance(a, EvChargerAction):
         if not isinstance(device, CurrentLimited) or original is None:
             raise NotApplicable("current limit unknown")
         lo, hi = device.current_range_a()
         cap = min(hi, _ev_cap_a(a, device, lo))
+        cap = 0.0 if cap == 0 else _round_within(cap, lo, hi, 1)
         if cap >= original:
             raise NotApplicable("already capped")
-        return round(cap, 1)
+        return cap
     if isinstance(a, StorageAction):
         if not isinstance(device, Dispatchable):
             raise NotApplicable("not a storage device")
         soc = device.soc_pct()
-        reserve = a.reserve_soc_pct if a.reserve_soc_pct is not None else device.reserve_soc_pct()
+        # The action may keep more in reserve than the device, never less.
+        reserve = max(a.reserve_soc_pct or 0.0, device.reserve_soc_pct())
         if soc is None or soc <= reserve:
             raise NotApplicable(f"state of charge {soc} at or below reserve {reserve} %")
-        return round(min(a.discharge_kw, device.max_discharge_kw()), 1)
+        value = _round_within(
+            min(a.discharge_kw, device.max_discharge_kw()), 0.0, device.max_discharge_kw(), 1
+        )
+        if value <= 0:
+            raise NotApplicable("nothing to discharge")
+        if original is not None and original >= value:
+            raise NotApplicable("already discharging at or above this power")
+        return value
     if isinstance(a, RelayAction):
         if original is not None and not original:
             raise NotApplicable("already off")
