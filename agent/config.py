@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -52,6 +53,44 @@ class TlsConfig(_Model):
     insecure: bool = Field(default=False, description="Skip hostname verification (testing only).")
 
 
+class MessageSecurity(_Model):
+    """Payload signing: who may steer the site, even if someone else can publish on its topics."""
+
+    require_signature: bool = Field(default=True, description="Refuse unsigned events and prices.")
+    hmac_key_env: str | None = Field(
+        default="DR_AGENT_HMAC_KEY",
+        description="Environment variable holding the shared HMAC-SHA256 key (or systemd credential 'mqtt-hmac-key').",
+    )
+    ed25519_public_key_file: str | None = Field(
+        default=None, description="The provider's Ed25519 public key (PEM or raw 32-byte hex); needs `cryptography`."
+    )
+    max_skew_s: float = Field(
+        default=300.0, gt=0, le=86400, description="A signed message's ts may differ from now by this much, s."
+    )
+    replay_window_s: float = Field(
+        default=900.0, gt=0, le=7 * 86400, description="Nonces are remembered this long to refuse replays, s."
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> MessageSecurity:
+        if self.replay_window_s < 2 * self.max_skew_s:
+            raise ValueError(
+                f"replay_window_s ({self.replay_window_s:g}) must be at least 2 x max_skew_s ({self.max_skew_s:g}),"
+                " or a replay could slip in after its nonce is forgotten"
+            )
+        return self
+
+    def hmac_key(self) -> bytes | None:
+        """From systemd credentials first, then the environment; never from the config file."""
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if cred_dir:
+            p = Path(cred_dir) / "mqtt-hmac-key"
+            if p.is_file() and p.read_text().strip():
+                return p.read_text().strip().encode()
+        value = os.environ.get(self.hmac_key_env) if self.hmac_key_env else None
+        return value.encode() if value else None
+
+
 class MqttConfig(_Model):
     host: str = Field(default="127.0.0.1", description="Broker host name or address.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
@@ -64,6 +103,12 @@ class MqttConfig(_Model):
     client_id: str | None = Field(default=None, description="MQTT client id (default dr-agent-<site id>).")
     topic_root: str | None = Field(default=None, description="Topic prefix (default dr/<site id>).")
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, s.")
+    max_payload_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=1024 * 1024, description="Larger incoming messages are refused."
+    )
+    security: MessageSecurity | None = Field(
+        default=None, description="Signed messages from the DR provider (HMAC or Ed25519); omit for none."
+    )
 
     def password(self) -> str | None:
         """From systemd credentials first, then the environment; never from the config file."""
@@ -121,6 +166,77 @@ class ProgramLimits(_Model):
     max_event_duration_s: float | None = Field(default=None, gt=0, description="Longest single event, s.")
     max_days_per_year: int | None = Field(default=None, ge=0, description="Most event days a year.")
     min_notice_s: float | None = Field(default=None, ge=0, description="Least notice before the start, s.")
+    max_events_per_year: int | None = Field(default=None, ge=0, description="Most events a year.")
+
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class MustRunWindow(_Model):
+    """A production run that must not be disturbed: events overlapping it are declined."""
+
+    name: str = Field(min_length=1, description="What runs, named in the opt-out reason.")
+    hours: tuple[str, str] = Field(description="Local time window, [HH:MM, HH:MM].")
+    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = Field(
+        default=None, description="Days of the week it applies (default every day)."
+    )
+    dates: list[date] | None = Field(default=None, description="Only on these dates (default every date).")
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, v: tuple[str, str]) -> tuple[str, str]:
+        for t in v:
+            if not _HHMM.match(t):
+                raise ValueError(f"{t!r} is not a time of day; write HH:MM")
+        if v[0] >= v[1]:
+            raise ValueError(f"must_run start {v[0]} must be before end {v[1]}")
+        return v
+
+    def applies(self, day: date) -> bool:
+        if self.dates is not None and day not in self.dates:
+            return False
+        return self.weekdays is None or _WEEKDAYS[day.weekday()] in self.weekdays
+
+
+class ContractPeriod(_Model):
+    """The signed contract's period and its participation minimum (Foshan: 10 responses in 3 years)."""
+
+    start: date = Field(description="First day of the contract period.")
+    end: date = Field(description="Last day of the contract period.")
+    min_events: int | None = Field(default=None, ge=0, description="Responses required within the period.")
+
+    @model_validator(mode="after")
+    def _order(self) -> ContractPeriod:
+        if self.end < self.start:
+            raise ValueError(f"contract period end {self.end} is before its start {self.start}")
+        return self
+
+
+class PriceThreshold(_Model):
+    """At or above this price, shed this much (exactly one of reduce_pct_of_peak, reduce_kw)."""
+
+    at_least: float = Field(ge=-10000, le=100000, description="Price at or above which this applies, per kWh.")
+    reduce_pct_of_peak: float | None = Field(default=None, gt=0, le=100, description="Reduce by this % of peak.")
+    reduce_kw: float | None = Field(default=None, gt=0, le=1_000_000, description="Reduce by this many kW.")
+
+    @model_validator(mode="after")
+    def _one(self) -> PriceThreshold:
+        if (self.reduce_pct_of_peak is None) == (self.reduce_kw is None):
+            raise ValueError("a price threshold needs exactly one of reduce_pct_of_peak, reduce_kw")
+        return self
+
+
+class PriceResponse(_Model):
+    """Price-based DR: price intervals at or above a threshold become an event on the `price` program."""
+
+    thresholds: list[PriceThreshold] = Field(
+        min_length=1, description="Thresholds, any order; the highest one a price reaches applies."
+    )
+    min_event_s: float = Field(
+        default=900.0, ge=60, le=86400, description="Shorter high-price runs are not worth a curtailment, s."
+    )
+
+
 
 
 class ContractConfig(_Model):
@@ -136,6 +252,15 @@ class ContractConfig(_Model):
     )
     incentive_cny_per_kw: float = Field(default=0.0, ge=0, description="Incentive per verified kW.")
     min_events_per_year: int | None = Field(default=None, ge=0, description="Participation minimum a year.")
+    default_below_events_per_year: int | None = Field(
+        default=None, ge=0, description="Fewer responses than this in a year is a default (Jiangsu: 5)."
+    )
+    period: ContractPeriod | None = Field(default=None, description="Contract period and its minimum.")
+    blackout_dates: list[date] = Field(default_factory=list, description="Local dates the site takes no events.")
+    must_run: list[MustRunWindow] = Field(
+        default_factory=list, description="Production runs that must not be disturbed (site overrides)."
+    )
+    price: PriceResponse | None = Field(default=None, description="Price-based DR thresholds; omit to ignore prices.")
     official_baseline: str = Field(
         default="realtime_15min", description="Baseline method the programme settles on."
     )

@@ -25,7 +25,7 @@ from agent.actuator import Actuator
 from agent.clock import Clock, SystemClock
 from agent.config import SiteConfig
 from agent.control import Controller, LoadFilter
-from agent.events import DrEvent, EventError, parse_event
+from agent.events import DrEvent
 from agent.lifecycle import EventLifecycle, EventRecord
 from agent.mqtt import MqttLink, Topics
 from agent.sdnotify import Notifier
@@ -182,16 +182,8 @@ class Agent:
         log.info("event=stopped")
 
     async def _recover(self) -> None:
-        """After a restart: reload events; put back anything left shed by a crash."""
-        now = self.clock.now()
-        await self.lifecycle.load()
-        opens = await self.store.journal_open()
-        if opens:
-            # Poll first: restore needs the devices reachable, and we want to log what we saw.
-            await self._poll_all()
-            failed = await self.actuator.restore_all("restart: restoring what the previous run left shed")
-            log.warning("event=crash_recovery restored=%d failed=%s", len(opens), ",".join(failed) or "none")
-        self.lifecycle.after_restore(now)
+        """After a restart: resume an event still running; put back anything else left shed by a crash."""
+        await self.lifecycle.recover(self.clock.now())
 
     # -- polling -------------------------------------------------------------------
 
@@ -248,18 +240,8 @@ class Agent:
 
     # -- events in -----------------------------------------------------------------
 
-    async def on_message(self, topic: str, raw: bytes) -> None:
-        if topic != self.topics.event_in:
-            return
-        try:
-            ev = parse_event(raw)
-        except EventError as err:
-            log.warning(
-                "event=event_refused code=%s event_id=%s error=%r", err.code, err.event_id, err.message
-            )
-            await self._send(self.topics.error, err.payload())
-            return
-        await self.handle_event(ev)
+    async def on_message(self, topic: str, raw: bytes, retained: bool = False) -> None:
+        await self.lifecycle.on_message(topic, raw, retained)
 
     async def handle_event(self, ev: DrEvent) -> None:
         await self.lifecycle.handle_event(ev)

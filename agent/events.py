@@ -1,9 +1,11 @@
-"""DR events as they arrive over MQTT: the OpenADR 2.0b-shaped payload, parsing, and responses.
+"""DR events and price signals as they arrive over MQTT, and every payload the agent sends.
 
 The event shape mirrors oadrDistributeEvent closely enough that an OpenADR
-bridge maps one to one; the response mirrors oadrCreatedEvent. Parsing never
-raises into the caller: a bad message becomes an `EventError` naming the
-event id (when one could be read) and the field.
+bridge maps one to one (notification, ramp-up, recovery, start_after, signal
+intervals); the response mirrors oadrCreatedEvent. Parsing never raises into
+the caller: a bad message becomes an `EventError` naming the event id (when
+one could be read) and the field. The outgoing payload models at the end are
+the source of the JSON Schemas under config/schemas/ (`python -m agent.events`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from strategies.model import Program
 
 MAX_PAYLOAD_BYTES = 64 * 1024
+#: Events that start further ahead than this are refused (a typo in the year, a clock gone wrong).
+MAX_AHEAD_S = 366 * 86400
 EventStatus = Literal["far", "near", "active", "completed", "cancelled"]
 
 
@@ -54,6 +58,21 @@ class Target(BaseModel):
         return max(0.0, baseline_kw - self.cap_kw)
 
 
+def _aware_dt(v: datetime) -> datetime:
+    if v.tzinfo is None or v.utcoffset() is None:
+        raise ValueError("needs a UTC offset, e.g. 2026-07-01T14:00:00+08:00")
+    return v
+
+
+class Interval(BaseModel):
+    """One signal interval (oadrSignal interval): a target for part of the event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    duration_s: float = Field(gt=0, le=86400, description="Length of this interval, s.")
+    target: Target = Field(description="What the site is asked to do in this interval.")
+
+
 class DrEvent(BaseModel):
     """A DR event from the provider (oadrEvent, flattened)."""
 
@@ -72,16 +91,60 @@ class DrEvent(BaseModel):
     ramp_up_s: float = Field(default=0.0, ge=0, le=3600, description="Time allowed to reach the target, s.")
     recovery_s: float = Field(default=0.0, ge=0, le=7200, description="Recovery window after the end, s.")
     start_after_s: float = Field(
-        default=0.0, ge=0, le=3600, description="Randomize the start within this, s."
+        default=0.0, ge=0, le=3600, description="Randomize the start within this, s (the end stays)."
     )
-    target: Target = Field(description="What the site is asked to do.")
+    notification_s: float = Field(
+        default=900.0, ge=0, le=7 * 86400, description="The event is 'near' this long before its start, s."
+    )
+    target: Target = Field(
+        description="What the site is asked to do (with intervals: optional, defaults to the first interval's)."
+    )
+    intervals: list[Interval] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=96,
+        description="Signal intervals, a target that changes over the event; durations add up to duration_s.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_from_intervals(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "target" not in data and isinstance(data.get("intervals"), list):
+            first = data["intervals"][0] if data["intervals"] else None
+            if isinstance(first, dict) and "target" in first:
+                data = {**data, "target": first["target"]}
+        return data
 
     @field_validator("start")
     @classmethod
     def _aware(cls, v: datetime) -> datetime:
-        if v.tzinfo is None or v.utcoffset() is None:
-            raise ValueError("start needs a UTC offset, e.g. 2026-07-01T14:00:00+08:00")
-        return v
+        return _aware_dt(v)
+
+    @model_validator(mode="after")
+    def _intervals_fill(self) -> DrEvent:
+        if self.intervals:
+            total = sum(i.duration_s for i in self.intervals)
+            if abs(total - self.duration_s) > 1e-6:
+                raise ValueError(f"intervals add up to {total:g} s but duration_s is {self.duration_s:g} s")
+        return self
+
+    def targets(self) -> list[tuple[float, float, Target]]:
+        """(start ts, end ts, target) of each interval; one covering the event without intervals."""
+        if not self.intervals:
+            return [(self.start_ts, self.end_ts, self.target)]
+        out, t = [], self.start_ts
+        for i in self.intervals:
+            out.append((t, t + i.duration_s, i.target))
+            t += i.duration_s
+        return out
+
+    def target_at(self, ts: float) -> tuple[int, Target]:
+        """The interval index and target in force at `ts` (the first before the start, the last after)."""
+        spans = self.targets()
+        for n, (_a, b, tgt) in enumerate(spans):
+            if ts < b:
+                return n, tgt
+        return len(spans) - 1, spans[-1][2]
 
     @property
     def start_ts(self) -> float:
@@ -118,19 +181,38 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def parse_event(raw: bytes | str) -> DrEvent:
-    """Parse and validate one event message; raises EventError saying what and where."""
-    if len(raw) > MAX_PAYLOAD_BYTES:
-        raise EventError("too_large", f"payload of {len(raw)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+def load_json(raw: bytes | str, max_bytes: int = MAX_PAYLOAD_BYTES, what: str = "an event") -> dict[str, Any]:
+    """Size-check and decode one JSON object; raises EventError."""
+    if len(raw) > max_bytes:
+        raise EventError("too_large", f"payload of {len(raw)} bytes exceeds {max_bytes}")
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise EventError("bad_json", f"not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise EventError("bad_event", "an event must be a JSON object")
-    event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+        raise EventError("bad_event", f"{what} must be a JSON object")
+    return data
+
+
+def parse_event(raw: bytes | str | dict[str, Any], max_bytes: int = MAX_PAYLOAD_BYTES) -> DrEvent:
+    """Parse and validate one event message; raises EventError saying what and where."""
+    data = raw if isinstance(raw, dict) else load_json(raw, max_bytes)
+    return _validate(DrEvent, data, "event_id")
+
+
+def parse_price(raw: bytes | str | dict[str, Any], max_bytes: int = MAX_PAYLOAD_BYTES) -> PriceSignal:
+    """Parse and validate one price message; raises EventError saying what and where."""
+    data = raw if isinstance(raw, dict) else load_json(raw, max_bytes, "a price signal")
+    return _validate(PriceSignal, data, "price_id")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(model: type[M], data: dict[str, Any], id_field: str) -> M:
+    event_id = data.get(id_field) if isinstance(data.get(id_field), str) else None
     try:
-        return DrEvent.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = _loc(tuple(first["loc"])) or None
@@ -162,3 +244,220 @@ def response(
     }
     body.update(extra)
     return body
+
+
+# -- price signals (in) -----------------------------------------------------------------
+
+
+class PriceInterval(BaseModel):
+    """One priced interval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: datetime = Field(description="Interval start, RFC 3339 with an offset.")
+    duration_s: float = Field(gt=0, le=86400, description="Interval length, s.")
+    price: float = Field(ge=-10000, le=100000, description="Energy price in this interval, currency per kWh.")
+
+    _aware = field_validator("start")(classmethod(lambda cls, v: _aware_dt(v)))
+
+    @property
+    def start_ts(self) -> float:
+        return self.start.timestamp()
+
+    @property
+    def end_ts(self) -> float:
+        return self.start_ts + self.duration_s
+
+
+class PriceSignal(BaseModel):
+    """A tariff signal: time-of-use, critical-peak or real-time prices per interval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price_id: str = Field(
+        min_length=1, max_length=96, pattern=r"^[A-Za-z0-9_.:-]+$", description="Id of this price schedule."
+    )
+    revision: int = Field(default=0, ge=0, description="Goes up with every change of the schedule.")
+    kind: Literal["tou", "critical_peak", "realtime"] = Field(description="Tariff kind.")
+    currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$", description="ISO 4217 currency.")
+    intervals: list[PriceInterval] = Field(
+        min_length=1, max_length=288, description="Priced intervals, in order."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PriceSignal:
+        for n, (a, b) in enumerate(zip(self.intervals, self.intervals[1:], strict=False), start=1):
+            if b.start_ts < a.end_ts - 1e-6:
+                raise ValueError(f"intervals[{n}] starts before intervals[{n - 1}] ends")
+        return self
+
+
+# -- what the agent sends (the models behind config/schemas/*.json) ----------------------
+
+#: Every code the agent puts in an error reply, with what it means (docs/mqtt-api.md lists them).
+ERROR_CODES: dict[str, str] = {
+    "too_large": "payload exceeds mqtt.max_payload_bytes",
+    "bad_json": "not valid JSON",
+    "bad_event": "not a JSON object",
+    "missing_field": "a required field is missing",
+    "unknown_field": "a field the API does not define",
+    "unknown_target": "a target kind the API does not define",
+    "invalid_field": "a field out of range or of the wrong type",
+    "stale_event": "the event already ended (or starts too far in the past)",
+    "start_too_far": "the event starts more than a year ahead",
+    "stale_modification": "a modification number below the one the agent holds",
+    "unknown_event": "a cancellation of an event the agent never received",
+    "event_final": "a modification of an event that is already completed, cancelled or superseded",
+    "unsigned": "signing is required and the message is not signed",
+    "bad_signature": "the signature does not verify",
+    "unknown_key": "the message names a key or algorithm the agent does not hold",
+    "stale_message": "the signed timestamp is outside max_skew_s of now",
+    "replay": "the nonce was already seen within replay_window_s",
+}
+
+
+class EventResponse(BaseModel):
+    """{root}/out/response: the agent's answer to an event (oadrCreatedEvent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["ok"] = Field(description="Always ok; refusals of bad messages go to out/error.")
+    event_id: str = Field(description="The event answered.")
+    modification_number: int = Field(description="The modification answered.")
+    opt: Literal["in", "out"] = Field(description="Opt in or opt out.")
+    code: str = Field(
+        description="Machine-readable: accepted, partial, cancelled, superseded or the rule refused."
+    )
+    reason: str = Field(description="For people, naming the rule, e.g. 'daily_event_limit: ...'.")
+    committed_kw: float | None = Field(default=None, description="The reduction committed to, kW.")
+    partial: bool | None = Field(default=None, description="True when less than asked is committed.")
+    intervals_committed_kw: list[float] | None = Field(
+        default=None, description="Per signal interval, the kW committed."
+    )
+    effective_start: str | None = Field(
+        default=None, description="The randomized start, when start_after_s applied."
+    )
+    supersedes: list[str] | None = Field(
+        default=None, description="Lower-priority events this one displaced."
+    )
+    superseded_by: str | None = Field(
+        default=None, description="The higher-priority event that displaced this one."
+    )
+    participation_warning: str | None = Field(
+        default=None, description="Set when the site is on course to miss its participation minimum."
+    )
+
+
+class EventState(BaseModel):
+    """{root}/out/event/<event_id> (retained): the event's current state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(description="The event.")
+    modification_number: int = Field(description="The modification in force.")
+    state: Literal["far", "near", "active", "completed", "cancelled", "opted_out", "superseded"] = Field(
+        description="Lifecycle state."
+    )
+    opt: Literal["in", "out"] = Field(description="The agent's decision.")
+    code: str = Field(description="The decision's code.")
+    reason: str = Field(description="The decision's reason.")
+    program: str = Field(description="contracted, realtime or price.")
+    priority: int = Field(description="Lower number = higher priority.")
+    start: str = Field(description="Start as sent, RFC 3339.")
+    effective_start: str = Field(description="Start after randomization, RFC 3339.")
+    end: str = Field(description="Absolute end, RFC 3339; never extended.")
+    interval: int | None = Field(
+        default=None, description="Index of the signal interval in force (active only)."
+    )
+    committed_kw: float | None = Field(default=None, description="kW committed now.")
+    ts: float = Field(description="When this state was entered, epoch s.")
+
+
+class ErrorReply(BaseModel):
+    """{root}/out/error: a message the agent refused, and why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["error"] = Field(description="Always error.")
+    code: str = Field(description="One of the documented error codes.")
+    event_id: str | None = Field(description="The event (or price) id, when one could be read.")
+    field: str | None = Field(description="The offending field, when there is one.")
+    error: str = Field(description="What is wrong and where, for people.")
+
+
+class LiveReport(BaseModel):
+    """{root}/out/report: live progress during an event, every control.report_interval_s."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seq: int = Field(description="Increases by one per report, across restarts; dedupe on it.")
+    ts: float = Field(description="Time of the report, epoch s.")
+    event_id: str = Field(description="The running event.")
+    measured_kw: float | None = Field(description="Filtered site load, kW (null when the meter is unknown).")
+    baseline_kw: float = Field(description="Baseline, kW.")
+    realized_kw: float | None = Field(description="Baseline minus load, kW.")
+    committed_kw: float = Field(description="kW committed now.")
+    band_kw: list[float] = Field(description="The contract band, kW [min, max].")
+    in_band: bool | None = Field(description="Realized curtailment within the band.")
+    active_steps: list[str] = Field(description="Shed steps in force.")
+
+
+class Settlement(BaseModel):
+    """{root}/out/settlement/<event_id> (retained): the verified result of an event."""
+
+    model_config = ConfigDict(extra="allow")
+
+    event_id: str = Field(description="The event.")
+    start: float = Field(description="Window start, epoch s.")
+    end: float = Field(description="Window end (the cancellation time if cancelled), epoch s.")
+    baseline_kw: float = Field(description="Baseline, kW.")
+    measured_kw: float = Field(description="Mean metered load in the window, kW.")
+    verified_reduction_kw: float = Field(description="(baseline energy - metered energy) / duration, kW.")
+    committed_kw: float | None = Field(description="kW committed.")
+    in_band: bool = Field(description="Verified reduction within the contract band.")
+
+
+class Status(BaseModel):
+    """{root}/status (retained): availability; `offline` is the last will."""
+
+    model_config = ConfigDict(extra="allow")
+
+    state: Literal["online", "offline", "stopped"] = Field(description="Availability.")
+
+
+def payload_models() -> dict[str, type[BaseModel]]:
+    """Schema file stem → model, for every payload in docs/mqtt-api.md."""
+    from agent.signing import SignedEnvelope
+
+    return {
+        "dr-event": DrEvent,
+        "price-signal": PriceSignal,
+        "signed-envelope": SignedEnvelope,
+        "event-response": EventResponse,
+        "event-state": EventState,
+        "error-reply": ErrorReply,
+        "live-report": LiveReport,
+        "settlement": Settlement,
+        "status": Status,
+    }
+
+
+def payload_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every payload, as written to config/schemas/<stem>.schema.json."""
+    out = {}
+    for stem, model in payload_models().items():
+        schema = model.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["$id"] = f"https://dr-agent.example/schemas/{stem}.schema.json"
+        out[stem] = schema
+    return out
+
+
+if __name__ == "__main__":  # python -m agent.events [DIR]: regenerate the payload schemas
+    import sys
+    from pathlib import Path
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "config/schemas")
+    for stem, schema in payload_schemas().items():
+        (target / f"{stem}.schema.json").write_text(json.dumps(schema, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {target / stem}.schema.json")

@@ -1,9 +1,13 @@
 """The event lifecycle: intake, opt in/out, far → near → active → completed/cancelled, settlement.
 
 `EventLifecycle` owns the events the agent knows and every state change of
-them: it decides on each incoming event (the contract), publishes each state
-(retained per event) and persists it, starts control at the (randomized)
-start, runs the staggered restore after the end and settles. The control
+them: it checks each incoming message (size, signature, freshness), decides
+on each event under the contract, publishes each state (retained per event)
+and persists it, starts control at the (randomized) start, follows the
+signal intervals, runs the staggered restore after the absolute end and
+settles. Price signals become events on the `price` programme. After a
+restart it resumes an event still running (the revert journal says what is
+shed) or restores and settles one that ended meanwhile. The control
 decisions themselves stay in `Controller`; the daemon calls `tick()` once a
 control cycle and then cycles the shedding events.
 """
@@ -17,10 +21,24 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.contract import Decision as OptDecision
+from agent.contract import commit_kw
 from agent.contract import decide as decide_opt
-from agent.control import EventControl
-from agent.events import DrEvent, EventError, response
+from agent.control import ActiveStep, EventControl
+from agent.events import (
+    MAX_AHEAD_S,
+    DrEvent,
+    EventError,
+    Interval,
+    PriceSignal,
+    Target,
+    load_json,
+    parse_event,
+    parse_price,
+    response,
+)
+from agent.ledger import Ledger, LedgerEntry
 from agent.settlement import settle
+from agent.signing import Verifier
 from strategies.engine import build_steps
 
 if TYPE_CHECKING:
@@ -28,9 +46,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dr_agent")
 
-NEAR_WINDOW_S = 900.0
 BASELINE_WINDOW_S = 900.0
-FINAL_STATES = {"completed", "cancelled", "opted_out"}
+#: States an event never leaves.
+FINAL_STATES = {"completed", "cancelled", "opted_out", "superseded"}
+#: Final states re-published on reconnect for this long after the event's end (the broker may have lost them).
+REPUBLISH_FINAL_S = 86400.0
 
 
 @dataclass
@@ -41,10 +61,22 @@ class EventRecord:
     effective_start: float
     control: EventControl | None = None
     settled: bool = False
+    #: When it stopped early (cancelled or superseded while running), else None.
+    ended_ts: float | None = None
+    #: The signal interval in force while active.
+    interval: int | None = None
+    #: Kept across a restart: baseline, commitment and control start of a running event.
+    runtime: dict[str, Any] | None = None
+    #: When the event first arrived (agent clock): its notice time sets some incentive rates.
+    received_ts: float | None = None
 
     @property
     def control_start(self) -> float:
         return self.effective_start - self.event.ramp_up_s
+
+    @property
+    def jitter(self) -> float:
+        return self.effective_start - self.event.start_ts
 
 
 class EventLifecycle:
@@ -54,8 +86,95 @@ class EventLifecycle:
         self.agent = agent
         self.events: dict[str, EventRecord] = {}
         self._rng = random.Random()
+        self.verifier: Verifier | None = None
+        self.participation_warning: str | None = None
+        sec = agent.cfg.mqtt.security
+        if sec is not None:
+            self.verifier = Verifier(sec, self._nonce_seen)
+
+    async def _nonce_seen(self, nonce: str, ts: float, now: float, window: float) -> bool:
+        return bool(await self.agent.store.nonce_seen(nonce, ts, now, window))
+
+    # -- messages in ---------------------------------------------------------------
+
+    async def on_message(self, topic: str, raw: bytes, retained: bool = False) -> None:
+        """One message on {root}/in/event or {root}/in/price: check, then handle; refusals to out/error."""
+        a = self.agent
+        if topic not in (a.topics.event_in, a.topics.price_in):
+            return
+        now = a.clock.now()
+        try:
+            data = load_json(raw, a.cfg.mqtt.max_payload_bytes)
+            if self.verifier is not None:
+                try:
+                    inner = await self.verifier.open(topic, data, now)
+                except EventError as err:
+                    # A retained message comes back on every reconnect: not a replay if we hold it already.
+                    if retained and err.code in ("replay", "stale_message") and err.event_id in self.events:
+                        log.debug("event_id=%s event=retained_redelivery ignored", err.event_id)
+                        return
+                    raise
+                if inner is not None:
+                    data = inner
+            if topic == a.topics.price_in:
+                await self.handle_price(parse_price(data))
+                return
+            ev = parse_event(data)
+            self._check_times(ev, now)
+        except EventError as err:
+            log.warning(
+                "event=message_refused topic=%s code=%s event_id=%s error=%r",
+                topic.rsplit("/", 1)[-1],
+                err.code,
+                err.event_id,
+                err.message,
+            )
+            await a._send(a.topics.error, err.payload())
+            return
+        await self.handle_event(ev)
+
+    def _check_times(self, ev: DrEvent, now: float) -> None:
+        if ev.end_ts <= now:
+            ended = datetime.fromtimestamp(ev.end_ts, self.agent.tz)
+            raise EventError(
+                "stale_event", f"the event ended at {ended.isoformat()}; refused", ev.event_id, "start"
+            )
+        if ev.start_ts - now > MAX_AHEAD_S:
+            raise EventError(
+                "start_too_far",
+                f"start is {(ev.start_ts - now) / 86400:.0f} days ahead; at most {MAX_AHEAD_S / 86400:.0f}",
+                ev.event_id,
+                "start",
+            )
 
     # -- intake ------------------------------------------------------------------
+
+    def ledger(self) -> Ledger:
+        """What the opted-in events used: planned ones, running ones, and those that ran (even cut short)."""
+        entries = []
+        for r in self.events.values():
+            ran = (
+                r.ended_ts is not None
+                or r.control is not None
+                or (r.runtime or {}).get("baseline_kw") is not None
+            )
+            if r.opt.opt != "in" and not ran:
+                continue
+            if r.state == "cancelled" and not ran:
+                continue
+            if r.state in ("far", "near"):
+                state = "planned"
+            elif r.state in ("cancelled", "superseded", "opted_out"):
+                state = "cancelled"
+            else:
+                state = r.state if r.state in ("active", "completed") else "completed"
+            end = r.ended_ts if r.ended_ts is not None else r.event.end_ts
+            entries.append(
+                LedgerEntry(
+                    r.event.event_id, r.event.program, r.event.start_ts, end, state, r.event.test_event
+                )
+            )
+        return Ledger(self.agent.cfg.contract, self.agent.tz, entries)
 
     async def handle_event(self, ev: DrEvent) -> None:
         a = self.agent
@@ -79,6 +198,17 @@ class EventLifecycle:
                 # Same number: an idempotent re-acknowledgement.
                 await a._send(a.topics.response, self.response(known))
                 return
+            if known.state in ("completed", "cancelled", "superseded"):
+                await a._send(
+                    a.topics.error,
+                    EventError(
+                        "event_final",
+                        f"the event is already {known.state}; modification {ev.modification_number} ignored",
+                        ev.event_id,
+                        "modification_number",
+                    ).payload(),
+                )
+                return
             if ev.status == "cancelled":
                 await self.cancel(known, ev, now)
                 return
@@ -96,77 +226,164 @@ class EventLifecycle:
         accepted = [
             r.event
             for r in self.events.values()
-            if r.opt.opt == "in" and r.state not in ("cancelled",) and r.event.event_id != ev.event_id
+            if r.opt.opt == "in" and r.state not in FINAL_STATES and r.event.event_id != ev.event_id
         ]
-        opt = decide_opt(ev, a.cfg.contract, a.tz, accepted, now, a.filter.value)
-        jitter = self._rng.uniform(0, ev.start_after_s) if ev.start_after_s else 0.0
-        if known is not None and known.control is not None:
-            # A modification of a running event: keep running, take the new window and target.
-            known.event, known.opt = ev, opt
-            if opt.opt == "in" and opt.committed_kw is not None:
-                known.control.committed_kw = opt.committed_kw
-                known.control.end = ev.end_ts
+        baseline = known.control.baseline_kw if known and known.control else a.filter.value
+        opt = decide_opt(ev, a.cfg.contract, a.tz, accepted, now, baseline, self.ledger())
+        if known is not None:
             rec = known
+            was_running = rec.control is not None and rec.control.phase in ("shedding", "restoring")
+            rec.event, rec.opt = ev, opt
+            if not was_running:
+                rec.effective_start = ev.start_ts + min(rec.jitter, ev.start_after_s)
+            if opt.opt == "out":
+                if was_running:
+                    await self._stop_early(rec, now, "opted out after a modification")
+                rec.state = "opted_out"
+            else:
+                if was_running and rec.control is not None:
+                    rec.control.end = ev.end_ts
+                    rec.interval = None  # re-evaluated on the next tick
+                elif rec.state == "opted_out":
+                    rec.state = "far"
+            log.info(
+                "event_id=%s event=modified n=%d opt=%s code=%s",
+                ev.event_id,
+                ev.modification_number,
+                opt.opt,
+                opt.code,
+            )
         else:
+            jitter = self._rng.uniform(0, ev.start_after_s) if ev.start_after_s else 0.0
             rec = EventRecord(ev, opt, "far" if opt.opt == "in" else "opted_out", ev.start_ts + jitter)
+            rec.received_ts = now
             self.events[ev.event_id] = rec
-        log.info(
-            "event_id=%s event=received opt=%s code=%s reason=%r", ev.event_id, opt.opt, opt.code, opt.reason
-        )
-        await a.store.save_event(
-            ev.event_id,
-            ev.modification_number,
-            ev.model_dump(mode="json"),
-            rec.state,
-            opt.opt,
-            opt.code,
-            opt.reason,
-            rec.effective_start,
-        )
-        await a._send(a.topics.response, self.response(rec))
+            log.info(
+                "event_id=%s event=received opt=%s code=%s reason=%r",
+                ev.event_id,
+                opt.opt,
+                opt.code,
+                opt.reason,
+            )
+        await self._persist(rec)
+        for other_id in opt.supersedes:
+            other = self.events.get(other_id)
+            if other is not None and other.state not in FINAL_STATES:
+                await self._supersede(other, rec, now)
+        extra: dict[str, Any] = {}
+        if opt.opt == "in":
+            warning = self.ledger().participation(now).warning
+            if warning:
+                extra["participation_warning"] = warning
+        await a._send(a.topics.response, self.response(rec, **extra))
         await self.publish_state(rec)
         a.wake.set()
 
-    def response(self, rec: EventRecord) -> dict[str, Any]:
+    def response(self, rec: EventRecord, **more: Any) -> dict[str, Any]:
         extra: dict[str, Any] = {"status": "ok"}
         if rec.opt.committed_kw is not None:
             extra["committed_kw"] = round(rec.opt.committed_kw, 3)
         if rec.opt.partial:
             extra["partial"] = True
+        if rec.opt.intervals_kw is not None:
+            extra["intervals_committed_kw"] = [round(k, 3) for k in rec.opt.intervals_kw]
         if rec.effective_start != rec.event.start_ts:
             extra["effective_start"] = datetime.fromtimestamp(rec.effective_start, self.agent.tz).isoformat()
+        if rec.opt.supersedes:
+            extra["supersedes"] = list(rec.opt.supersedes)
+        extra.update(more)
         return response(rec.event, rec.opt.opt, rec.opt.code, rec.opt.reason, **extra)
+
+    async def _stop_early(self, rec: EventRecord, now: float, why: str) -> None:
+        """Release everything now and settle what ran (cancel, supersede, opt-out on modification)."""
+        c = rec.control
+        if c is None:
+            return
+        was_shedding = c.phase in ("shedding", "restoring")
+        await self.agent.controller.release_all(c, now, why)
+        c.phase = "done"
+        if was_shedding:
+            rec.ended_ts = min(now, rec.event.end_ts)
+            await self.settle(rec, end=now)
+
+    async def _supersede(self, rec: EventRecord, by: EventRecord, now: float) -> None:
+        a = self.agent
+        reason = (
+            f"superseded: {by.event.event_id} (priority {by.event.priority}) overlaps and has higher priority "
+            f"than this one ({rec.event.priority})"
+        )
+        rec.opt = OptDecision("out", "superseded", reason)
+        rec.state = "superseded"
+        await self._stop_early(rec, now, "superseded by a higher-priority event")
+        await self._persist(rec)
+        log.info("event_id=%s event=superseded by=%s", rec.event.event_id, by.event.event_id)
+        await a._send(a.topics.response, self.response(rec, superseded_by=by.event.event_id))
+        await self.publish_state(rec)
 
     async def cancel(self, rec: EventRecord, ev: DrEvent, now: float) -> None:
         a = self.agent
         rec.event = ev
-        if rec.control is not None:
-            await a.controller.release_all(rec.control, now, "event cancelled")
-            rec.control.phase = "done"
-        was_running = rec.state == "active"
+        was_running = rec.control is not None and rec.control.phase in ("shedding", "restoring")
         rec.state = "cancelled"
-        await a.store.save_event(
-            ev.event_id,
-            ev.modification_number,
-            ev.model_dump(mode="json"),
-            "cancelled",
-            rec.opt.opt,
-            "cancelled",
-            "cancelled by the provider",
-            rec.effective_start,
-        )
+        if rec.opt.opt == "in":
+            rec.opt = OptDecision(
+                "in", "cancelled", "cancelled by the provider", rec.opt.committed_kw, rec.opt.partial
+            )
+        await self._stop_early(rec, now, "event cancelled")
+        await self._persist(rec)
         log.info("event_id=%s event=cancelled was_running=%s", ev.event_id, was_running)
         await a._send(
             a.topics.response,
             response(ev, rec.opt.opt, "cancelled", "cancelled by the provider", status="ok"),
         )
         await self.publish_state(rec)
-        if was_running and rec.control is not None:
-            await self.settle(rec, end=now)
+
+    async def _persist(self, rec: EventRecord) -> None:
+        """Store the event, its decision and what a restart needs."""
+        a = self.agent
+        ev = rec.event
+        await a.store.save_event(
+            ev.event_id,
+            ev.modification_number,
+            ev.model_dump(mode="json"),
+            rec.state,
+            rec.opt.opt,
+            rec.opt.code,
+            rec.opt.reason,
+            rec.effective_start,
+        )
+        runtime = dict(rec.runtime or {})
+        runtime.update(
+            {
+                "committed_kw": rec.opt.committed_kw,
+                "partial": rec.opt.partial,
+                "intervals_kw": None if rec.opt.intervals_kw is None else list(rec.opt.intervals_kw),
+                "supersedes": list(rec.opt.supersedes),
+                "ended_ts": rec.ended_ts,
+            }
+        )
+        c = rec.control
+        if c is not None:
+            runtime.update(
+                {
+                    "baseline_kw": c.baseline_kw,
+                    "baseline_quality": c.baseline_quality,
+                    "control_committed_kw": c.committed_kw,
+                    "control_start": c.control_start,
+                }
+            )
+        rec.runtime = runtime
+        await a.store.set_event_runtime(ev.event_id, runtime)
+
+    async def _set_state(self, rec: EventRecord, state: str) -> None:
+        rec.state = state
+        await self.agent.store.set_event_state(rec.event.event_id, state)
+        await self.publish_state(rec)
 
     async def publish_state(self, rec: EventRecord) -> None:
         a = self.agent
         ev = rec.event
+        committed = rec.control.committed_kw if rec.control is not None else rec.opt.committed_kw
         await a._send(
             a.topics.event_state(ev.event_id),
             {
@@ -174,20 +391,131 @@ class EventLifecycle:
                 "modification_number": ev.modification_number,
                 "state": rec.state,
                 "opt": rec.opt.opt,
+                "code": rec.opt.code,
+                "reason": rec.opt.reason,
                 "program": ev.program,
+                "priority": ev.priority,
                 "start": ev.start.isoformat(),
                 "effective_start": datetime.fromtimestamp(rec.effective_start, a.tz).isoformat(),
                 "end": datetime.fromtimestamp(ev.end_ts, a.tz).isoformat(),
+                "interval": rec.interval,
+                "committed_kw": None if committed is None else round(committed, 3),
                 "ts": a.clock.now(),
             },
             retain=True,
         )
 
     async def on_connected(self) -> None:
-        """Re-publish current state on every (re)connect: late subscribers and a restarted broker."""
+        """Re-publish every current state on each (re)connect: late subscribers, a broker that lost them."""
+        now = self.agent.clock.now()
         for rec in self.events.values():
-            if rec.state not in FINAL_STATES:
+            if rec.state not in FINAL_STATES or rec.event.end_ts > now - REPUBLISH_FINAL_S:
                 await self.publish_state(rec)
+
+    # -- price-based DR -----------------------------------------------------------------
+
+    def price_events(self, price: PriceSignal) -> list[DrEvent]:
+        """The events a price schedule asks for: runs of intervals at or above a threshold, within allowed hours."""
+        a = self.agent
+        pr = a.cfg.contract.price
+        if pr is None:
+            return []
+        levels = sorted(pr.thresholds, key=lambda t: t.at_least)
+        allowed = a.cfg.contract.allowed_hours
+        # (start, end, threshold) pieces, clipped to the allowed hours of their day.
+        pieces: list[tuple[float, float, int]] = []
+        for iv in price.intervals:
+            level = max((n for n, t in enumerate(levels) if iv.price >= t.at_least), default=None)
+            if level is None:
+                continue
+            s, e = iv.start_ts, iv.end_ts
+            if allowed:
+                day = datetime.fromtimestamp(s, a.tz).date()
+                lo = datetime.combine(day, datetime.strptime(allowed[0], "%H:%M").time(), a.tz).timestamp()
+                hi = (
+                    datetime.combine(day, datetime.min.time(), a.tz).timestamp() + 86400
+                    if allowed[1] == "24:00"
+                    else datetime.combine(
+                        day, datetime.strptime(allowed[1], "%H:%M").time(), a.tz
+                    ).timestamp()
+                )
+                s, e = max(s, lo), min(e, hi)
+            if e > s:
+                pieces.append((s, e, level))
+        runs: list[list[tuple[float, float, int]]] = []
+        for p in pieces:
+            if runs and abs(runs[-1][-1][1] - p[0]) < 1e-6:
+                runs[-1].append(p)
+            else:
+                runs.append([p])
+        out = []
+        for n, run in enumerate(r for r in runs if r[-1][1] - r[0][0] >= pr.min_event_s):
+            merged: list[list[float]] = []
+            for s, e, level in run:
+                if merged and merged[-1][2] == level:
+                    merged[-1][1] = e
+                else:
+                    merged.append([s, e, level])
+            intervals = [
+                Interval(duration_s=e - s, target=self._price_target(levels[int(level)]))
+                for s, e, level in merged
+            ]
+            out.append(
+                DrEvent(
+                    event_id=f"price-{price.price_id}-{n}",
+                    modification_number=price.revision,
+                    program="price",
+                    start=datetime.fromtimestamp(run[0][0], a.tz),
+                    duration_s=run[-1][1] - run[0][0],
+                    target=intervals[0].target,
+                    intervals=intervals if len(intervals) > 1 else None,
+                )
+            )
+        return out
+
+    @staticmethod
+    def _price_target(t: Any) -> Target:
+        if t.reduce_kw is not None:
+            return Target(reduce_kw=t.reduce_kw)
+        return Target(reduce_pct_of_peak=t.reduce_pct_of_peak)
+
+    async def handle_price(self, price: PriceSignal) -> None:
+        """Map a price schedule to events on the `price` programme; a new revision replaces the old one's."""
+        a = self.agent
+        now = a.clock.now()
+        wanted = [e for e in self.price_events(price) if e.end_ts > now]
+        wanted_ids = {e.event_id for e in wanted}
+        prefix = f"price-{price.price_id}-"
+        for rec in list(self.events.values()):
+            eid = rec.event.event_id
+            if eid.startswith(prefix) and eid not in wanted_ids and rec.state not in FINAL_STATES:
+                if price.revision > rec.event.modification_number:
+                    cancel = rec.event.model_copy(
+                        update={"modification_number": price.revision, "status": "cancelled"}
+                    )
+                    await self.cancel(rec, cancel, now)
+        log.info(
+            "event=price_signal price_id=%s revision=%d kind=%s intervals=%d events=%d",
+            price.price_id,
+            price.revision,
+            price.kind,
+            len(price.intervals),
+            len(wanted),
+        )
+        await a._send(
+            a.topics.price_state,
+            {
+                "price_id": price.price_id,
+                "revision": price.revision,
+                "kind": price.kind,
+                "max_price": max(i.price for i in price.intervals),
+                "events": sorted(wanted_ids),
+                "ts": now,
+            },
+            retain=True,
+        )
+        for ev in wanted:
+            await self.handle_event(ev)
 
     # -- the lifecycle, once a control cycle ----------------------------------------
 
@@ -196,7 +524,8 @@ class EventLifecycle:
         a = self.agent
         load = a.site_load_kw()
         for rec in list(self.events.values()):
-            if rec.opt.opt != "in" or rec.state in FINAL_STATES:
+            recovering = rec.control is not None and rec.control.phase == "recovering"
+            if rec.opt.opt != "in" or (rec.state in FINAL_STATES and not recovering):
                 continue
             ev = rec.event
             if rec.state == "completed_unsettled":
@@ -204,32 +533,47 @@ class EventLifecycle:
                 continue
             if now >= ev.end_ts:
                 if rec.control is None:
-                    rec.state = "completed"
-                    await a.store.set_event_state(ev.event_id, "completed")
-                    await self.publish_state(rec)
+                    await self._set_state(rec, "completed")
                     continue
                 c = rec.control
                 if c.phase == "shedding":
                     c.phase = "restoring"
                     log.info("event_id=%s event=ended restoring=%d", ev.event_id, len(c.active))
+                recovery = ev.recovery_s if ev.recovery_s > 0 else c.restore_policy.rebound_window_s
                 if c.phase == "restoring":
-                    done = await a.controller.restore_next(
-                        c, now, load, ev.end_ts + c.restore_policy.rebound_window_s
-                    )
+                    done = await a.controller.restore_next(c, now, load, ev.end_ts + recovery)
                     if done:
-                        c.phase = "done"
-                        rec.state = "completed"
-                        await a.store.set_event_state(ev.event_id, "completed")
-                        await self.publish_state(rec)
-                        await self.settle(rec)
+                        # Devices are back; the settlement waits out the recovery window (it reports the rebound).
+                        c.phase = "recovering"
+                        await self._set_state(rec, "completed")
+                if c.phase == "recovering" and now >= ev.end_ts + recovery:
+                    c.phase = "done"
+                    await self.settle(rec)
                 continue
             if now >= rec.control_start:
                 if rec.control is None:
                     await self.begin(rec, now)
-            elif now >= ev.start_ts - NEAR_WINDOW_S and rec.state == "far":
-                rec.state = "near"
-                await a.store.set_event_state(ev.event_id, "near")
-                await self.publish_state(rec)
+                await self._follow_intervals(rec, now)
+            elif now >= ev.start_ts - ev.notification_s and rec.state == "far":
+                await self._set_state(rec, "near")
+
+    async def _follow_intervals(self, rec: EventRecord, now: float) -> None:
+        """Take the target of the signal interval in force; the change shows in reports and the state."""
+        c = rec.control
+        if c is None or c.phase != "shedding":
+            return
+        n, target = rec.event.target_at(max(now, rec.event.start_ts))
+        if n == rec.interval:
+            return
+        _asked, kw = commit_kw(target, self.agent.cfg.contract, c.baseline_kw)
+        changed = rec.interval is not None
+        rec.interval = n
+        if abs(kw - c.committed_kw) > 1e-9:
+            c.committed_kw = kw
+            c.last_change = None  # act on the new target at once rather than wait out the settle time
+        if changed or rec.event.intervals:
+            log.info("event_id=%s event=interval n=%d committed_kw=%.1f", rec.event.event_id, n, kw)
+            await self.publish_state(rec)
 
     def shedding(self) -> list[EventRecord]:
         """Events whose control is shedding now (the controller cycles these)."""
@@ -256,31 +600,36 @@ class EventLifecycle:
             return self.agent.filter.value, "no history: current load"
         return float("nan"), "no meter data"
 
-    async def begin(self, rec: EventRecord, now: float) -> None:
+    def _control(
+        self, rec: EventRecord, baseline: float, committed: float, control_start: float
+    ) -> EventControl:
         a = self.agent
         ev = rec.event
-        baseline, quality = self.baseline(rec.control_start)
-        contract = a.cfg.contract
-        committed = rec.opt.committed_kw or 0.0
-        if ev.target.cap_kw is not None:
-            committed = min(max(baseline - ev.target.cap_kw, contract.band_kw()[0]), contract.band_kw()[1])
         strategy = a.cfg.strategy_for(ev.program)
-        rec.control = EventControl(
+        return EventControl(
             event_id=ev.event_id,
             program=ev.program,
             baseline_kw=baseline,
             committed_kw=committed,
-            band=contract.band_kw(),
+            band=a.cfg.contract.band_kw(),
             steps=build_steps(strategy, a.devices),
             restore_policy=strategy.restore,
-            control_start=now,
+            control_start=control_start,
             end=ev.end_ts,
             test_event=ev.test_event,
             phase="shedding",
         )
-        rec.state = "active"
+
+    async def begin(self, rec: EventRecord, now: float) -> None:
+        a = self.agent
+        ev = rec.event
+        baseline, quality = self.baseline(rec.control_start)
+        _n, target = ev.target_at(max(now, ev.start_ts))
+        _asked, committed = commit_kw(target, a.cfg.contract, baseline)
+        rec.control = self._control(rec, baseline, committed, now)
         rec.control.baseline_quality = quality
-        await a.store.set_event_state(ev.event_id, "active")
+        rec.state = "active"
+        await self._persist(rec)
         await self.publish_state(rec)
         log.info(
             "event_id=%s event=active baseline_kw=%.1f quality=%r committed_kw=%.1f strategy=%s steps=%d",
@@ -288,7 +637,7 @@ class EventLifecycle:
             baseline,
             quality,
             committed,
-            strategy.name,
+            a.cfg.strategy_for(ev.program).name,
             len(rec.control.steps),
         )
 
@@ -301,9 +650,12 @@ class EventLifecycle:
         stop = min(end or ev.end_ts, ev.end_ts)
         samples = await a.store.readings(a.meter.name, ev.start_ts, stop)
         c = rec.control
-        baseline = c.baseline_kw if c is not None else float("nan")
-        if c is None:
-            # Resumed after a restart: baseline from stored readings before the start.
+        rt = rec.runtime or {}
+        if c is not None:
+            baseline = c.baseline_kw
+        elif rt.get("baseline_kw") is not None:
+            baseline = float(rt["baseline_kw"])  # resumed after a restart: the baseline it ran on
+        else:
             pre = await a.store.readings(a.meter.name, ev.start_ts - BASELINE_WINDOW_S, ev.start_ts)
             baseline = sum(kw for _t, kw in pre) / len(pre) if pre else float("nan")
         contract = a.cfg.contract
@@ -325,12 +677,14 @@ class EventLifecycle:
                 "state": rec.state,
                 "actuations": c.actuations if c else 0,
                 "steps_skipped": c.skipped if c else {},
+                "resumed_after_restart": bool(rt.get("resumed")),
             },
         )
         rec.settled = True
         if rec.state == "completed_unsettled":
             rec.state = "completed"
             await a.store.set_event_state(ev.event_id, "completed")
+            await self.publish_state(rec)
         await a.store.save_settlement(ev.event_id, body)
         await a._send(a.topics.settlement(ev.event_id), body, retain=True)
         log.info(
@@ -340,6 +694,10 @@ class EventLifecycle:
             body["verified_reduction_pct_of_peak"],
             body["in_band_fraction"],
         )
+        p = self.ledger().participation(a.clock.now())
+        if p.warning and p.warning != self.participation_warning:
+            log.warning("event=participation %s", p.warning)
+        self.participation_warning = p.warning
 
     # -- restart -------------------------------------------------------------------
 
@@ -351,13 +709,98 @@ class EventLifecycle:
                 ev = DrEvent.model_validate(row["payload"])
             except Exception:
                 continue
-            opt = OptDecision(row["opt"] or "out", row["code"] or "", row["reason"] or "")
+            rt = row.get("runtime") or {}
+            ikw = rt.get("intervals_kw")
+            opt = OptDecision(
+                row["opt"] or "out",
+                row["code"] or "",
+                row["reason"] or "",
+                rt.get("committed_kw"),
+                bool(rt.get("partial")),
+                None if ikw is None else tuple(ikw),
+                tuple(rt.get("supersedes") or ()),
+            )
             rec = EventRecord(ev, opt, row["state"], row["effective_start"] or ev.start_ts)
+            rec.runtime = rt or None
+            rec.ended_ts = rt.get("ended_ts")
             rec.settled = await a.store.settlement(ev.event_id) is not None
             self.events[ev.event_id] = rec
 
-    def after_restore(self, now: float) -> None:
-        """Events that were active and have ended while the agent was down still need a settlement."""
+    async def recover(self, now: float) -> None:
+        """After a restart: resume events still running; restore everything else left shed; settle the rest."""
+        a = self.agent
+        await self.load()
+        opens = await a.store.journal_open()
+        resumable = [
+            r
+            for r in self.events.values()
+            if r.state == "active"
+            and r.opt.opt == "in"
+            and r.event.end_ts > now
+            and (r.runtime or {}).get("baseline_kw") is not None
+        ]
+        if opens or resumable:
+            # Restore and resume need the devices' current values.
+            await a._poll_all()
+        kept: set[tuple[str, str]] = set()
+        for rec in resumable:
+            kept |= await self._resume(rec, now, [e for e in opens if e.event_id == rec.event.event_id])
+        failed: list[str] = []
+        restored = 0
+        done: set[tuple[str, str]] = set(kept)
+        for e in reversed(opens):
+            key = (e.device, e.role)
+            if key in done:
+                continue
+            done.add(key)
+            restored += 1
+            if not await a.actuator.restore(
+                e.device, e.role, "restart: restoring what the previous run left shed", e.event_id
+            ):
+                failed.append(f"{e.device}.{e.role}")
+        if opens:
+            log.warning(
+                "event=crash_recovery restored=%d resumed_steps=%d failed=%s",
+                restored,
+                len(kept),
+                ",".join(failed) or "none",
+            )
         for rec in self.events.values():
-            if rec.state == "active" and rec.event.end_ts <= now:
+            if rec.state == "active" and rec.control is None:
+                # It ended (or cannot be resumed) while the agent was down: devices are back; settle it.
                 rec.state = "completed_unsettled"
+
+    async def _resume(self, rec: EventRecord, now: float, entries: list[Any]) -> set[tuple[str, str]]:
+        """Carry on a running event: stored baseline and commitment, shed steps from the revert journal."""
+        rt = rec.runtime or {}
+        c = self._control(
+            rec,
+            float(rt["baseline_kw"]),
+            float(rt.get("control_committed_kw") or rt.get("committed_kw") or 0.0),
+            float(rt.get("control_start") or rec.control_start),
+        )
+        c.baseline_quality = str(rt.get("baseline_quality") or "ok")
+        by_id = {st.id: st for st in c.steps}
+        kept: set[tuple[str, str]] = set()
+        latest: dict[tuple[str, str], Any] = {}
+        for e in entries:
+            latest[(e.device, e.role)] = e
+        for key, e in latest.items():
+            st = by_id.get(e.step or "")
+            if st is None:
+                continue  # the strategy changed: restore it instead
+            c.active.append(ActiveStep(st, now, e.written if e.written is not None else 0.0, None))
+            kept.add(key)
+        c.last_change = now
+        rec.control = c
+        rec.runtime = {**rt, "resumed": True}
+        await self._persist(rec)
+        log.warning(
+            "event_id=%s event=resumed active_steps=%d committed_kw=%.1f ends=%s",
+            rec.event.event_id,
+            len(c.active),
+            c.committed_kw,
+            datetime.fromtimestamp(rec.event.end_ts, self.agent.tz).isoformat(),
+        )
+        await self.publish_state(rec)
+        return kept

@@ -7,9 +7,12 @@ a broker outage loses nothing: the backlog drains in order on reconnect.
 Availability (`status`) is the exception: it is current state, published
 directly and retained, with a last will for the offline case.
 
-Topic map (root = mqtt.topic_root, default dr/<site id>); docs/mqtt-api.md:
+The agent subscribes to its own site's inputs only. Topic map (root =
+mqtt.topic_root, default dr/<site id>); docs/mqtt-api.md has the payloads:
   in   {root}/in/event                 DR events from the provider
+  in   {root}/in/price                 price signals (price-based DR)
   out  {root}/out/response             opt in / opt out answers
+  out  {root}/out/price                the agent's reading of the latest price signal (retained)
   out  {root}/out/error                refusals of malformed messages
   out  {root}/out/report               live reports during an event
   out  {root}/out/event/<event_id>     event state (retained)
@@ -34,13 +37,16 @@ from agent.store import AsyncStore
 
 log = logging.getLogger("dr_agent.mqtt")
 
-MessageHandler = Callable[[str, bytes], Awaitable[None]]
+#: (topic, payload, retained): retained is True for a retained message delivered on (re)subscribe.
+MessageHandler = Callable[[str, bytes, bool], Awaitable[None]]
 
 
 class Topics:
     def __init__(self, root: str) -> None:
         self.root = root.rstrip("/")
         self.event_in = f"{self.root}/in/event"
+        self.price_in = f"{self.root}/in/price"
+        self.price_state = f"{self.root}/out/price"
         self.response = f"{self.root}/out/response"
         self.error = f"{self.root}/out/error"
         self.report = f"{self.root}/out/report"
@@ -139,7 +145,8 @@ class MqttLink:
                     self.client = client
                     attempt = 0
                     self.connects += 1
-                    await client.subscribe(self.topics.event_in, qos=1)
+                    # Only this site's inputs: never anything another site or the wildcard would bring.
+                    await client.subscribe([(self.topics.event_in, 1), (self.topics.price_in, 1)])
                     await client.publish(
                         self.topics.status, json.dumps({"state": "online"}), qos=1, retain=True
                     )
@@ -177,7 +184,7 @@ class MqttLink:
             payload = message.payload
             raw = payload if isinstance(payload, bytes) else str(payload or "").encode()
             try:
-                await self.on_message(str(message.topic), raw)
+                await self.on_message(str(message.topic), raw, bool(message.retain))
             except Exception:  # a handler bug must not drop the connection
                 log.exception("event=handler_failed topic=%s", message.topic)
 

@@ -45,7 +45,11 @@ CREATE TABLE IF NOT EXISTS outbox(
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(seq) WHERE sent_ts IS NULL;
 CREATE TABLE IF NOT EXISTS audit(
     id INTEGER PRIMARY KEY, ts REAL NOT NULL, event_id TEXT, device TEXT, what TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nonces(nonce TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
 """
+
+#: Columns added after the first release: (table, column, type); added in place on open.
+MIGRATIONS = [("events", "runtime", "TEXT")]
 
 
 @dataclass
@@ -80,6 +84,10 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        for table, column, kind in MIGRATIONS:
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -143,7 +151,8 @@ class Store:
         now = time.time()
         with self.db:
             self.db.execute(
-                """INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?,?)
+                """INSERT INTO events(event_id, modification_number, payload, state, opt, code, reason,
+                   effective_start, received_ts, updated_ts) VALUES (?,?,?,?,?,?,?,?,?,?)
                    ON CONFLICT(event_id) DO UPDATE SET modification_number=excluded.modification_number,
                    payload=excluded.payload, state=excluded.state, opt=excluded.opt, code=excluded.code,
                    reason=excluded.reason, effective_start=excluded.effective_start, updated_ts=excluded.updated_ts""",
@@ -167,8 +176,16 @@ class Store:
                 "UPDATE events SET state=?, updated_ts=? WHERE event_id=?", (state, time.time(), event_id)
             )
 
+    def set_event_runtime(self, event_id: str, runtime: dict[str, Any]) -> None:
+        """What a restart needs to resume the event (baseline, commitment, control start, ...)."""
+        with self.db:
+            self.db.execute(
+                "UPDATE events SET runtime=?, updated_ts=? WHERE event_id=?",
+                (json.dumps(runtime), time.time(), event_id),
+            )
+
     def events(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
-        q = "SELECT event_id, modification_number, payload, state, opt, code, reason, effective_start, updated_ts FROM events"
+        q = "SELECT event_id, modification_number, payload, state, opt, code, reason, effective_start, updated_ts, runtime FROM events"
         args: tuple[Any, ...] = ()
         if states is not None:
             st = list(states)
@@ -188,6 +205,7 @@ class Store:
                     "reason": row[6],
                     "effective_start": row[7],
                     "updated_ts": row[8],
+                    "runtime": json.loads(row[9]) if row[9] else {},
                 }
             )
         return out
@@ -284,6 +302,13 @@ class Store:
     def outbox_prune(self, older_than: float) -> None:
         with self.db:
             self.db.execute("DELETE FROM outbox WHERE sent_ts IS NOT NULL AND sent_ts < ?", (older_than,))
+
+    def nonce_seen(self, nonce: str, ts: float, now: float, window_s: float) -> bool:
+        """True if `nonce` was already used within the window; records it otherwise (replay defence)."""
+        with self.db:
+            self.db.execute("DELETE FROM nonces WHERE ts < ?", (now - window_s,))
+            cur = self.db.execute("INSERT OR IGNORE INTO nonces VALUES (?,?)", (nonce, ts))
+        return cur.rowcount == 0
 
     def meta_get(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
