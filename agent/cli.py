@@ -63,11 +63,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     clock: Clock = ScaledClock.from_spec(args.clock) if args.clock else SystemClock()
 
     async def main() -> None:
+        from agent.reload import Reloader
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         agent = Agent(cfg, clock)
+        # SIGHUP (systemctl reload): re-read config + conf.d; an invalid one is rejected, the old kept.
+        loop.add_signal_handler(signal.SIGHUP, Reloader(agent, args.config).request)
         await agent.run(stop)
 
     _run_loop(main())
@@ -125,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Further commands live in their own modules, each with `register(subparsers)`,
 # so the CLI grows without one file that every feature edits.
-EXTRA_COMMANDS: list[str] = []
+EXTRA_COMMANDS: list[str] = ["agent.cmd_diagnose", "agent.cmd_status"]
 
 
 def main(argv: list[str] | None = None) -> int:

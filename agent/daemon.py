@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent import __version__
+from agent import __version__, statefile
 from agent.actuator import Actuator
 from agent.clock import Clock, SystemClock
 from agent.config import SiteConfig
@@ -109,6 +109,10 @@ class Agent:
         self._metrics = cfg.metrics.enabled if metrics is None else metrics
         #: Without MQTT (simulation), outgoing messages go here instead: (topic, payload).
         self.sink: Callable[[str, dict[str, Any]], None] | None = None
+        #: Held for one control cycle; a config reload waits for it (agent/reload.py).
+        self.cycle_lock = asyncio.Lock()
+        #: Config path, digest and last reload, for the state file (set by agent/reload.py).
+        self.config_status: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -139,6 +143,7 @@ class Agent:
                     tg.create_task(self._flush_loop(), name="flush"),
                     tg.create_task(self._report_loop(), name="report"),
                     tg.create_task(self._ready_when_up(), name="ready"),
+                    tg.create_task(statefile.run_writer(self), name="state"),
                 ]
                 await stop.wait()
                 self.notifier.stopping()
@@ -146,6 +151,7 @@ class Agent:
                     if t.get_name() != "mqtt":
                         t.cancel()
                 await self.shutdown()
+                await statefile.write_final(self)
                 tasks[2].cancel()
         finally:
             await self._flush()
@@ -212,12 +218,11 @@ class Agent:
                     self.pending.rows.append((d.name, now, p))
 
     async def _poll_loop(self) -> None:
-        period = self.cfg.modbus.poll_interval_s
         while True:
             t0 = self.clock.now()
             await self._poll_all()
             self.polled_once.set()
-            await self.clock.sleep(max(0.0, period - (self.clock.now() - t0)))
+            await self.clock.sleep(max(0.0, self.cfg.modbus.poll_interval_s - (self.clock.now() - t0)))
 
     def site_load_kw(self) -> float | None:
         """Filtered site load, or None when the meter is stale or down (the controller then holds)."""
@@ -258,16 +263,33 @@ class Agent:
     # -- control -----------------------------------------------------------------------
 
     async def _control_loop(self) -> None:
-        period = self.cfg.control.period_s
         while True:
             t0 = time.perf_counter()
             now = self.clock.now()
-            await self.control_cycle(now)
+            async with self.cycle_lock:
+                await self.control_cycle(now)
             self.last_cycle_s = time.perf_counter() - t0
             self.notifier.watchdog()
             self.wake.clear()
+            await self._wait_next_cycle(self.cfg.control.period_s / self.clock.speed)
+
+    async def _wait_next_cycle(self, wait_s: float) -> None:
+        """Sleep until the next cycle or a wake-up, feeding the watchdog at least every WatchdogSec/2."""
+        wd = self.notifier.watchdog_interval_s()
+        feed = wd / 2 if wd else None
+        deadline = time.monotonic() + max(0.001, wait_s)
+        while (left := deadline - time.monotonic()) > 0 and not self.wake.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=max(0.001, period / self.clock.speed))
+                await asyncio.wait_for(self.wake.wait(), timeout=min(left, feed) if feed else left)
+            if feed:
+                self.notifier.watchdog()
+
+    async def reload(self, new_cfg: SiteConfig) -> Any:
+        """Apply a new config between two control cycles; a running event keeps its steps (agent/reload.py)."""
+        from agent.reload import apply_config
+
+        async with self.cycle_lock:
+            return await apply_config(self, new_cfg)
 
     async def control_cycle(self, now: float) -> None:
         """The event lifecycle plus one control decision for each shedding event."""
