@@ -194,10 +194,15 @@ class Agent:
     # -- polling -------------------------------------------------------------------
 
     async def _poll_endpoint(self, devices: list[Device]) -> None:
+        """Devices on one endpoint in turn: healthy ones first, so a silent unit delays nobody this
+        cycle; an unavailable one is only retried when its backoff is due (one timeout at most)."""
         mono = time.monotonic()
-        for d in devices:
+        for d in sorted(devices, key=lambda d: not d.health.available):
             if d.due(mono):
                 await d.poll()
+        now = self.clock.now()
+        for d in devices:
+            await d.maintain(now)
 
     async def _poll_all(self) -> None:
         by_ep: dict[str, list[Device]] = {}

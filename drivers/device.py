@@ -1,9 +1,11 @@
-"""A Modbus device: coalesced polling, health, range-checked writes with read-back.
+"""A Modbus device: coalesced polling, health, range-checked writes with read-back, watchdog feeding.
 
 A device knows its profile (the register map) and its transport; device kinds
 (`drivers/kinds/`) add capability methods on top. Readings of a device that
 failed its last poll are invalidated, never silently reused: `reading()`
-returns None and callers must treat that as "unknown".
+returns None and callers must treat that as "unknown". Values that are
+NaN/Inf, 'no data' markers or outside the point's plausible range are
+rejected point by point the same way.
 """
 
 from __future__ import annotations
@@ -11,22 +13,24 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.codec import Value
-from drivers.modbus import ModbusIOError
+from drivers.modbus import Backoff, ModbusIOError
 from drivers.profile import (
     Function,
     Point,
     Profile,
+    ReadBlock,
     decode_block,
-    decode_point,
+    decode_raw,
     encode_write,
     plan_reads,
 )
+from drivers.sunspec import SunSpecError, discover, model_starts
 
 log = logging.getLogger("dr_agent.device")
 
@@ -57,8 +61,14 @@ class DeviceConfigBase(BaseModel):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique device name, used in strategies."
     )
     endpoint: str = Field(description="Name of the Modbus endpoint the device is on.")
-    unit_id: int = Field(default=1, ge=0, le=247, description="Modbus unit (slave) id.")
+    unit_id: int = Field(default=1, ge=0, le=255, description="Modbus unit (slave) id.")
     profile: str = Field(description="Register map: a name under drivers/profiles/ or a YAML path.")
+    register_offset: int = Field(
+        default=0,
+        ge=-65535,
+        le=65535,
+        description="Added to every address of the profile (gateways repeating one map per group/channel).",
+    )
     zone: str | None = Field(default=None, description="Group name strategies may address.")
     rated_kw: float | None = Field(default=None, gt=0, description="Nameplate power, kW.")
     description: str = Field(default="", description="Free text for people.")
@@ -70,6 +80,8 @@ class WriteError(Exception):
 
 @dataclass
 class Health:
+    """What an operator asks of a device: when was it last read, how often did it fail, how slow is it."""
+
     last_ok_ts: float | None = None
     consecutive_failures: int = 0
     available: bool = True
@@ -79,6 +91,11 @@ class Health:
     next_poll_at: float = 0.0
     polls: int = 0
     failures: int = 0
+    #: Points whose last value was rejected (no data, NaN/Inf, implausible), with the reason.
+    rejected: dict[str, str] = field(default_factory=dict)
+    watchdog_feeds: int = 0
+    watchdog_failures: int = 0
+    last_feed_ts: float | None = None
 
 
 class Device:
@@ -95,19 +112,38 @@ class Device:
         self.name = config.name
         self.unit_id = config.unit_id
         self.transport = transport
-        self.profile = profile
+        self.base_profile = profile
         self.values: dict[str, Value] = {}
         self.values_ts: float | None = None
         self.health = Health()
+        #: Retry backoff of an unavailable device (full jitter, capped).
+        self.retry_cap_s = MAX_RETRY_INTERVAL_S
+        self._retry = Backoff(base_s=1.0, cap_s=self.retry_cap_s)
+        self._raw: dict[str, Value] = {}
+        self._commanded: dict[str, float | bool] = {}
+        self._counter = 0
+        self._next_feed: float = 0.0
+        self._set_up = False
+        problems = self.check_profile(profile)
+        if problems:
+            raise ValueError(f"device {self.name}: " + "; ".join(problems))
+        if config.register_offset and profile.needs_resolution:
+            raise ValueError(f"device {self.name}: register_offset does not apply to SunSpec profiles")
+        self.profile = profile
+        self._blocks: list[ReadBlock] = []
+        self._role_point: dict[str, Point] = {}
+        if not profile.needs_resolution:
+            self._use(profile.shifted(config.register_offset))
+
+    def _use(self, profile: Profile) -> None:
+        """Adopt a profile with absolute addresses: plan the reads, index the roles."""
+        self.profile = profile
         self._blocks = plan_reads(
             [p for p in profile.points if p.access != "w"],
             max_block=profile.max_block,
             max_gap=profile.max_gap,
         )
         self._role_point = {p.role: p for p in profile.points if p.role}
-        problems = self.check_profile(profile)
-        if problems:
-            raise ValueError(f"device {self.name}: " + "; ".join(problems))
 
     @classmethod
     def check_profile(cls, profile: Profile) -> list[str]:
@@ -122,6 +158,11 @@ class Device:
         return problems
 
     @property
+    def ready(self) -> bool:
+        """Addresses known (SunSpec discovered) and start-up writes done."""
+        return self._set_up
+
+    @property
     def requests_per_poll(self) -> int:
         return len(self._blocks)
 
@@ -129,29 +170,60 @@ class Device:
     def points_per_poll(self) -> int:
         return sum(len(b.points) for b in self._blocks)
 
-    # -- polling -----------------------------------------------------------------
+    # -- start-up -------------------------------------------------------------------
+
+    def setup_writes(self) -> list[tuple[str, float]]:
+        """(role, value) written once when the device is first reached (e.g. a charger's failsafe current)."""
+        return []
+
+    async def setup(self) -> None:
+        """Discover SunSpec addresses and do the start-up writes. Raises ModbusIOError/SunSpecError/WriteError."""
+        if self.profile.needs_resolution:
+            assert self.base_profile.sunspec is not None
+            chain = await discover(self.transport, self.unit_id, self.base_profile.sunspec.bases)
+            try:
+                self._use(self.base_profile.resolved(model_starts(chain)))
+            except ValueError as exc:
+                raise SunSpecError(f"device {self.name}: {exc}") from exc
+        for role, value in self.setup_writes():
+            if self._role_point.get(role) is not None:
+                await self.write_role(role, value)
+                log.info("device=%s event=configured role=%s value=%g", self.name, role, value)
+        self._set_up = True
+
+    # -- polling -----------------------------------------------------------------------
 
     def due(self, mono_now: float) -> bool:
         return mono_now >= self.health.next_poll_at
 
     async def poll(self) -> bool:
-        """Read every readable point; returns True on success. Never raises for bus errors."""
+        """Read every readable point; returns True on success. Never raises for bus errors.
+
+        A failure costs at most one timeout: the first failed block ends the poll.
+        """
         h = self.health
         t0 = time.monotonic()
         h.polls += 1
-        fresh: dict[str, Value] = {}
+        raw: dict[str, Value] = {}
         try:
+            if not self._set_up:
+                await self.setup()
             for block in self._blocks:
-                raw = await self.transport.read(self.unit_id, block.function, block.address, block.count)
-                fresh.update(decode_block(block, raw))
+                regs = await self.transport.read(self.unit_id, block.function, block.address, block.count)
+                raw.update(decode_block(block, regs))
         except ModbusIOError as exc:
             self._failed(str(exc), exc.exception_code, t0)
             return False
-        bad = [k for k, v in fresh.items() if isinstance(v, float) and not math.isfinite(v)]
-        if bad:
-            self._failed(f"non-finite value in {', '.join(bad)}", None, t0)
+        except (SunSpecError, WriteError, ValueError) as exc:
+            self._failed(str(exc), None, t0)
             return False
-        self.values = fresh
+        values, rejected = self.profile.engineering(raw)
+        for name, why in rejected.items():
+            if h.rejected.get(name) is None:
+                log.warning("device=%s event=value_rejected point=%s reason=%r", self.name, name, why)
+        h.rejected = rejected
+        self._raw = raw
+        self.values = values
         self.values_ts = time.time()
         was_down = not h.available or h.consecutive_failures > 0
         h.latency_ms = (time.monotonic() - t0) * 1000
@@ -159,8 +231,9 @@ class Device:
         h.last_error = None
         h.exception_code = None
         h.next_poll_at = 0.0
+        self._retry.succeeded()
         if not h.available:
-            log.warning("device=%s event=recovered after %d failures", self.name, h.consecutive_failures)
+            log.warning("device=%s event=recovered after=%d_failures", self.name, h.consecutive_failures)
         elif was_down:
             log.info("device=%s event=poll_ok_again", self.name)
         h.consecutive_failures = 0
@@ -176,6 +249,7 @@ class Device:
         h.latency_ms = (time.monotonic() - t0) * 1000
         # Invalidate: a value we could not read now is unknown, not "the last one".
         self.values = {}
+        self._raw = {}
         self.values_ts = None
         if h.consecutive_failures == 1:
             log.warning("device=%s event=poll_failed error=%r", self.name, error)
@@ -185,17 +259,18 @@ class Device:
             if h.available:
                 log.error("device=%s event=unavailable error=%r", self.name, error)
             h.available = False
-            # Back off so a dead device does not eat the bus's time.
-            extra = min(MAX_RETRY_INTERVAL_S, 2.0 ** (h.consecutive_failures - UNAVAILABLE_AFTER_FAILURES))
-            h.next_poll_at = time.monotonic() + extra
+            # Back off (full jitter) so a dead device does not eat the bus's time.
+            self._retry.cap_s = self.retry_cap_s
+            self._retry.failed(time.monotonic())
+            h.next_poll_at = self._retry.not_before
 
-    # -- readings ----------------------------------------------------------------
+    # -- readings ----------------------------------------------------------------------
 
     def point_for(self, role: str) -> Point | None:
-        return self._role_point.get(role)
+        return self._role_point.get(role) or self.base_profile.by_role(role)
 
     def reading(self, role: str) -> float | None:
-        """Latest value of a role, or None when unknown (not mapped, not read, device down)."""
+        """Latest value of a role, or None when unknown (not mapped, not read, rejected, device down)."""
         p = self._role_point.get(role)
         if p is None:
             return None
@@ -207,37 +282,108 @@ class Device:
     def power_kw(self) -> float | None:
         return self.reading("power_kw")
 
-    # -- writes ------------------------------------------------------------------
+    # -- writes ------------------------------------------------------------------------
+
+    async def _scale_factor(self, p: Point) -> int:
+        if p.scale_factor is None:
+            return 0
+        sf = self._raw.get(p.scale_factor)
+        if not isinstance(sf, int) or isinstance(sf, bool):
+            q = self.profile.point(p.scale_factor)
+            sf = decode_raw(q, await self.transport.read(self.unit_id, q.function, q.addr, q.count))
+            assert isinstance(sf, int)
+        if sf == -0x8000 or not -10 <= sf <= 10:
+            raise WriteError(f"device {self.name}: scale factor {p.scale_factor} is unusable ({sf})")
+        return sf
+
+    async def _send(self, p: Point, value: float | bool, sf: int) -> None:
+        encoded = encode_write(p, value, sf)
+        if isinstance(encoded, bool):
+            await self.transport.write_coil(self.unit_id, p.addr, encoded)
+        else:
+            await self.transport.write_registers(self.unit_id, p.addr, encoded)
 
     async def write_role(self, role: str, value: float | bool) -> float:
-        """Write a role's point, then read it back; returns the read-back value.
+        """Write a role's point (and its `then_write` points), read it back; returns the read-back value.
 
         The range check happens before anything is sent; a value that does not
         read back (within the point's resolution) raises WriteError.
         """
         p = self._role_point.get(role)
         if p is None:
+            if self.base_profile.by_role(role) is not None:
+                raise WriteError(f"device {self.name}: not set up yet (SunSpec discovery pending)")
             raise WriteError(f"device {self.name}: no point for role {role!r}")
+        return await self.write_point(p, value)
+
+    async def write_point(self, p: Point, value: float | bool) -> float:
         try:
-            encoded = encode_write(p, value)
+            encode_write(p, value)  # the range check, before anything goes on the bus
         except ValueError as exc:
             raise WriteError(f"device {self.name}: {exc}") from exc
         try:
-            if isinstance(encoded, bool):
-                await self.transport.write_coil(self.unit_id, p.address, encoded)
-            else:
-                await self.transport.write_registers(self.unit_id, p.address, encoded)
-            raw = await self.transport.read(self.unit_id, p.function, p.address, p.count)
+            sf = await self._scale_factor(p)
+            await self._send(p, value, sf)
+            for name, v in p.then_write.items():
+                q = self.profile.point(name)
+                await self._send(q, v, await self._scale_factor(q))
+            regs = await self.transport.read(self.unit_id, p.function, p.addr, p.count)
         except ModbusIOError as exc:
-            raise WriteError(f"device {self.name}: write {role}={value}: {exc}") from exc
-        back = decode_point(p, raw)
+            raise WriteError(f"device {self.name}: write {p.name}={value}: {exc}") from exc
+        except ValueError as exc:
+            raise WriteError(f"device {self.name}: {exc}") from exc
+        back = p.to_engineering(decode_raw(p, regs), sf)
         if isinstance(back, str):
-            raise WriteError(f"device {self.name}: role {role!r} is a string")
-        tolerance = abs(p.scale) * 0.51 + 1e-6
-        if abs(float(back) - float(value)) > tolerance:
-            raise WriteError(f"device {self.name}: wrote {role}={value} but read back {back}")
+            raise WriteError(f"device {self.name}: point {p.name!r} is a string")
+        tolerance = p.resolution(sf) * 0.51 + 1e-6 * max(1.0, abs(float(value)))
+        if not math.isfinite(float(back)) or abs(float(back) - float(value)) > tolerance:
+            raise WriteError(f"device {self.name}: wrote {p.name}={value} but read back {back}")
         self.values[p.name] = back
+        self._commanded[p.name] = value
         return float(back)
+
+    # -- watchdog ----------------------------------------------------------------------
+
+    def watchdog_interval_s(self) -> float | None:
+        w = self.profile.watchdog
+        return None if w is None else w.interval_s
+
+    async def maintain(self, now: float) -> None:
+        """Feed the device's heartbeat/failsafe register when due, so it falls back on its own if we die.
+
+        Called by the poller every cycle with the agent's clock. Never raises;
+        a device that is unavailable or not set up is skipped.
+        """
+        w = self.profile.watchdog
+        interval = self.watchdog_interval_s()
+        if w is None or interval is None or now < self._next_feed:
+            return
+        if not self._set_up or not self.health.available:
+            return
+        p = self.profile.point(w.point)
+        value: float | bool
+        if w.mode == "rewrite":
+            last = self._commanded.get(p.name)
+            if last is None or (w.idle_value is not None and float(last) == w.idle_value):
+                return
+            value = last
+        elif w.mode == "counter":
+            self._counter = self._counter % 0xFFFF + 1
+            value = self._counter
+        else:
+            value = w.value
+        self._next_feed = now + interval
+        try:
+            await self._send(p, value, await self._scale_factor(p))
+        except (ModbusIOError, WriteError, ValueError) as exc:
+            self.health.watchdog_failures += 1
+            if self.health.watchdog_failures == 1 or self.health.watchdog_feeds > 0:
+                log.warning("device=%s event=watchdog_feed_failed error=%r", self.name, str(exc))
+            return
+        self.health.watchdog_feeds += 1
+        self.health.last_feed_ts = now
+
+    # -- diagnostics -------------------------------------------------------------------
 
     def diagnostics(self) -> dict[str, Any]:
         """Values with units and health, for `dr-agent diagnose` and status."""
@@ -249,10 +395,22 @@ class Device:
             "unit_id": self.unit_id,
             "endpoint": self.transport.name,
             "available": h.available,
+            "ready": self._set_up,
+            "last_ok_ts": h.last_ok_ts,
             "consecutive_failures": h.consecutive_failures,
             "latency_ms": None if h.latency_ms is None else round(h.latency_ms, 2),
             "last_error": h.last_error,
             "exception_code": h.exception_code,
+            "rejected": dict(h.rejected),
+            "requests_per_poll": self.requests_per_poll,
+            "watchdog": None
+            if self.profile.watchdog is None
+            else {
+                "point": self.profile.watchdog.point,
+                "feeds": h.watchdog_feeds,
+                "failures": h.watchdog_failures,
+                "last_feed_ts": h.last_feed_ts,
+            },
             "values": {
                 p.name: {"value": self.values.get(p.name), "unit": p.unit}
                 for p in self.profile.points

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from drivers.profile import Function
 
@@ -56,6 +56,7 @@ class ModbusIOError(Exception):
 class EndpointStats:
     requests: int = 0
     failures: int = 0
+    timeouts: int = 0
     reconnects: int = 0
     last_latency_s: float = 0.0
     connected: bool = False
@@ -105,6 +106,12 @@ class ModbusTransport:
         self.name = name
         self.protocol = protocol
         self.timeout_s = timeout_s
+        self.framer = FramerType.SOCKET if protocol == "tcp" else FramerType.RTU
+        if protocol == "rtu":
+            # Modbus over serial line spec: frames are separated by >= 3.5 character
+            # times (11 bits each), fixed at 1.75 ms above 19200 baud.
+            t35 = 3.5 * 11 / baudrate if baudrate <= 19200 else 0.00175
+            inter_frame_delay_s = max(inter_frame_delay_s, t35)
         self.inter_frame_delay_s = inter_frame_delay_s
         self.stats = EndpointStats()
         self._lock = asyncio.Lock()
@@ -115,6 +122,7 @@ class ModbusTransport:
             if not serial_port:
                 raise ValueError(f"endpoint {name}: rtu needs a serial port")
             self.address = serial_port
+            # pymodbus's serial transport is non-blocking (the port is polled by the event loop).
             self._client = AsyncModbusSerialClient(
                 serial_port,
                 framer=FramerType.RTU,
@@ -126,24 +134,27 @@ class ModbusTransport:
                 retries=0,
                 reconnect_delay=0,
             )
-        else:
+        elif protocol in ("tcp", "rtu_over_tcp"):
             if not host:
                 raise ValueError(f"endpoint {name}: {protocol} needs a host")
             self.address = f"{host}:{port}"
             self._client = AsyncModbusTcpClient(
                 host,
                 port=port,
-                framer=FramerType.RTU if protocol == "rtu_over_tcp" else FramerType.SOCKET,
+                framer=self.framer,
                 timeout=timeout_s,
                 retries=0,
                 reconnect_delay=0,
             )
+        else:
+            raise ValueError(f"endpoint {name}: unknown protocol {protocol!r} (tcp, rtu, rtu_over_tcp)")
 
     @property
     def connected(self) -> bool:
         return bool(self._client.connected)
 
     async def _ensure_connected(self) -> None:
+        """Open the connection if needed; a failed open backs the endpoint off (full jitter)."""
         if self._client.connected:
             return
         now = time.monotonic()
@@ -151,22 +162,40 @@ class ModbusTransport:
             raise ModbusIOError(
                 self.name, f"not connected (retrying in {self._backoff.not_before - now:.1f} s)"
             )
+        error = "connect failed"
         try:
             async with asyncio.timeout(self.timeout_s * 2):
                 ok = await self._client.connect()
         except (TimeoutError, OSError) as exc:
             ok = False
-            self.stats.last_error = str(exc) or type(exc).__name__
+            error = str(exc) or type(exc).__name__
         if not ok:
             delay = self._backoff.failed(time.monotonic())
+            if self.stats.connected or self._backoff.attempt == 1:
+                log.warning(
+                    "endpoint=%s event=connect_failed address=%s error=%r", self.name, self.address, error
+                )
             self.stats.connected = False
-            self.stats.last_error = self.stats.last_error or "connect failed"
+            self.stats.last_error = error
             raise ModbusIOError(self.name, f"cannot connect to {self.address} (next try in {delay:.1f} s)")
+        if self._backoff.attempt:
+            log.warning(
+                "endpoint=%s event=connected address=%s after=%d_failures",
+                self.name,
+                self.address,
+                self._backoff.attempt,
+            )
         self._backoff.succeeded()
         self.stats.reconnects += 1
         self.stats.connected = True
 
     async def _call(self, what: str, coro_factory: Any) -> Any:
+        """One request: under the endpoint lock, after the inter-frame gap, within the timeout.
+
+        A unit that does not answer costs one timeout and leaves the connection
+        (and the other units on it) alone; only a failed connect backs the
+        endpoint off.
+        """
         async with self._lock:
             await self._ensure_connected()
             if self.inter_frame_delay_s:
@@ -176,31 +205,40 @@ class ModbusTransport:
             t0 = time.monotonic()
             self.stats.requests += 1
             try:
-                async with asyncio.timeout(self.timeout_s):
+                # pymodbus times out first (timeout_s); ours is a guard against a wedged client.
+                async with asyncio.timeout(self.timeout_s + 0.5):
                     response = await coro_factory()
             except TimeoutError:
-                self.stats.failures += 1
-                self.stats.last_error = f"timeout after {self.timeout_s:g} s"
-                # A timed-out request may still be answered later; resync by reconnecting.
+                self._failed(f"timeout after {self.timeout_s:g} s", timeout=True)
+                # The client is in an unknown state: start clean on the next request.
                 self._client.close()
-                self._backoff.failed(time.monotonic())
                 raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from None
+            except ModbusIOException as exc:
+                # No (valid) answer in time: the unit is silent, the line may still be fine.
+                self._failed(f"no response within {self.timeout_s:g} s", timeout=True)
+                if self.framer is FramerType.RTU:
+                    # RTU has no transaction id: a late answer would be taken for the next one.
+                    self._client.close()
+                raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from exc
             except (ModbusException, OSError) as exc:
-                self.stats.failures += 1
-                self.stats.last_error = str(exc)
+                self._failed(str(exc) or type(exc).__name__)
                 self._client.close()
-                self._backoff.failed(time.monotonic())
                 raise ModbusIOError(self.name, f"{what}: {exc}") from exc
             finally:
                 self._last_frame_end = time.monotonic()
             self.stats.last_latency_s = self._last_frame_end - t0
             if response.isError():
                 code = getattr(response, "exception_code", None)
-                self.stats.failures += 1
                 name = EXCEPTION_NAMES.get(code or 0, "error")
-                self.stats.last_error = f"exception {code} ({name})"
+                self._failed(f"exception {code} ({name})")
                 raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}", code)
             return response
+
+    def _failed(self, error: str, timeout: bool = False) -> None:
+        self.stats.failures += 1
+        if timeout:
+            self.stats.timeouts += 1
+        self.stats.last_error = error
 
     async def read(self, unit: int, function: Function, address: int, count: int) -> list[int] | list[bool]:
         """Read `count` registers or bits from `function`'s table on `unit`."""

@@ -1,16 +1,22 @@
-"""Register maps as data: device profiles loaded from YAML, and read coalescing.
+"""Register maps as data: device profiles loaded from YAML, read coalescing and value checks.
 
 A profile lists a device's points (name, Modbus function, address, data type,
-byte/word order, scale, unit, access, write range). Device kinds find the
-points they need by `role` (e.g. `power_kw`), so one kind serves every vendor
-whose profile maps those roles. Scaling turns raw values into the canonical
-engineering unit of the role: `engineering = raw * scale + offset`.
+byte/word order, scale, unit, access, write range, plausible read range).
+Device kinds find the points they need by `role` (e.g. `power_kw`), so one
+kind serves every vendor whose profile maps those roles. Scaling turns raw
+values into the canonical engineering unit of the role:
+`engineering = raw * 10**sf * scale + offset`, where `sf` is a SunSpec-style
+scale-factor point read from the device (0 when the point has none).
+
+SunSpec profiles give model-relative points (`model`, `model_offset`); the
+driver discovers where each model starts (`drivers/sunspec.py`) and calls
+`Profile.resolved()` to get absolute addresses.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +35,15 @@ PROFILE_DIR = Path(__file__).parent / "profiles"
 MAX_REGISTERS_PER_READ = 125
 MAX_BITS_PER_READ = 2000
 
+# SunSpec "not implemented" values by type (SunSpec Information Model Specification, 'Unimplemented').
+SUNSPEC_NODATA: dict[str, tuple[int, ...]] = {
+    "int16": (-0x8000,),
+    "uint16": (0xFFFF,),
+    "int32": (-0x80000000,),
+    "uint32": (0xFFFFFFFF,),
+    "int64": (-0x8000000000000000,),
+}
+
 
 class Point(BaseModel):
     """One value on a device: where it lives and how to read it."""
@@ -40,20 +55,40 @@ class Point(BaseModel):
         default=None,
         description="Canonical meaning the device kind looks for (e.g. power_kw, setpoint_c).",
     )
-    function: Function = Field(description="Modbus table the point lives in.")
-    address: int = Field(ge=0, le=65535, description="0-based protocol (PDU) address.")
+    function: Function = Field(default="holding_register", description="Modbus table the point lives in.")
+    address: int | None = Field(
+        default=None, ge=0, le=65535, description="0-based protocol (PDU) address (omit for SunSpec points)."
+    )
+    model: int | None = Field(default=None, ge=1, description="SunSpec model id the point belongs to.")
+    model_offset: int | None = Field(
+        default=None, ge=0, description="SunSpec: registers after the model's ID and L header words."
+    )
     type: DataType = Field(default="uint16", description="Data type of the raw value.")
     length: int | None = Field(default=None, ge=1, description="Registers, for strings only.")
     byte_order: Order = Field(default="big", description="Byte order inside each register.")
     word_order: Order = Field(
         default="big", description="Register order for multi-register values (little = swapped)."
     )
-    scale: float = Field(default=1.0, description="engineering = raw * scale + offset.")
-    offset: float = Field(default=0.0, description="engineering = raw * scale + offset.")
+    scale: float = Field(default=1.0, description="engineering = raw * 10**sf * scale + offset.")
+    offset: float = Field(default=0.0, description="engineering = raw * 10**sf * scale + offset.")
+    scale_factor: str | None = Field(
+        default=None, description="Name of the point holding a power-of-ten scale factor (SunSpec sunssf)."
+    )
     unit: str = Field(default="", description="Engineering unit after scaling (kW, A, degC, %).")
     access: Literal["r", "rw", "w"] = Field(default="r", description="r, rw or w.")
-    min: float | None = Field(default=None, description="Lowest value a write may set.")
-    max: float | None = Field(default=None, description="Highest value a write may set.")
+    min: float | None = Field(default=None, description="Lowest value a write may set (engineering).")
+    max: float | None = Field(default=None, description="Highest value a write may set (engineering).")
+    valid: tuple[float, float] | None = Field(
+        default=None,
+        description="Plausible range of a read value (engineering); outside it the reading is rejected.",
+    )
+    nodata: tuple[int, ...] = Field(
+        default=(), description="Raw values meaning 'no data / not initialised' (e.g. -32768)."
+    )
+    then_write: dict[str, float] = Field(
+        default_factory=dict,
+        description="Points written right after this one, in order (enable flags, e.g. WSetEna: 1).",
+    )
     description: str = Field(default="", description="What the point means, from the datasheet.")
 
     @model_validator(mode="after")
@@ -66,9 +101,23 @@ class Point(BaseModel):
             raise ValueError(f"{self.function} points are read-only")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min {self.min} is above max {self.max}")
+        if self.valid is not None and self.valid[0] > self.valid[1]:
+            raise ValueError(f"valid range {list(self.valid)} is upside down")
         if self.scale == 0:
             raise ValueError("scale must not be 0")
+        if self.model is not None or self.model_offset is not None:
+            if self.model is None or self.model_offset is None:
+                raise ValueError("a SunSpec point needs both model and model_offset")
+        elif self.address is None:
+            raise ValueError("a point needs address (or model and model_offset for SunSpec)")
         return self
+
+    @property
+    def addr(self) -> int:
+        """The absolute address; SunSpec points have one only after `Profile.resolved()`."""
+        if self.address is None:
+            raise ValueError(f"point {self.name!r}: SunSpec address not resolved (run discovery first)")
+        return self.address
 
     @property
     def count(self) -> int:
@@ -79,19 +128,56 @@ class Point(BaseModel):
     def writable(self) -> bool:
         return self.access in ("rw", "w") and self.function in ("coil", "holding_register")
 
-    def to_engineering(self, raw: Value) -> Value:
+    def to_engineering(self, raw: Value, sf: int = 0) -> Value:
         if isinstance(raw, (str, bool)):
             return raw
-        if self.scale == 1.0 and self.offset == 0.0:
+        if self.scale == 1.0 and self.offset == 0.0 and sf == 0:
             return raw
-        return raw * self.scale + self.offset
+        factor = self.scale * (10.0**sf) if sf else self.scale
+        return raw * factor + self.offset
 
-    def to_raw(self, value: float | bool | str) -> float | bool | str:
+    def to_raw(self, value: float | bool | str, sf: int = 0) -> float | bool | str:
         if isinstance(value, (str, bool)):
             return value
-        if self.scale == 1.0 and self.offset == 0.0:
+        if self.scale == 1.0 and self.offset == 0.0 and sf == 0:
             return value
-        return (value - self.offset) / self.scale
+        factor = self.scale * (10.0**sf) if sf else self.scale
+        return (value - self.offset) / factor
+
+    def resolution(self, sf: int = 0) -> float:
+        """Smallest engineering step the register can express (for read-back comparison)."""
+        if self.type.startswith("float"):
+            return 0.0
+        return abs(self.scale) * (10.0**sf)
+
+
+class SunSpecSettings(BaseModel):
+    """Where to look for the SunSpec header ('SunS') on this device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bases: tuple[int, ...] = Field(
+        default=(40000, 0, 50000), description="Addresses probed for the 'SunS' marker, in order."
+    )
+
+
+class Watchdog(BaseModel):
+    """A heartbeat/failsafe register the driver must keep writing, or the device falls back on its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    point: str = Field(description="Point written to feed the watchdog.")
+    mode: Literal["constant", "counter", "rewrite"] = Field(
+        default="constant",
+        description="constant: write `value`; counter: write 1, 2, 3, ...; rewrite: write the last commanded "
+        "value again (devices whose setpoint expires).",
+    )
+    value: float = Field(default=1, description="What `constant` mode writes.")
+    interval_s: float = Field(default=5.0, gt=0, description="Feed this often, s (well inside the timeout).")
+    idle_value: float | None = Field(
+        default=None,
+        description="rewrite mode: no feeding while the commanded value equals this (let the device revert).",
+    )
 
 
 class Profile(BaseModel):
@@ -107,6 +193,9 @@ class Profile(BaseModel):
     source: str = Field(
         default="", description="Citation of the published register map the points come from."
     )
+    default_unit_id: int | None = Field(
+        default=None, ge=0, le=255, description="Unit id the device answers on out of the box."
+    )
     max_block: int = Field(
         default=MAX_REGISTERS_PER_READ,
         ge=1,
@@ -116,20 +205,43 @@ class Profile(BaseModel):
     max_gap: int = Field(
         default=8, ge=0, description="Unused registers a coalesced read may span between points."
     )
+    sunspec: SunSpecSettings | None = Field(
+        default=None, description="Set for SunSpec devices: points are model-relative, found by discovery."
+    )
+    watchdog: Watchdog | None = Field(default=None, description="Heartbeat the driver keeps feeding.")
     points: list[Point] = Field(description="The device's points.")
 
     @model_validator(mode="after")
     def _unique(self) -> Profile:
-        seen: set[str] = set()
+        seen: dict[str, Point] = {}
         roles: set[str] = set()
         for p in self.points:
             if p.name in seen:
                 raise ValueError(f"duplicate point name {p.name!r}")
-            seen.add(p.name)
+            seen[p.name] = p
             if p.role:
                 if p.role in roles:
                     raise ValueError(f"duplicate role {p.role!r}")
                 roles.add(p.role)
+            if self.sunspec is not None and p.model is None:
+                raise ValueError(f"point {p.name!r}: SunSpec profiles give model and model_offset")
+            if self.sunspec is None and p.model is not None:
+                raise ValueError(f"point {p.name!r}: model/model_offset need `sunspec:` in the profile")
+        for p in self.points:
+            if p.scale_factor is not None:
+                sf = seen.get(p.scale_factor)
+                if sf is None:
+                    raise ValueError(f"point {p.name!r}: scale_factor {p.scale_factor!r} is not a point")
+                if sf.type != "int16" or sf.function != p.function:
+                    raise ValueError(f"scale factor {sf.name!r} must be an int16 in the same table")
+            for other in p.then_write:
+                q = seen.get(other)
+                if q is None or not q.writable:
+                    raise ValueError(f"point {p.name!r}: then_write {other!r} is not a writable point")
+        if self.watchdog is not None:
+            w = seen.get(self.watchdog.point)
+            if w is None or not w.writable:
+                raise ValueError(f"watchdog point {self.watchdog.point!r} is not a writable point")
         return self
 
     def point(self, name: str) -> Point:
@@ -143,6 +255,76 @@ class Profile(BaseModel):
             if p.role == role:
                 return p
         return None
+
+    @property
+    def needs_resolution(self) -> bool:
+        return any(p.address is None for p in self.points)
+
+    def resolved(self, model_starts: Mapping[int, int]) -> Profile:
+        """Absolute addresses from `model_starts` (model id -> address of its first data register)."""
+        pts = []
+        for p in self.points:
+            if p.model is None:
+                pts.append(p)
+                continue
+            if p.model not in model_starts:
+                raise ValueError(f"profile {self.name!r}: device has no SunSpec model {p.model}")
+            pts.append(p.model_copy(update={"address": model_starts[p.model] + (p.model_offset or 0)}))
+        return self.model_copy(update={"points": pts})
+
+    def shifted(self, delta: int) -> Profile:
+        """Every address moved by `delta` (gateways that repeat one map per channel or group)."""
+        if not delta:
+            return self
+        pts = []
+        for p in self.points:
+            a = p.addr + delta
+            if not 0 <= a <= 65535:
+                raise ValueError(f"profile {self.name!r}: point {p.name!r} shifted to {a}, outside 0..65535")
+            pts.append(p.model_copy(update={"address": a}))
+        return self.model_copy(update={"points": pts})
+
+    def scale_factor_names(self) -> set[str]:
+        return {p.scale_factor for p in self.points if p.scale_factor}
+
+    def engineering(self, raw: Mapping[str, Value]) -> tuple[dict[str, Value], dict[str, str]]:
+        """Engineering values from raw decoded ones, and the points rejected with the reason.
+
+        Rejected: a 'no data' raw value, a missing or unimplemented scale factor,
+        NaN/Inf, or a value outside the point's `valid` range. A rejected point
+        is absent from the values: unknown, never a stale or made-up number.
+        """
+        values: dict[str, Value] = {}
+        rejected: dict[str, str] = {}
+        nodata_default = SUNSPEC_NODATA if self.sunspec is not None else {}
+        for p in self.points:
+            if p.name not in raw:
+                continue
+            r = raw[p.name]
+            if isinstance(r, (str, bool)):
+                values[p.name] = r
+                continue
+            nodata = p.nodata or nodata_default.get(p.type, ())
+            if isinstance(r, int) and r in nodata:
+                rejected[p.name] = f"no data ({r})"
+                continue
+            sf = 0
+            if p.scale_factor is not None:
+                s = raw.get(p.scale_factor)
+                if not isinstance(s, int) or isinstance(s, bool) or s == -0x8000 or not -10 <= s <= 10:
+                    rejected[p.name] = f"scale factor {p.scale_factor} unusable ({s})"
+                    continue
+                sf = s
+            v = p.to_engineering(r, sf)
+            assert isinstance(v, (int, float))
+            if not math.isfinite(v):
+                rejected[p.name] = f"not a finite number ({v})"
+                continue
+            if p.valid is not None and not p.valid[0] <= v <= p.valid[1]:
+                rejected[p.name] = f"{v:g} {p.unit} outside plausible range {list(p.valid)}"
+                continue
+            values[p.name] = v
+        return values, rejected
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,50 +349,55 @@ def plan_reads(points: Iterable[Point], *, max_block: int, max_gap: int) -> list
     blocks: list[ReadBlock] = []
     for function, pts in by_function.items():
         limit = MAX_BITS_PER_READ if function in BIT_FUNCTIONS else max_block
-        pts.sort(key=lambda p: (p.address, p.count))
-        start = pts[0].address
+        pts.sort(key=lambda p: (p.addr, p.count))
+        if pts[0].count > limit:
+            raise ValueError(f"point {pts[0].name!r} is larger than max_block {limit}")
+        start = pts[0].addr
         end = start + pts[0].count
         group = [pts[0]]
         for p in pts[1:]:
-            new_end = max(end, p.address + p.count)
-            if p.address - end <= max_gap and new_end - start <= limit:
+            if p.count > limit:
+                raise ValueError(f"point {p.name!r} is larger than max_block {limit}")
+            new_end = max(end, p.addr + p.count)
+            if p.addr - end <= max_gap and new_end - start <= limit:
                 end = new_end
                 group.append(p)
                 continue
             blocks.append(ReadBlock(function, start, end - start, tuple(group)))  # type: ignore[arg-type]
-            start, end, group = p.address, p.address + p.count, [p]
+            start, end, group = p.addr, p.addr + p.count, [p]
         blocks.append(ReadBlock(function, start, end - start, tuple(group)))  # type: ignore[arg-type]
     return blocks
 
 
-def decode_point(point: Point, raw: Sequence[int] | Sequence[bool]) -> Value:
-    """Decode one point from its own registers/bits and scale it."""
+def decode_raw(point: Point, regs: Sequence[int] | Sequence[bool]) -> Value:
+    """Decode one point from its own registers/bits, unscaled."""
     if point.function in BIT_FUNCTIONS:
-        return bool(raw[0])
-    value = decode(
-        [int(r) for r in raw], point.type, byte_order=point.byte_order, word_order=point.word_order
+        return bool(regs[0])
+    return decode(
+        [int(r) for r in regs], point.type, byte_order=point.byte_order, word_order=point.word_order
     )
-    return point.to_engineering(value)
 
 
-def decode_block(block: ReadBlock, raw: Sequence[int] | Sequence[bool]) -> dict[str, Value]:
-    """Engineering values of every point a read returned; non-finite floats become NaN."""
+def decode_point(point: Point, regs: Sequence[int] | Sequence[bool], sf: int = 0) -> Value:
+    """Decode one point from its own registers/bits and scale it."""
+    return point.to_engineering(decode_raw(point, regs), sf)
+
+
+def decode_block(block: ReadBlock, regs: Sequence[int] | Sequence[bool]) -> dict[str, Value]:
+    """Raw (unscaled) values of every point a read returned; `Profile.engineering` scales and checks."""
+    if len(regs) < block.count:
+        raise ValueError(f"short response: {len(regs)} of {block.count} at {block.address}")
     out: dict[str, Value] = {}
     for p in block.points:
-        i = p.address - block.address
-        out[p.name] = decode_point(p, raw[i : i + p.count])
+        i = p.addr - block.address
+        out[p.name] = decode_raw(p, regs[i : i + p.count])
     return out
 
 
-def encode_write(point: Point, value: float | bool | str) -> list[int] | bool:
-    """Registers (or the coil state) that set `point` to `value`, after checking the range.
-
-    Raises ValueError naming the point, the value and what is allowed.
-    """
+def check_write(point: Point, value: float | bool | str) -> None:
+    """Raise ValueError (naming the point, the value and what is allowed) if `value` may not be written."""
     if not point.writable:
         raise ValueError(f"point {point.name!r} is not writable")
-    if point.function == "coil":
-        return bool(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ValueError(f"point {point.name!r}: {value} is not a finite number")
@@ -220,14 +407,28 @@ def encode_write(point: Point, value: float | bool | str) -> list[int] | bool:
                 f"point {point.name!r}: {value:g} {point.unit} outside the allowed range "
                 f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
             )
-    raw = point.to_raw(value)
-    return encode(
-        raw,
-        point.type,
-        byte_order=point.byte_order,
-        word_order=point.word_order,
-        length=point.length,
-    )
+
+
+def encode_write(point: Point, value: float | bool | str, sf: int = 0) -> list[int] | bool:
+    """Registers (or the coil state) that set `point` to `value`, after checking the range.
+
+    Raises ValueError naming the point, the value and what is allowed, or when
+    the scaled value does not fit the register's type.
+    """
+    check_write(point, value)
+    if point.function == "coil":
+        return bool(value)
+    raw = point.to_raw(value, sf)
+    try:
+        return encode(
+            raw,
+            point.type,
+            byte_order=point.byte_order,
+            word_order=point.word_order,
+            length=point.length,
+        )
+    except ValueError as exc:
+        raise ValueError(f"point {point.name!r}: {value} {point.unit}: {exc}") from None
 
 
 def profile_path(name_or_path: str | Path) -> Path:

@@ -24,11 +24,31 @@ class EvChargerConfig(DeviceConfigBase):
     heartbeat_s: float | None = Field(
         default=None,
         gt=0,
-        description="Feed the charger's heartbeat/failsafe register this often (if it has one), s.",
+        description="Feed the charger's heartbeat register this often, s (default: the profile's interval).",
+    )
+    failsafe_current_a: float | None = Field(
+        default=None,
+        ge=0,
+        description="Current the charger falls back to when the agent goes silent, A (written at start-up "
+        "if the profile maps failsafe_current_a).",
+    )
+    failsafe_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Silence after which the charger falls back, s (written at start-up if mapped).",
     )
 
     @model_validator(mode="after")
     def _limits(self) -> EvChargerConfig:
+        if self.failsafe_current_a is not None and self.failsafe_current_a > self.max_current_a:
+            raise ValueError(
+                f"failsafe_current_a {self.failsafe_current_a} must not exceed max_current_a {self.max_current_a}"
+            )
+        if self.heartbeat_s and self.failsafe_timeout_s and self.heartbeat_s * 2 > self.failsafe_timeout_s:
+            raise ValueError(
+                f"heartbeat_s {self.heartbeat_s} must be at most half of failsafe_timeout_s "
+                f"{self.failsafe_timeout_s}, or one late feed trips the failsafe"
+            )
         if self.min_current_a > self.max_current_a:
             raise ValueError(
                 f"min_current_a {self.min_current_a} must not exceed max_current_a {self.max_current_a}"
@@ -45,6 +65,20 @@ class EvCharger(Device):
     def _cfg(self) -> EvChargerConfig:
         assert isinstance(self.config, EvChargerConfig)
         return self.config
+
+    def setup_writes(self) -> list[tuple[str, float]]:
+        c = self._cfg()
+        out: list[tuple[str, float]] = []
+        if c.failsafe_current_a is not None:
+            out.append(("failsafe_current_a", c.failsafe_current_a))
+        if c.failsafe_timeout_s is not None:
+            out.append(("failsafe_timeout_s", c.failsafe_timeout_s))
+        return out
+
+    def watchdog_interval_s(self) -> float | None:
+        if self.profile.watchdog is None:
+            return None
+        return self._cfg().heartbeat_s or self.profile.watchdog.interval_s
 
     def current_limit_a(self) -> float | None:
         return self.reading("current_limit_a")

@@ -30,7 +30,8 @@ class HvacConfig(DeviceConfigBase):
 @register(HvacConfig)
 class Hvac(Device):
     kind = "hvac"
-    required_roles = ("power_kw", "setpoint_c")
+    # Power is optional: many thermostats and AC gateways report none (a sub-meter or rated_kw stands in).
+    required_roles = ("setpoint_c",)
     writable_roles = ("setpoint_c",)
 
     def setpoint_c(self) -> float | None:

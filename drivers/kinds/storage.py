@@ -17,6 +17,12 @@ class StorageConfig(DeviceConfigBase):
     reserve_soc_pct: float = Field(
         default=20.0, ge=0, le=100, description="Never discharge below this state of charge, %."
     )
+    setpoint_revert_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Inverter reverts to 0 kW if the setpoint is not renewed for this long, s (written at "
+        "start-up if the profile maps setpoint_revert_s, e.g. SunSpec 704 WSetRvrtTms).",
+    )
 
 
 @register(StorageConfig)
@@ -28,6 +34,17 @@ class Storage(Device):
     def _cfg(self) -> StorageConfig:
         assert isinstance(self.config, StorageConfig)
         return self.config
+
+    def setup_writes(self) -> list[tuple[str, float]]:
+        c = self._cfg()
+        return [] if c.setpoint_revert_s is None else [("setpoint_revert_s", c.setpoint_revert_s)]
+
+    def watchdog_interval_s(self) -> float | None:
+        interval = super().watchdog_interval_s()
+        revert = self._cfg().setpoint_revert_s
+        if interval is not None and revert is not None:
+            interval = min(interval, revert / 3)  # renew well before the inverter gives up on us
+        return interval
 
     def soc_pct(self) -> float | None:
         return self.reading("soc_pct")

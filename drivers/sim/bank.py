@@ -1,8 +1,10 @@
 """A simulated device's register memory, laid out by the same profile the driver reads.
 
-Physics models set and get points by name in engineering units; the bank
-encodes them with the profile's data type, byte/word order and scale, so the
-driver's decoding is exercised for real. Writes from a Modbus client land
+Physics models set and get points by name or role in engineering units; the
+bank encodes them with the profile's data type, byte/word order, scale and
+scale factor, so the driver's decoding is exercised for real. A SunSpec
+profile is served as a real SunSpec chain ('SunS' marker, model headers, end
+marker) so the driver's discovery runs too. Writes from a Modbus client land
 here and are reported to the model through `on_write`.
 """
 
@@ -11,19 +13,50 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from drivers.codec import Value, encode
-from drivers.profile import BIT_FUNCTIONS, Function, Point, Profile, decode_point
+from drivers.profile import BIT_FUNCTIONS, Function, Point, Profile, decode_raw
+from drivers.sunspec import layout
 
 WriteHook = Callable[[str, Value], None]
 
+#: Scale factors the SunSpec simulator serves (chosen so 100 kW fits an int16 and negatives are exercised).
+SUNSPEC_SIM_SF: dict[str, int] = {
+    "A_SF": -1,
+    "V_SF": -1,
+    "W_SF": 1,
+    "Hz_SF": -2,
+    "VA_SF": 1,
+    "VAr_SF": 1,
+    "PF_SF": -2,
+    "WH_SF": 0,
+    "WSet_SF": 1,
+    "WSetPct_SF": -1,
+    "ChaState_SF": -1,
+    "WChaMax_SF": 1,
+    "MinRsvPct_SF": 0,
+}
+
 
 class RegisterBank:
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: Profile, *, register_offset: int = 0, sunspec_base: int = 40000) -> None:
+        self.source_profile = profile
+        self.sunspec_models: list[int] = []
+        header: list[int] = []
+        if profile.needs_resolution:
+            self.sunspec_models = sorted({p.model for p in profile.points if p.model is not None})
+            if 1 not in self.sunspec_models:
+                self.sunspec_models.insert(0, 1)  # every SunSpec device starts with the common model
+            header, chain = layout(self.sunspec_models, sunspec_base)
+            profile = profile.resolved({m.id: m.start for m in chain})
+        else:
+            profile = profile.shifted(register_offset)
         self.profile = profile
         size: dict[str, int] = {
             f: 1 for f in ("coil", "discrete_input", "input_register", "holding_register")
         }
         for p in profile.points:
-            size[p.function] = max(size[p.function], p.address + p.count + 1)
+            size[p.function] = max(size[p.function], p.addr + p.count + 1)
+        if header:
+            size["holding_register"] = max(size["holding_register"], sunspec_base + len(header) + 1)
         self.bits: dict[str, list[bool]] = {
             "coil": [False] * size["coil"],
             "discrete_input": [False] * size["discrete_input"],
@@ -32,11 +65,19 @@ class RegisterBank:
             "input_register": [0] * size["input_register"],
             "holding_register": [0] * size["holding_register"],
         }
+        if header:
+            self.regs["holding_register"][sunspec_base : sunspec_base + len(header)] = header
         self._points = {p.name: p for p in profile.points}
         self._by_role = {p.role: p for p in profile.points if p.role}
         self.on_write: WriteHook | None = None
         #: When set, every request is answered with this Modbus exception code.
         self.fail_with: int | None = None
+        #: When True the device is "off the bus": requests get no answer at all.
+        self.offline = False
+        for name in profile.scale_factor_names():
+            self.set(name, SUNSPEC_SIM_SF.get(name, 0))
+        if self.has("frequency_hz"):
+            self.set("frequency_hz", 50.0)  # a live grid, so plausibility checks pass from the start
 
     def _point(self, key: str) -> Point:
         p = self._by_role.get(key) or self._points.get(key)
@@ -47,21 +88,40 @@ class RegisterBank:
     def has(self, key: str) -> bool:
         return key in self._by_role or key in self._points
 
+    def point(self, key: str) -> Point:
+        return self._point(key)
+
+    def _sf(self, p: Point) -> int:
+        if p.scale_factor is None:
+            return 0
+        sf = self.get_raw(p.scale_factor)
+        assert isinstance(sf, int)
+        return sf
+
     def set(self, key: str, value: Value) -> None:
         """Set a point (by role or name) in engineering units, as the device would."""
         p = self._point(key)
         if p.function in BIT_FUNCTIONS:
-            self.bits[p.function][p.address] = bool(value)
+            self.bits[p.function][p.addr] = bool(value)
             return
-        raw = p.to_raw(value) if not isinstance(value, (str, bool)) else value
+        raw = p.to_raw(value, self._sf(p)) if not isinstance(value, (str, bool)) else value
+        self.set_raw(p.name, raw)
+
+    def set_raw(self, key: str, raw: Value) -> None:
+        """Set a point's raw (unscaled) value, e.g. a 'no data' marker or a scale factor."""
+        p = self._point(key)
         words = encode(raw, p.type, byte_order=p.byte_order, word_order=p.word_order, length=p.length)
-        self.regs[p.function][p.address : p.address + len(words)] = words
+        self.regs[p.function][p.addr : p.addr + len(words)] = words
+
+    def get_raw(self, key: str) -> Value:
+        p = self._point(key)
+        if p.function in BIT_FUNCTIONS:
+            return self.bits[p.function][p.addr]
+        return decode_raw(p, self.regs[p.function][p.addr : p.addr + p.count])
 
     def get(self, key: str) -> Value:
         p = self._point(key)
-        if p.function in BIT_FUNCTIONS:
-            return self.bits[p.function][p.address]
-        return decode_point(p, self.regs[p.function][p.address : p.address + p.count])
+        return p.to_engineering(self.get_raw(key), self._sf(p))
 
     def read(self, function: Function, address: int, count: int) -> list[int] | list[bool]:
         if function in BIT_FUNCTIONS:
@@ -90,6 +150,6 @@ class RegisterBank:
             raise PermissionError(f"{function} is read-only")
         end = address + len(values)
         for p in self.profile.points:
-            if p.function == function and p.address < end and p.address + p.count > address:
+            if p.function == function and p.addr < end and p.addr + p.count > address:
                 if self.on_write:
                     self.on_write(p.role or p.name, self.get(p.name))

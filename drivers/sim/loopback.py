@@ -29,6 +29,9 @@ class LoopbackTransport:
             self.stats.failures += 1
             raise ModbusIOError(self.name, f"unit {unit}: no response")
         bank = self.banks[unit]
+        if bank.offline:
+            self.stats.failures += 1
+            raise ModbusIOError(self.name, f"unit {unit}: no response")
         if bank.fail_with is not None:
             self.stats.failures += 1
             raise ModbusIOError(self.name, f"unit {unit}: exception {bank.fail_with}", bank.fail_with)

@@ -194,7 +194,8 @@ class HvacModel(DeviceModel):
 
     def _publish(self) -> None:
         b = self.bank
-        b.set("power_kw", round(self.power_kw, 2))
+        if b.has("power_kw"):  # thermostats and AC gateways often report no power
+            b.set("power_kw", round(self.power_kw, 2))
         for key, val in (("zone_temp_c", self.zone_c), ("outdoor_temp_c", self.outdoor_c)):
             if b.has(key):
                 b.set(key, round(val, 1))
@@ -247,6 +248,12 @@ class EvChargerModel(DeviceModel):
         self.kw_per_a = phases * voltage_v / 1000
         self.vehicle_max_a = vehicle_max_a
         self.connected = connected
+        # Heartbeat failsafe (0 s = off): without a heartbeat for that long, charge at most the failsafe current.
+        self.failsafe_timeout_s = 0.0
+        self.failsafe_current_a = 0.0
+        self.failsafe_active = False
+        self.last_heartbeat: float | None = None
+        self._heard = False
         self.power_kw = self._target()
         bank.set("current_limit_a", max_current_a)
         if bank.has("vehicle_connected"):
@@ -254,15 +261,32 @@ class EvChargerModel(DeviceModel):
         self._publish()
 
     def _target(self) -> float:
-        if not self.connected or self.limit_a < 6.0:
+        limit = min(self.limit_a, self.failsafe_current_a) if self.failsafe_active else self.limit_a
+        if not self.connected or limit < 6.0:
             return 0.0
-        return min(self.limit_a, self.vehicle_max_a) * self.kw_per_a
+        return min(limit, self.vehicle_max_a) * self.kw_per_a
 
     def on_write(self, key: str, value: Value) -> None:
         if key == "current_limit_a" and isinstance(value, (int, float)):
             self.limit_a = float(value)
+        elif key == "failsafe_current_a" and isinstance(value, (int, float)):
+            self.failsafe_current_a = float(value)
+        elif key == "failsafe_timeout_s" and isinstance(value, (int, float)):
+            self.failsafe_timeout_s = float(value)
+            self._heard = True
+        elif key == "heartbeat":
+            self._heard = True
+
+    def _watchdog(self, now: float) -> None:
+        if self._heard:
+            self._heard = False
+            self.last_heartbeat = now
+            self.failsafe_active = False
+        elif self.failsafe_timeout_s > 0 and self.last_heartbeat is not None:
+            self.failsafe_active = now - self.last_heartbeat > self.failsafe_timeout_s
 
     def step(self, now: float, dt: float) -> None:
+        self._watchdog(now)
         self.power_kw = _lag(self.power_kw, self._target(), dt, 3.0)
         self._publish()
 
@@ -291,14 +315,26 @@ class StorageModel(DeviceModel):
         self.min_soc = min_soc_pct
         self.setpoint_kw = 0.0
         self.output_kw = 0.0
+        # Setpoint reversion (SunSpec 704 WSetRvrtTms; 0 = off): a setpoint not renewed in time reverts to 0.
+        self.revert_s = 0.0
+        self.last_set: float | None = None
+        self._renewed = False
         bank.set("power_setpoint_kw", 0.0)
         self._publish()
 
     def on_write(self, key: str, value: Value) -> None:
         if key == "power_setpoint_kw" and isinstance(value, (int, float)):
             self.setpoint_kw = float(value)
+            self._renewed = True
+        elif key == "setpoint_revert_s" and isinstance(value, (int, float)):
+            self.revert_s = float(value)
 
     def step(self, now: float, dt: float) -> None:
+        if self._renewed:
+            self._renewed, self.last_set = False, now
+        elif self.revert_s > 0 and self.last_set is not None and now - self.last_set > self.revert_s:
+            self.setpoint_kw, self.last_set = 0.0, None
+            self.bank.set("power_setpoint_kw", 0.0)  # clients write this register too
         target = max(-self.max_kw, min(self.max_kw, self.setpoint_kw))
         if target > 0 and self.soc <= self.min_soc:
             target = 0.0  # the BMS's own cut-off

@@ -12,8 +12,10 @@ import contextlib
 import logging
 from typing import Any
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.profile import Function
@@ -54,6 +56,9 @@ def _sim_device(unit_id: int, bank: RegisterBank) -> SimDevice:
         registers: list[int],
         values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
+        if bank.offline:
+            # Off the bus: the server drops the request, the client times out (like a dead RS-485 slave).
+            raise NoSuchIdException(f"unit {unit_id} is offline")
         if bank.fail_with is not None:
             return ExcCodes(bank.fail_with)
         table = _FC_TABLE.get(func_code)
@@ -95,21 +100,57 @@ def _sim_device(unit_id: int, bank: RegisterBank) -> SimDevice:
 
 
 class SimServer:
-    """A Modbus TCP endpoint on loopback serving several unit ids."""
+    """A simulated Modbus endpoint serving several unit ids.
 
-    def __init__(self, banks: dict[int, RegisterBank], host: str = "127.0.0.1", port: int = 0) -> None:
+    `protocol` is "tcp" (Modbus TCP on loopback), "rtu_over_tcp" (RTU frames
+    over TCP, like a serial gateway) or "rtu" (RTU frames on `serial_port`,
+    e.g. one end of a pseudo-terminal pair). A unit whose bank is `offline`
+    gets no answer at all, as on a real bus.
+    """
+
+    def __init__(
+        self,
+        banks: dict[int, RegisterBank],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        protocol: str = "tcp",
+        serial_port: str | None = None,
+        baudrate: int = 19200,
+    ) -> None:
         self.banks = banks
         self.host = host
         self.port = port
-        self._server: ModbusTcpServer | None = None
+        self.protocol = protocol
+        self.serial_port = serial_port
+        self.baudrate = baudrate
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._task: asyncio.Task[Any] | None = None
 
     async def start(self) -> int:
-        if self.port == 0:
-            self.port = free_port(self.host)
         devices = [_sim_device(uid, bank) for uid, bank in self.banks.items()]
-        self._server = ModbusTcpServer(devices, address=(self.host, self.port))
-        self._task = asyncio.create_task(self._server.serve_forever(), name=f"sim-modbus[{self.port}]")
+        if self.protocol == "rtu":
+            if not self.serial_port:
+                raise ValueError("an rtu simulator needs serial_port")
+            self._server = ModbusSerialServer(
+                devices,
+                framer=FramerType.RTU,
+                port=self.serial_port,
+                baudrate=self.baudrate,
+                ignore_missing_devices=True,
+            )
+            name = f"sim-modbus[{self.serial_port}]"
+        else:
+            if self.port == 0:
+                self.port = free_port(self.host)
+            self._server = ModbusTcpServer(
+                devices,
+                address=(self.host, self.port),
+                framer=FramerType.RTU if self.protocol == "rtu_over_tcp" else FramerType.SOCKET,
+                ignore_missing_devices=True,
+            )
+            name = f"sim-modbus[{self.port}]"
+        self._task = asyncio.create_task(self._server.serve_forever(), name=name)
         for _ in range(200):
             await asyncio.sleep(0.01)
             if self._server.transport is not None:
