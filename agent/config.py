@@ -159,6 +159,24 @@ class ModbusConfig(_Model):
     )
     poll_interval_s: float = Field(default=1.0, gt=0, le=60, description="How often every device is read, s.")
 
+    @model_validator(mode="after")
+    def _one_protocol_per_line(self) -> ModbusConfig:
+        """One connection per physical endpoint: two endpoints on the same address would interleave
+        requests (or mix TCP and RTU framing) on one line."""
+        seen: dict[str, str] = {}
+        for e in self.endpoints:
+            if e.name in seen.values():
+                raise ValueError(f"endpoint name {e.name!r} is used twice")
+            where = e.serial_port if e.protocol == "rtu" else f"{e.host}:{e.port}"
+            assert where is not None
+            if where in seen:
+                raise ValueError(
+                    f"endpoints {seen[where]!r} and {e.name!r} both use {where}: one endpoint per line or "
+                    "gateway port, with one protocol; put every unit id on it under one endpoint"
+                )
+            seen[where] = e.name
+        return self
+
 
 class ProgramLimits(_Model):
     max_events_per_day: int | None = Field(default=None, ge=0, description="Most events a day.")
