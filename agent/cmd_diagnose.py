@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
         setup_logging("debug" if args.verbose else "warning", "text")
     else:
         # The checks report what the drivers would log; keep the screen to the verdicts.
-        logging.getLogger().addHandler(logging.NullHandler())
-        logging.getLogger("dr_agent").propagate = False
+        quiet = logging.getLogger("dr_agent")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
     try:
         cfg, warnings = load_site_config(args.config)
     except ConfigError as exc:

@@ -222,6 +222,17 @@ class Reloader:
         finally:
             agent.notifier.ready()
         self._record(res)
+        if agent.mqtt is not None:
+            # The provider sees which configuration the site runs (digest only: never the content).
+            await agent.mqtt.publish_status(
+                "online",
+                config={
+                    "digest": agent.config_status.get("digest"),
+                    "reload": "applied" if res.ok else "rejected",
+                    "errors": len(res.errors),
+                    "ts": res.ts,
+                },
+            )
         if res.deferred:
             self._retry_deferred()
         return res

@@ -1,0 +1,130 @@
+"""SIGHUP to `dr-agent run` mid-event: an invalid config is rejected and the old one keeps running;
+a valid one (here a conf.d fragment) takes effect; the event goes on and its devices stay shed.
+
+Observed as the provider would: over MQTT (reports, the retained status), plus
+the simulators' registers for the devices and the agent's JSON log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import signal
+import statistics
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent.clock import ScaledClock
+from tests.conftest import Mosquitto, serve_plant, site_config
+from tests.helpers import Observer, agent_command, event_payload, write_config
+from tests.integration.test_event_end_to_end import controllable_state
+
+pytestmark = pytest.mark.e2e
+
+
+def spacing(reports: list[dict[str, Any]]) -> float:
+    """Median simulated seconds between consecutive live reports."""
+    ts = [r["ts"] for r in reports]
+    return statistics.median(b - a for a, b in itertools.pairwise(ts))
+
+
+async def reports_after(obs: Observer, n: int, after: int, timeout: float = 10) -> list[dict[str, Any]]:
+    async with asyncio.timeout(timeout):
+        while len(obs.on("out/report")) < after + n:  # noqa: ASYNC110 (the observer records; we poll it)
+            await asyncio.sleep(0.05)
+    return obs.on("out/report")[after:]
+
+
+async def reload_status(obs: Observer, result: str, seen: int) -> dict[str, Any]:
+    """The next retained status announcing a reload with `result` (after `seen` such messages)."""
+    async with asyncio.timeout(10):
+        while True:
+            hits = [b for b in obs.on("status") if (b.get("config") or {}).get("reload")]
+            if len(hits) > seen:
+                assert hits[seen]["config"]["reload"] == result, hits[seen]
+                return hits[seen]
+            await asyncio.sleep(0.05)
+
+
+async def test_sighup_mid_event_rejects_invalid_and_applies_valid(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    cfg = site_config(mosquitto.port, tmp_path)
+    path = write_config(cfg, tmp_path / "site.yaml")
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    tz = ZoneInfo(cfg.site.timezone)
+    clock = ScaledClock(30.0, origin_sim=datetime(2026, 7, 1, 11, 0, tzinfo=tz).timestamp())
+    plant, plant_task = await serve_plant(cfg, clock)
+    before = controllable_state(plant)
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            *agent_command(path, clock.spec()), stdout=asyncio.subprocess.DEVNULL, stderr=log_file
+        )
+    try:
+        async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
+            await obs.wait_online(20)
+            await obs.publish("in/event", event_payload("hup-1", clock.now() + 60, 3600))
+            await obs.wait_for(lambda t, b: t.endswith("/out/event/hup-1") and b["state"] == "active", 20)
+            await obs.wait_for(lambda t, b: t.endswith("/out/report") and b.get("active_steps"), 20)
+            shed = {k for k, v in controllable_state(plant).items() if abs(v - before[k]) > 1e-6}
+            assert shed, "the agent did not shed"
+            old = await reports_after(obs, 4, len(obs.on("out/report")) - 1)
+            assert spacing(old) == pytest.approx(10, abs=2)
+
+            # 1. An invalid fragment: rejected, logged with its file:line, the old config runs on.
+            (conf_d / "50-bad.yaml").write_text("control:\n  report_interval_s: -5\n")
+            steps_before = obs.on("out/report")[-1]["active_steps"]
+            n = len(obs.on("out/report"))
+            proc.send_signal(signal.SIGHUP)
+            rejected = await reload_status(obs, "rejected", 0)
+            assert rejected["state"] == "online" and rejected["config"]["errors"] == 1
+            kept = await reports_after(obs, 4, n)
+            assert {r["event_id"] for r in kept} == {"hup-1"}
+            assert all(r["active_steps"] for r in kept)
+            assert set(steps_before) <= set(kept[0]["active_steps"])
+            assert spacing(kept) == pytest.approx(10, abs=2)  # still the old interval
+            still = controllable_state(plant)
+            assert any(abs(still[k] - before[k]) > 1e-6 for k in shed), (
+                "devices were restored by a rejected reload"
+            )
+
+            # 2. A valid fragment: applied, the event goes on, the new interval is in force.
+            (conf_d / "50-bad.yaml").unlink()
+            (conf_d / "50-reporting.yaml").write_text("control:\n  report_interval_s: 3\n")
+            steps_before = obs.on("out/report")[-1]["active_steps"]
+            proc.send_signal(signal.SIGHUP)
+            applied = await reload_status(obs, "applied", 1)
+            assert applied["config"]["digest"] != rejected["config"]["digest"]
+            n = len(obs.on("out/report"))
+            new = await reports_after(obs, 6, n + 1)
+            assert {r["event_id"] for r in new} == {"hup-1"}
+            assert all(r["active_steps"] for r in new)
+            assert set(steps_before) <= set(new[0]["active_steps"])
+            assert spacing(new) == pytest.approx(3, abs=1)
+            still = controllable_state(plant)
+            assert any(abs(still[k] - before[k]) > 1e-6 for k in shed), "devices were restored by the reload"
+            states = [b["state"] for t, b in obs.under("out/event/hup-1")]
+            assert "completed" not in states and "cancelled" not in states
+
+            proc.send_signal(signal.SIGTERM)
+            rc = await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        plant_task.cancel()
+        await plant.stop()
+    log = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert rc == 0, log[-20:]
+    msgs = [r["msg"] for r in log]
+    rejected_line = next(m for m in msgs if "event=config_reload_rejected" in m)
+    assert "50-bad.yaml:2:" in rejected_line and "report_interval_s" in rejected_line
+    applied_line = next(m for m in msgs if "event=config_reloaded" in m)
+    assert "changes=control" in applied_line
