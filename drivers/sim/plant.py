@@ -107,7 +107,7 @@ class SimulatedPlant:
             ),
         )
         for d in devices:
-            bank = RegisterBank(load_profile(d.profile))
+            bank = RegisterBank(load_profile(d.profile), register_offset=d.register_offset)
             plant.banks[d.name] = bank
             plant.models[d.name] = _model_for(d, bank)
             plant.placement[d.name] = (d.endpoint, d.unit_id)
