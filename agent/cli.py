@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Further commands live in their own modules, each with `register(subparsers)`,
 # so the CLI grows without one file that every feature edits.
 EXTRA_COMMANDS: list[str] = ["agent.cmd_diagnose", "agent.cmd_status"]
+EXTRA_COMMANDS.append("agent.cmd_report")  # settlements, baselines, the year's books, charts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ never constants in code.
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import re
 from datetime import date
@@ -257,6 +258,49 @@ class PriceResponse(_Model):
 
 
 
+_DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class CalendarConfig(_Model):
+    """The site's working-day calendar, which the look-back baselines choose their days by (timezone: site.timezone)."""
+
+    holidays: list[_dt.date] = Field(
+        default_factory=list, description="Public holidays and plant shutdown days (not working days)."
+    )
+    extra_working_days: list[_dt.date] = Field(
+        default_factory=list, description="Make-up working days on a weekend (China's 调休)."
+    )
+    weekend: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=lambda: ["sat", "sun"], description="Days of the week that are not working days."
+    )
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> CalendarConfig:
+        both = sorted(set(self.holidays) & set(self.extra_working_days))
+        if both:
+            raise ValueError(f"dates listed both as holiday and as extra working day: {', '.join(map(str, both))}")
+        return self
+
+    def calendar(self, tz: str) -> Any:
+        """The `agent.calendar.Calendar` the baseline methods take."""
+        from agent.calendar import Calendar
+
+        return Calendar(
+            tz=tz,
+            holidays=frozenset(self.holidays),
+            extra_working_days=frozenset(self.extra_working_days),
+            weekend=frozenset(_DAY_NAMES.index(d) for d in self.weekend),
+        )
+
+
+class IncentiveTier(_Model):
+    """A rate that applies when the notice was at most `notice_up_to_s` (Beijing: 120 CNY/kW up to 30 min)."""
+
+    notice_up_to_s: float = Field(gt=0, le=7 * 86400, description="Longest notice this rate applies to, s.")
+    cny_per_kw: float = Field(ge=0, description="Incentive per verified kW at this notice.")
+    program: Program | None = Field(default=None, description="Only for this program (default: all).")
+
+
 class ContractConfig(_Model):
     peak_kw: float = Field(gt=0, description="Site peak load the contract is based on, kW.")
     band_pct: tuple[float, float] = Field(
@@ -268,7 +312,15 @@ class ContractConfig(_Model):
     programs: dict[Program, ProgramLimits] = Field(
         default_factory=dict, description="Per-program limits (contracted, realtime, price)."
     )
-    incentive_cny_per_kw: float = Field(default=0.0, ge=0, description="Incentive per verified kW.")
+    incentive_cny_per_kw: float = Field(
+        default=0.0, ge=0, description="Incentive per verified kW (the rate when no tier below applies)."
+    )
+    incentive_by_notice: list[IncentiveTier] = Field(
+        default_factory=list,
+        description="Rates by notice time, e.g. Beijing [{notice_up_to_s: 1800, cny_per_kw: 120}, "
+        "{notice_up_to_s: 14400, cny_per_kw: 100}] with incentive_cny_per_kw 80; the shortest tier "
+        "covering the notice applies.",
+    )
     min_events_per_year: int | None = Field(default=None, ge=0, description="Participation minimum a year.")
     default_below_events_per_year: int | None = Field(
         default=None, ge=0, description="Fewer responses than this in a year is a default (Jiangsu: 5)."
@@ -280,8 +332,19 @@ class ContractConfig(_Model):
     )
     price: PriceResponse | None = Field(default=None, description="Price-based DR thresholds; omit to ignore prices.")
     official_baseline: str = Field(
-        default="realtime_15min", description="Baseline method the programme settles on."
+        default="realtime_15min",
+        description="Baseline method the programme settles on (jiangsu_5day, realtime_15min, beijing_5of10, "
+        "caiso_10in10, pjm_high4of5, linear_trend, regression); the others are reported beside it.",
     )
+
+    @field_validator("official_baseline")
+    @classmethod
+    def _official(cls, v: str) -> str:
+        from agent.baseline import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown baseline method {v!r}; known: {', '.join(sorted(METHODS))}")
+        return v
 
     @field_validator("band_pct")
     @classmethod
@@ -334,6 +397,15 @@ class StorageConfig(_Model):
     )
     raw_retention_s: float = Field(
         default=2 * 86400, gt=0, description="Keep poll-rate readings this long, s."
+    )
+    meter_minute_retention_days: float = Field(
+        default=400, ge=1, description="Keep the site meter's 1-minute means this long (baselines need 13 months), days."
+    )
+    device_minute_retention_days: float = Field(
+        default=35, ge=1, description="Keep other devices' 1-minute means this long, days."
+    )
+    quarter_hour_retention_days: float = Field(
+        default=800, ge=1, description="Keep every device's 15-minute means this long, days."
     )
 
     def resolved(self) -> Path:
@@ -388,6 +460,9 @@ class SiteConfig(_Model):
         "omitted: each strategy's programs and default flags decide.",
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Local database.")
+    calendar: CalendarConfig = Field(
+        default_factory=CalendarConfig, description="Working days, weekends and holidays, for the baselines."
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -243,10 +244,21 @@ class Agent:
             await self.store.add_readings(rows)
 
     async def _flush_loop(self) -> None:
+        from agent.history import Pruner
+
+        pruner = Pruner()  # the metering history's retention, applied once an hour
         while True:
             await asyncio.sleep(2.0)
             await self._flush()
             self.outbox_pending = len(await self.store.outbox_pending(1000))
+            now = self.clock.now()
+            if pruner.due(now):
+                try:
+                    await self.store.call(
+                        pruner.run, self.store.sync, self.cfg.storage, list(self.devices), self.meter.name, now
+                    )
+                except sqlite3.Error as exc:
+                    log.error("event=history_prune_failed error=%r", exc)
 
     # -- events in -----------------------------------------------------------------
 
