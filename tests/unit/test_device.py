@@ -209,3 +209,35 @@ def test_register_offset_moves_every_point() -> None:
 def test_kind_refuses_a_profile_without_its_roles() -> None:
     with pytest.raises(ValueError, match="maps no point to role 'setpoint_c'"):
         make("hvac", "generic_lighting")
+
+
+def test_blueprint_kind_is_a_working_example() -> None:
+    from drivers._blueprint import Heater, HeaterConfig
+    from drivers.profile import Profile
+
+    prof = Profile.model_validate(
+        {
+            "version": 1,
+            "name": "heater",
+            "kind": "heater",
+            "points": [
+                {"name": "p", "role": "power_kw", "function": "input_register", "address": 0, "scale": 0.1},
+                {
+                    "name": "lim",
+                    "role": "power_limit_pct",
+                    "function": "holding_register",
+                    "address": 0,
+                    "access": "rw",
+                },
+            ],
+        }
+    )
+    assert Heater.check_profile(prof) == []
+    with pytest.raises(ValueError, match="needs rated_kw"):
+        HeaterConfig(name="h", kind="heater", endpoint="e", profile="x")
+    cfg = HeaterConfig(name="h", kind="heater", endpoint="e", profile="x", rated_kw=30, revert_s=60)
+    bank = RegisterBank(prof)
+    dev = Heater(cfg, LoopbackTransport("e", {1: bank}), prof)
+    assert dev.setup_writes() == [("limit_revert_s", 60)]
+    assert dev.limit_range_pct() == (20.0, 100.0)
+    assert "heater" not in kinds()  # the blueprint registers nothing
