@@ -155,7 +155,10 @@ async def _follow(
                     continue
                 last_minute = minute
                 r = body["realized_kw"]
-                flag = "in band" if body["in_band"] else "OUT of band"
+                if body.get("phase") == "restoring":
+                    flag = "restoring"  # the event is over: the band no longer applies
+                else:
+                    flag = "in band" if body["in_band"] else "OUT of band"
                 print(
                     f"{_t(clock, tz)} load {body['measured_kw']:7.1f} kW  baseline {body['baseline_kw']:7.1f}  "
                     f"shed {r:6.1f} kW ({body['realized_pct_of_peak']:5.1f} %) {_bar(r, lo, hi)} {flag:11s} "
