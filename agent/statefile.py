@@ -202,9 +202,12 @@ def status_line(doc: dict[str, Any]) -> str:
 
 async def run_writer(agent: Agent, interval_s: float = WRITE_INTERVAL_S) -> None:
     """Write the state file every `interval_s` (wall time); mirror a status line to systemd."""
+    from agent.logs import FailureLog
+
     path = state_path(agent.cfg)
     last_status = ""
-    failing = False
+    # Disk full or read-only: say so once; the agent keeps controlling.
+    failures = FailureLog(log, "state_file", logging.ERROR, path=path)
     while True:
         try:
             doc = await snapshot(agent)
@@ -213,14 +216,9 @@ async def run_writer(agent: Agent, interval_s: float = WRITE_INTERVAL_S) -> None
             if line != last_status:
                 agent.notifier.status(line)
                 last_status = line
-            if failing:
-                log.warning("event=state_file_recovered path=%s", path)
-                failing = False
+            failures.ok()
         except OSError as exc:
-            # Disk full or read-only: say so once; the agent keeps controlling.
-            if not failing:
-                log.error("event=state_file_failed path=%s error=%r", path, str(exc))
-                failing = True
+            failures.failed(str(exc))
         await asyncio.sleep(interval_s)
 
 
