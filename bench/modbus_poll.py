@@ -106,7 +106,9 @@ async def poll(args: argparse.Namespace, profile: Profile, ports: list[int]) -> 
         n = per_ep + (1 if i < args.devices % len(transports) else 0)
         devs = []
         for u in range(1, n + 1):
-            cfg = meter.config(name=f"d{i}-{u}", kind="meter", endpoint=t.name, unit_id=u, profile="bench")
+            cfg = meter.config.model_validate(
+                {"name": f"d{i}-{u}", "kind": "meter", "endpoint": t.name, "unit_id": u, "profile": "bench"}
+            )
             devs.append(meter.device(cfg, t, profile))
         groups.append(devs)
     devices = [d for g in groups for d in g]
@@ -216,7 +218,7 @@ def main() -> int:
                 print("simulators did not start", file=sys.stderr)
                 return 1
             try:
-                import uvloop  # type: ignore[import-not-found]
+                import uvloop
 
                 runner: Any = uvloop.run
             except ImportError:

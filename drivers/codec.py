@@ -77,8 +77,8 @@ def decode(
     fmt, count = _NUMERIC[dtype]
     if len(registers) < count:
         raise ValueError(f"{dtype} needs {count} registers, got {len(registers)}")
-    value = struct.unpack(fmt, _to_bytes(registers[:count], byte_order, word_order))[0]
-    return value  # type: ignore[no-any-return]
+    value: Value = struct.unpack(fmt, _to_bytes(registers[:count], byte_order, word_order))[0]
+    return value
 
 
 def encode(

@@ -77,7 +77,7 @@ def _sim_device(unit_id: int, bank: RegisterBank) -> SimDevice:
                 registers[off : off + count] = _pack_bits(chunk)
             else:
                 off = address - start_address
-                registers[off : off + count] = bank.read(table, address, count)  # type: ignore[assignment]
+                registers[off : off + count] = [int(r) for r in bank.read(table, address, count)]
         except (IndexError, PermissionError):
             return ExcCodes.ILLEGAL_ADDRESS
         return None
