@@ -33,10 +33,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     from agent.config import SiteConfig
+    from strategies.model import Strategy
 
-    schema = SiteConfig.model_json_schema()
+    # --strategy: the schema of a strategy file (strategy_files:), for its editor comment line.
+    model = Strategy if args.strategy else SiteConfig
+    schema = model.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "dr-agent site configuration (version 1)"
+    schema["title"] = "dr-agent strategy (version 1)" if args.strategy else "dr-agent site configuration (version 1)"
     text = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
@@ -111,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schema of the site config")
     s.add_argument("-o", "--output", help="write to this file instead of stdout")
+    s.add_argument("--strategy", action="store_true", help="the schema of a strategy file instead")
     s.set_defaults(func=_cmd_schema)
 
     d = sub.add_parser("demo", help="a simulated plant, a broker, an event, live progress, a settlement")
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Further commands live in their own modules, each with `register(subparsers)`,
 # so the CLI grows without one file that every feature edits.
 EXTRA_COMMANDS: list[str] = ["agent.cmd_diagnose", "agent.cmd_status"]
+EXTRA_COMMANDS += ["agent.cmd_plan", "agent.cmd_simulate"]  # rehearsal of strategies before any event
 EXTRA_COMMANDS.append("agent.cmd_report")  # settlements, baselines, the year's books, charts
 
 

@@ -155,7 +155,7 @@ def _check_action(
             errors.append(
                 (
                     (*base, "devices", di),
-                    f"device {name!r} is a {dev.kind}; a {a.kind} action needs a {want} device",
+                    f"device {name!r} is a {dev.kind} device; a {a.kind} action needs a {want} device",
                 )
             )
         else:
@@ -213,14 +213,14 @@ def _check_action_on_device(
             errors.append(
                 (
                     (*base, "setpoint_c"),
-                    f"setpoint_c {a.setpoint_c:g} °C is outside {name!r}'s limits; allowed: {lo:g} to {hi:g} °C",
+                    f"setpoint_c {a.setpoint_c:g} °C is outside {name}'s limits; allowed: {lo:g} to {hi:g} °C",
                 )
             )
         if a.comfort_min_c is not None and a.comfort_min_c >= hi:
             errors.append(
                 (
                     (*base, "comfort_min_c"),
-                    f"comfort_min_c {a.comfort_min_c:g} °C is at or above {name!r}'s setpoint_max_c {hi:g}; "
+                    f"comfort_min_c {a.comfort_min_c:g} °C is at or above {name}'s setpoint_max_c {hi:g}; "
                     f"allowed: below {hi:g} °C",
                 )
             )
@@ -228,7 +228,7 @@ def _check_action_on_device(
             errors.append(
                 (
                     (*base, "comfort_max_c"),
-                    f"comfort_max_c {a.comfort_max_c:g} °C is at or below {name!r}'s setpoint_min_c {lo:g}; "
+                    f"comfort_max_c {a.comfort_max_c:g} °C is at or below {name}'s setpoint_min_c {lo:g}; "
                     f"allowed: above {lo:g} °C",
                 )
             )
@@ -258,7 +258,7 @@ def _check_action_on_device(
                 warnings.append(
                     (
                         (*base, "level_pct"),
-                        f"level_pct {a.level_pct:g} is below {name!r}'s floor min_level_pct "
+                        f"level_pct {a.level_pct:g} is below {name}'s floor min_level_pct "
                         f"{dev.min_level_pct:g}; it will stop at the floor",
                     )
                 )
@@ -275,7 +275,7 @@ def _check_action_on_device(
             errors.append(
                 (
                     (*base, "power_kw"),
-                    f"power_kw {a.power_kw:g} is far above {name!r}'s {dev.max_current_a * kw_per_a:.1f} kW "
+                    f"power_kw {a.power_kw:g} is far above {name}'s {dev.max_current_a * kw_per_a:.1f} kW "
                     "maximum (W instead of kW?); allowed: kW",
                 )
             )
@@ -289,7 +289,7 @@ def _check_action_on_device(
             errors.append(
                 (
                     (*base, field_name),
-                    f"a cap of {cap:.1f} A is at or above {name!r}'s max_current_a {dev.max_current_a:g} A, "
+                    f"a cap of {cap:.1f} A is at or above {name}'s max_current_a {dev.max_current_a:g} A, "
                     f"so it sheds nothing; allowed: below {dev.max_current_a:g} A",
                 )
             )
@@ -297,7 +297,7 @@ def _check_action_on_device(
             warnings.append(
                 (
                     (*base, field_name),
-                    f"a cap of {cap:.1f} A is below {name!r}'s min_current_a {dev.min_current_a:g} A; it will "
+                    f"a cap of {cap:.1f} A is below {name}'s min_current_a {dev.min_current_a:g} A; it will "
                     "be raised to the minimum (add pause: true to allow pausing)",
                 )
             )
@@ -306,7 +306,7 @@ def _check_action_on_device(
             errors.append(
                 (
                     (*base, "discharge_kw"),
-                    f"discharge_kw {a.discharge_kw:g} is far above {name!r}'s inverter limit "
+                    f"discharge_kw {a.discharge_kw:g} is far above {name}'s inverter limit "
                     f"{dev.max_discharge_kw:g} kW (W instead of kW?); allowed: up to {dev.max_discharge_kw:g} kW",
                 )
             )
@@ -314,7 +314,7 @@ def _check_action_on_device(
             warnings.append(
                 (
                     (*base, "discharge_kw"),
-                    f"discharge_kw {a.discharge_kw:g} is above {name!r}'s inverter limit "
+                    f"discharge_kw {a.discharge_kw:g} is above {name}'s inverter limit "
                     f"{dev.max_discharge_kw:g} kW; it will discharge at the limit",
                 )
             )
@@ -322,7 +322,7 @@ def _check_action_on_device(
             warnings.append(
                 (
                     (*base, "reserve_soc_pct"),
-                    f"reserve_soc_pct {a.reserve_soc_pct:g} is below {name!r}'s own reserve "
+                    f"reserve_soc_pct {a.reserve_soc_pct:g} is below {name}'s own reserve "
                     f"{dev.reserve_soc_pct:g} %; the device's reserve applies",
                 )
             )
@@ -333,7 +333,7 @@ def _check_action_on_device(
             errors.append(
                 (
                     (*base, "max_shed_s"),
-                    f"max_shed_s {a.max_shed_s:g} is shorter than {name!r}'s minimum off time {min_off:g} s; "
+                    f"max_shed_s {a.max_shed_s:g} is shorter than {name}'s minimum off time {min_off:g} s; "
                     f"allowed: at least {min_off:g} s",
                 )
             )

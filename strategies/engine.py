@@ -102,7 +102,7 @@ def default_expected_kw(action: Action, device: Device) -> float:
     if isinstance(action, HvacAction):
         return rated * 0.25
     if isinstance(action, LightingAction):
-        level = 0.0 if action.off else (action.level_pct or 0.0)
+        level = 0.0 if action.switch_off else (action.level_pct or 0.0)
         floor = device.min_level_pct() if isinstance(device, Dimmable) else 0.0
         floor = max(floor, action.floor_pct or 0.0)
         return rated * (100 - max(level, floor)) / 100
@@ -172,7 +172,7 @@ def config_estimate_kw(action: Action, device_config: Any) -> float:
     if isinstance(action, HvacAction):
         return rated * 0.25
     if isinstance(action, LightingAction):
-        level = 0.0 if action.off else (action.level_pct or 0.0)
+        level = 0.0 if action.switch_off else (action.level_pct or 0.0)
         floor = max(float(getattr(device_config, "min_level_pct", 0.0)), action.floor_pct or 0.0)
         return rated * (100 - max(level, floor)) / 100
     if isinstance(action, EvChargerAction):
@@ -272,7 +272,7 @@ def shed_value(step: Step, device: Device, original: float | None) -> float | bo
     if isinstance(a, LightingAction):
         if not isinstance(device, Dimmable) or original is None:
             raise NotApplicable("dim level unknown")
-        level = 0.0 if a.off else float(a.level_pct or 0.0)
+        level = 0.0 if a.switch_off else float(a.level_pct or 0.0)
         floor = max(device.min_level_pct(), a.floor_pct or 0.0)
         # Levels are written as whole percent: round, but never below a fractional floor.
         level = _round_within(max(level, floor), math.ceil(floor - 1e-9), 100.0, 0)

@@ -192,7 +192,8 @@ class LightingAction(ActionBase):
         title="Level (%)",
         description="Dim to this level, % of full output (0-100; 50 means half, not 0.5).",
     )
-    off: bool = Field(
+    # Not `off:`: YAML 1.1 reads the bare key `off` as the boolean false.
+    switch_off: bool = Field(
         default=False,
         title="Switch off",
         description="Switch the zone off (it still stops at the zone's min_level_pct floor).",
@@ -207,8 +208,8 @@ class LightingAction(ActionBase):
 
     @model_validator(mode="after")
     def _one(self) -> LightingAction:
-        if (self.level_pct is None) == (not self.off):
-            raise ValueError("give exactly one of level_pct: N or off: true")
+        if (self.level_pct is None) == (not self.switch_off):
+            raise ValueError("give exactly one of level_pct: N or switch_off: true")
         if self.floor_pct is not None and self.level_pct is not None and self.level_pct < self.floor_pct:
             raise ValueError(
                 f"level_pct {self.level_pct:g} is below this action's floor_pct {self.floor_pct:g}; "
@@ -358,6 +359,30 @@ class RestorePolicy(BaseModel):
         le=7200,
         title="Recovery window (s)",
         description="Length of the post-event recovery window in which the rebound cap applies, s.",
+    )
+
+    hvac_release_step_c: float = Field(
+        default=0.5,
+        ge=0,
+        le=10,
+        title="HVAC release step (°C)",
+        description="Walk HVAC setpoints back in steps of this many °C (0 = all at once), so compressors "
+        "do not all restart flat out.",
+    )
+    hvac_release_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=1800,
+        title="HVAC release interval (s)",
+        description="Seconds between two HVAC release steps (the unit's response shows before the next).",
+    )
+    continuous_ramp_s: float = Field(
+        default=120.0,
+        ge=0,
+        le=3600,
+        title="Continuous ramp (s)",
+        description="Ramp battery discharge and charger current back over about this long (0 = at once); "
+        "they are restored last and absorb the HVAC rebound meanwhile.",
     )
 
     def interval_s(self, shed_steps: int) -> float:

@@ -1,0 +1,225 @@
+"""`dr-agent validate`: every shipped example passes; every broken file fails naming file, line and field.
+
+Each broken file under tests/data/broken/ holds one mistake a facility
+manager makes; the test runs the real command on it and checks the exact
+`file:line:col: path: message` an editor would jump to.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import dr_agent
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+BROKEN = REPO / "tests" / "data" / "broken"
+EXAMPLES = REPO / "strategies" / "examples"
+
+# file -> (where the error must point: path relative to the repo, line, col), field path, words of the message
+EXPECTED: dict[str, tuple[str | None, int, int, str, str]] = {
+    "01-unknown-device": (
+        None,
+        25,
+        40,
+        "strategies[0].stages[0].actions[0].devices[0]",
+        "unknown device 'lights-9'; lighting devices: lights-1",
+    ),
+    "02-unknown-group": (
+        None,
+        25,
+        30,
+        "strategies[0].stages[0].actions[0].group",
+        "no device has zone 'south'; zones: north",
+    ),
+    "03-wrong-device-kind": (
+        None,
+        25,
+        40,
+        "strategies[0].stages[0].actions[0].devices[0]",
+        "'ahu-1' is a hvac device; a lighting action needs a lighting device",
+    ),
+    "04-expected-kw-in-watts": (
+        None,
+        25,
+        66,
+        "strategies[0].stages[0].actions[0].expected_kw",
+        "(W instead of kW?)",
+    ),
+    "05-rated-kw-in-watts": (
+        None,
+        13,
+        92,
+        "devices[3].rated_kw",
+        "above the site's peak_kw 1000 (W instead of kW?)",
+    ),
+    "06-device-floor-above-ceiling": (
+        None,
+        9,
+        5,
+        "devices[1]",
+        "setpoint_min_c 28.0 must be below setpoint_max_c 22.0",
+    ),
+    "07-setpoint-outside-device-limits": (
+        None,
+        31,
+        44,
+        "strategies[0].stages[1].actions[1].setpoint_c",
+        "outside ahu-1's limits; allowed: 22 to 27 °C",
+    ),
+    "08-misspelt-field": (
+        None,
+        25,
+        51,
+        "strategies[0].stages[0].actions[0].level_pc",
+        "unknown field 'level_pc'; allowed: ",
+    ),
+    "09-missing-field": (
+        None,
+        26,
+        13,
+        "strategies[0].stages[0].actions[1].discharge_kw",
+        "required field missing",
+    ),
+    "10-bad-allowed-hours": (
+        None,
+        27,
+        44,
+        "strategies[0].stages[0].actions[2].allowed_hours",
+        "'25:00' is not a time of day; write HH:MM",
+    ),
+    "11-cannot-reach-band": (
+        None,
+        22,
+        5,
+        "strategies[0].stages",
+        "can shed about 111 kW, below the band's minimum 300 kW",
+    ),
+    "12-hold-longer-than-max-shed": (
+        None,
+        30,
+        13,
+        "strategies[0].stages[1].actions[0]",
+        "min_hold_s 600 exceeds max_shed_s 300",
+    ),
+    "13-max-shed-below-min-off": (
+        None,
+        27,
+        44,
+        "strategies[0].stages[0].actions[2].max_shed_s",
+        "shorter than pump's minimum off time 300 s; allowed: at least 300 s",
+    ),
+    "14-unknown-action-kind": (
+        None,
+        27,
+        14,
+        "strategies[0].stages[0].actions[2].kind",
+        "unknown value 'switch'; expected one of: 'hvac'",
+    ),
+    "15-discharge-in-watts": (
+        None,
+        26,
+        49,
+        "strategies[0].stages[0].actions[1].discharge_kw",
+        "(W instead of kW?); allowed: up to 50 kW",
+    ),
+    "16-comfort-floor-above-ceiling": (
+        None,
+        31,
+        13,
+        "strategies[0].stages[1].actions[1]",
+        "comfort_min_c 26 must be below comfort_max_c 24",
+    ),
+    "17-charger-cap-above-maximum": (
+        None,
+        30,
+        49,
+        "strategies[0].stages[1].actions[0].current_a",
+        "so it sheds nothing; allowed: below 32 A",
+    ),
+    "18-level-out-of-range": (
+        None,
+        25,
+        51,
+        "strategies[0].stages[0].actions[0].level_pct",
+        "less than or equal to 100, got 150",
+    ),
+    "19-unknown-strategy-selected": (
+        None,
+        20,
+        19,
+        "strategy_select.contracted",
+        "no strategy named 'offices'; strategies: office",
+    ),
+    "20-error-in-strategy-file": (
+        "tests/data/broken/strategies/bad.strategy.yaml",
+        8,
+        62,
+        "stages[0].actions[1].cooldown_s",
+        "greater than or equal to 0, got -5",
+    ),
+    "21-version-missing": (None, 1, 1, "version", "required field missing"),
+}
+
+
+def validate(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*dr_agent(), "validate", "-c", str(path.relative_to(REPO))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+
+
+def test_every_broken_file_is_covered() -> None:
+    files = {p.stem for p in BROKEN.glob("*.yaml")}
+    assert files == set(EXPECTED)
+    assert len(files) >= 10
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_broken_file_fails_at_its_line(name: str) -> None:
+    where, line, col, field, words = EXPECTED[name]
+    path = BROKEN / f"{name}.yaml"
+    proc = validate(path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    file = where or str(path.relative_to(REPO))
+    prefix = f"{file}:{line}:{col}: {field}: "
+    hits = [ln for ln in proc.stderr.splitlines() if ln.startswith(prefix)]
+    assert hits, f"no line starting {prefix!r} in:\n{proc.stderr}"
+    assert words in hits[0], hits[0]
+    # Exactly one mistake per file: no collateral errors that would confuse the reader.
+    assert proc.stderr.strip().splitlines()[-1].endswith(": 1 error(s)")
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_validate(path: Path) -> None:
+    proc = validate(path)
+    if path.name.endswith(".strategy.yaml"):
+        # A strategy file on its own: structure checked, then told to validate the site config.
+        assert proc.returncode == 1
+        assert "this is a strategy file" in proc.stderr and "strategy_files" in proc.stderr
+        assert proc.stderr.startswith(f"{path.relative_to(REPO)}:1:1: this is a strategy file")
+        return
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout
+
+
+def test_suspicious_values_warn_but_pass(tmp_path: Path) -> None:
+    text = (EXAMPLES / "factory.yaml").read_text()
+    text = text.replace("setpoint_offset_c: 2,", "setpoint_offset_c: 5,")
+    cfg = tmp_path / "site.yaml"
+    cfg.write_text(text)
+    proc = subprocess.run(
+        [*dr_agent(), "validate", "-c", str(cfg)], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert proc.returncode == 0, proc.stderr
+    warn = [ln for ln in proc.stderr.splitlines() if "warning: an offset of 5 °C is large" in ln]
+    assert warn and warn[0].startswith(f"{cfg}:")
+    assert ".setpoint_offset_c: warning:" in warn[0]
+    assert "2 warning(s)" in proc.stdout  # the action's group holds two chillers
