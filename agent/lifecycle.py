@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from agent.books import publish_year, published, settle_event
 from agent.contract import Decision as OptDecision
 from agent.contract import commit_kw
 from agent.contract import decide as decide_opt
@@ -38,6 +37,7 @@ from agent.events import (
     response,
 )
 from agent.ledger import Ledger, LedgerEntry
+from agent.settlement import settle
 from agent.signing import Verifier
 from strategies.engine import build_steps
 
@@ -67,8 +67,6 @@ class EventRecord:
     interval: int | None = None
     #: Kept across a restart: baseline, commitment and control start of a running event.
     runtime: dict[str, Any] | None = None
-    #: When the event first arrived (agent clock): its notice time sets some incentive rates.
-    received_ts: float | None = None
     #: When the event first arrived (agent clock): its notice time sets some incentive rates.
     received_ts: float | None = None
 
@@ -258,7 +256,6 @@ class EventLifecycle:
         else:
             jitter = self._rng.uniform(0, ev.start_after_s) if ev.start_after_s else 0.0
             rec = EventRecord(ev, opt, "far" if opt.opt == "in" else "opted_out", ev.start_ts + jitter)
-            rec.received_ts = now
             rec.received_ts = now
             self.events[ev.event_id] = rec
             log.info(
@@ -649,6 +646,9 @@ class EventLifecycle:
             return
         a = self.agent
         ev = rec.event
+        if rec.state == "completed_unsettled":
+            # Ended while the agent was down; the devices are back (restored on start-up).
+            await self._set_state(rec, "completed")
         await a._flush()
         stop = min(end or ev.end_ts, ev.end_ts)
         samples = await a.store.readings(a.meter.name, ev.start_ts, stop)
@@ -662,10 +662,7 @@ class EventLifecycle:
             pre = await a.store.readings(a.meter.name, ev.start_ts - BASELINE_WINDOW_S, ev.start_ts)
             baseline = sum(kw for _t, kw in pre) / len(pre) if pre else float("nan")
         contract = a.cfg.contract
-        # Every baseline method over the stored history; the contract's official one settles (agent/books.py).
-        body = await settle_event(
-            a,
-            rec,
+        body = settle(
             event_id=ev.event_id,
             samples=samples,
             start=ev.start_ts,
@@ -687,22 +684,15 @@ class EventLifecycle:
             },
         )
         rec.settled = True
-        if rec.state == "completed_unsettled":
-            rec.state = "completed"
-            await a.store.set_event_state(ev.event_id, "completed")
-            await self.publish_state(rec)
         await a.store.save_settlement(ev.event_id, body)
-        await a._send(a.topics.settlement(ev.event_id), published(body), retain=True)
+        await a._send(a.topics.settlement(ev.event_id), body, retain=True)
         log.info(
-            "event_id=%s event=settled baseline=%s verified_kw=%.1f pct_of_peak=%.2f in_band_fraction=%.3f quality=%s",
+            "event_id=%s event=settled verified_kw=%.1f pct_of_peak=%.2f in_band_fraction=%.3f",
             ev.event_id,
-            body["baseline_method"],
             body["verified_reduction_kw"],
             body["verified_reduction_pct_of_peak"],
             body["in_band_fraction"],
-            body["data_quality"]["status"],
         )
-        await publish_year(a)
         p = self.ledger().participation(a.clock.now())
         if p.warning and p.warning != self.participation_warning:
             log.warning("event=participation %s", p.warning)
