@@ -242,26 +242,28 @@ def _baseline_rows(body: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _chart(store: Any, cfg: Any, z: ZoneInfo, body: dict[str, Any], png: str) -> None:
+    from agent.books import local_day_bounds
+    from agent.history import load_series
+    from agent.report_chart import ChartsUnavailable, render
+
+    meter = cfg.site.meter if cfg is not None else body.get("meter")
+    if not meter:
+        raise ReportError("which device is the site meter? give -c SITE.yaml")
+    d0, d1 = local_day_bounds(z, datetime.fromtimestamp(float(body["start"]), z).date())
+    try:
+        path = render(body, load_series(store, meter, d0, d1), z, png, site=body.get("site_id", ""))
+    except ChartsUnavailable as exc:
+        raise ReportError(str(exc)) from None
+    sys.stdout.flush()
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def _event(store: Any, cfg: Any, tz: ZoneInfo | None, args: argparse.Namespace, out: TextIO) -> int:
     body = _find(store, args.event_id)
     z = _tz_of(body, tz)
     if args.png:
-        from agent.history import load_series
-        from agent.report_chart import ChartsUnavailable, render
-
-        meter = cfg.site.meter if cfg is not None else body.get("meter")
-        if not meter:
-            raise ReportError("which device is the site meter? give -c SITE.yaml")
-        day = datetime.fromtimestamp(float(body["start"]), z).date()
-        from agent.books import local_day_bounds
-
-        d0, d1 = local_day_bounds(z, day)
-        series = load_series(store, meter, d0, d1)
-        try:
-            path = render(body, series, z, args.png, site=body.get("site_id", ""))
-        except ChartsUnavailable as exc:
-            raise ReportError(str(exc)) from None
-        print(f"wrote {path}", file=sys.stderr)
+        _chart(store, cfg, z, body, args.png)
         if not args.event_id:
             return 0
     if args.format == "json":

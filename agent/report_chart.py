@@ -95,15 +95,19 @@ def render(
     committed = body.get("committed_kw")
     compliance = body.get("compliance")
     dq = (body.get("data_quality") or {}).get("status", "?")
-    sub = [
+    head = [
         f"Verified reduction {_fmt_kw(verified)}" + (f" ({pct:.1f} % of peak)" if pct is not None else ""),
         f"committed {_fmt_kw(committed)}" if committed is not None else "",
         f"compliance {compliance * 100:.0f} %" if compliance is not None else "",
-        f"in band {float(body.get('in_band_fraction', 0)) * 100:.0f} % of minutes",
-        f"est. incentive {float(body.get('estimated_incentive_cny') or 0):,.0f} CNY",
-        f"data {dq}",
     ]
-    ax_day.set_title("   ·   ".join(s for s in sub if s), fontsize=11, loc="left")
+    tail = [
+        f"in band {float(body.get('in_band_fraction', 0)) * 100:.0f} % of minutes",
+        f"estimated incentive {float(body.get('estimated_incentive_cny') or 0):,.0f} CNY",
+        f"data quality: {dq}",
+    ]
+    ax_day.set_title(
+        "   ·   ".join(s for s in head if s) + "\n" + "   ·   ".join(tail), fontsize=11, loc="left"
+    )
 
     # -- the day ------------------------------------------------------------------
     dx, dy = _steps(day_load, tz)
@@ -130,7 +134,7 @@ def render(
         if day_load.step_s == 60
         else day_load
     )
-    ax.axvspan(t0, t1, color=EVENT_COLOUR, alpha=0.25, lw=0)
+    ax.axvspan(t0, t1, color=EVENT_COLOUR, alpha=0.18, lw=0)
     handles: list[Any] = []
     others = [m for m in curves if m != official]
     for i, m in enumerate(others):
@@ -175,12 +179,23 @@ def render(
             label=f"Official baseline ({official}): verified {_fmt_kw(verified)}",
         )
         handles = [hb, band, *handles]
+        if committed:
+            (hc,) = ax.plot(
+                x,
+                [b - float(committed) for b in y],
+                color=OFFICIAL_COLOUR,
+                lw=1.2,
+                ls=":",
+                drawstyle="steps-post",
+                label=f"Commitment: {float(committed):,.0f} kW below the official baseline",
+            )
+            handles.insert(2, hc)
     mx, my = _steps(zoom, tz)
     (hm,) = ax.plot(
         mx, my, color=METER_COLOUR, lw=1.8, drawstyle="steps-post", label="Metered load (1-min mean)"
     )
     handles.insert(0, hm)
-    handles.append(Patch(color=EVENT_COLOUR, alpha=0.45, label="Event window"))
+    handles.append(Patch(color=EVENT_COLOUR, alpha=0.35, label="Event window"))
     ax.set_xlim(datetime.fromtimestamp(z0, tz), datetime.fromtimestamp(z1, tz))
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M", tz=tz))
     ax.set_ylabel("Site load, kW")

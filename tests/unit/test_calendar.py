@@ -77,3 +77,24 @@ def test_local_date_and_days_before() -> None:
     assert LONDON.local_date(ts) == date(2024, 4, 2)
     it = LONDON.days_before(date(2024, 3, 2), first_offset=2)
     assert [next(it) for _ in range(3)] == [date(2024, 2, 29), date(2024, 2, 28), date(2024, 2, 27)]
+
+
+def test_calendar_from_the_site_config() -> None:
+    from agent.config import CalendarConfig
+
+    cfg = CalendarConfig.model_validate(
+        {
+            "holidays": ["2024-10-01", "2024-10-02"],
+            "extra_working_days": ["2024-09-29"],
+            "weekend": ["fri", "sat"],
+        }
+    )
+    cal = cfg.calendar("Asia/Shanghai")
+    assert cal.zone.key == "Asia/Shanghai"
+    assert cal.day_type(date(2024, 10, 1)) == "holiday"
+    assert cal.day_type(date(2024, 9, 29)) == "makeup"  # a Sunday, worked
+    assert cal.day_type(date(2024, 9, 27)) == "weekend"  # Friday in this plant's week
+    assert cal.day_type(date(2024, 9, 30)) == "working"  # Monday
+    assert CalendarConfig().calendar("UTC").weekend == frozenset({5, 6})
+    with pytest.raises(ValueError, match="both as holiday and as extra working day: 2024-10-01"):
+        CalendarConfig.model_validate({"holidays": ["2024-10-01"], "extra_working_days": ["2024-10-01"]})
