@@ -124,7 +124,11 @@ class Verifier:
         """The verified inner message; None if `data` is not an envelope and signing is optional."""
         if "sig" not in data:
             if self.cfg.require_signature:
-                raise EventError("unsigned", "this agent requires signed messages (mqtt.security)")
+                plain_id = next(
+                    (str(data[k])[:128] for k in ("event_id", "price_id") if isinstance(data.get(k), str)),
+                    None,
+                )
+                raise EventError("unsigned", "this agent requires signed messages (mqtt.security)", plain_id)
             return None
         try:
             env = SignedEnvelope.model_validate(data)
@@ -158,7 +162,7 @@ class Verifier:
             raise EventError("bad_signature", f"{env.alg} signature does not verify for {topic}", inner_id)
         skew = env.ts - now
         if abs(skew) > self.cfg.max_skew_s:
-            when = "old" if skew < 0 else "in the future"
+            when = "old" if skew < 0 else "far in the future"
             raise EventError(
                 "stale_message",
                 f"signed {abs(skew):.0f} s {'ago' if skew < 0 else 'ahead'}: too {when} "
