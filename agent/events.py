@@ -417,6 +417,19 @@ class Settlement(BaseModel):
     in_band: bool = Field(description="Verified reduction within the contract band.")
 
 
+class PriceReading(BaseModel):
+    """{root}/out/price (retained): how the agent read the latest price signal."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price_id: str = Field(description="The price schedule.")
+    revision: int = Field(description="Its revision.")
+    kind: Literal["tou", "critical_peak", "realtime"] = Field(description="Tariff kind.")
+    max_price: float = Field(description="Highest price in the schedule, per kWh.")
+    events: list[str] = Field(description="Ids of the events it became (program price).")
+    ts: float = Field(description="When it was read, epoch s.")
+
+
 class Status(BaseModel):
     """{root}/status (retained): availability; `offline` is the last will."""
 
@@ -438,6 +451,7 @@ def payload_models() -> dict[str, type[BaseModel]]:
         "error-reply": ErrorReply,
         "live-report": LiveReport,
         "settlement": Settlement,
+        "price-reading": PriceReading,
         "status": Status,
     }
 
