@@ -312,9 +312,10 @@ class Agent:
         """The event lifecycle plus one control decision for each shedding event."""
         await self.lifecycle.tick(now)
         load = self.site_load_kw()
+        raw = self.recent[-1][1] if load is not None and self.recent else None
         for rec in self.lifecycle.shedding():
             assert rec.control is not None
-            await self.controller.cycle(rec.control, now, load, self.cfg.contract.peak_kw)
+            await self.controller.cycle(rec.control, now, load, self.cfg.contract.peak_kw, raw_kw=raw)
 
     # -- live reports -------------------------------------------------------------------
 

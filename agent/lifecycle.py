@@ -662,6 +662,11 @@ class EventLifecycle:
             pre = await a.store.readings(a.meter.name, ev.start_ts - BASELINE_WINDOW_S, ev.start_ts)
             baseline = sum(kw for _t, kw in pre) / len(pre) if pre else float("nan")
         contract = a.cfg.contract
+        control: dict[str, Any] | None = None
+        if c is not None:
+            window = ev.recovery_s if ev.recovery_s > 0 else c.restore_policy.rebound_window_s
+            post = await a.store.readings(a.meter.name, ev.end_ts, ev.end_ts + window)
+            control = c.settlement_metrics(post, window, contract.peak_kw)
         body = settle(
             event_id=ev.event_id,
             samples=samples,
@@ -681,6 +686,7 @@ class EventLifecycle:
                 "actuations": c.actuations if c else 0,
                 "steps_skipped": c.skipped if c else {},
                 "resumed_after_restart": bool(rt.get("resumed")),
+                "control": control,
             },
         )
         rec.settled = True

@@ -1,15 +1,19 @@
-"""Device physics for the simulated plant: simple, seedable, time-compressible.
+"""Device physics for the simulated plant: realistic enough to tune a controller on, seedable, fast.
 
-Each model owns a `RegisterBank` laid out by the device's profile, advances
-with `step(now, dt)` in simulated seconds, and reacts to writes through the
-bank's `on_write`. Power is always in kW, positive = consumption, except
-storage, whose `output_kw` is positive when discharging.
+Each model owns a `RegisterBank` laid out by the device's profile and
+advances with `advance(now, dt)` in simulated seconds. Writes from a client
+land in the bank and take effect after the model's actuation delay (a BMS
+or a charger does not obey the instant a register changes). Power is always
+in kW, positive = consumption, except storage, whose `output_kw` is positive
+when discharging. Models publish to their bank only when a value changes, so
+an hour of plant time costs milliseconds.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import deque
 from dataclasses import dataclass, field
 
 from drivers.codec import Value
@@ -24,12 +28,35 @@ def _lag(current: float, target: float, dt: float, tau_s: float) -> float:
 
 
 class DeviceModel:
-    def __init__(self, bank: RegisterBank) -> None:
+    """Base of every device model: delayed actuation, change-only publishing."""
+
+    def __init__(self, bank: RegisterBank, delay_s: float = 0.0) -> None:
         self.bank = bank
+        self.delay_s = delay_s
+        self.now = 0.0
+        self.failed = False
+        self._queue: deque[tuple[float, str, Value]] = deque()
+        self._shown: dict[str, Value] = {}
         bank.on_write = self.on_write
 
     def on_write(self, key: str, value: Value) -> None:
-        """A client wrote `key`; models pick up the new command on their next step."""
+        """A client wrote `key`: the device obeys after its actuation delay."""
+        if self.delay_s <= 0:
+            self.apply(key, value)
+        else:
+            self._queue.append((self.now + self.delay_s, key, value))
+
+    def apply(self, key: str, value: Value) -> None:
+        """Take a command (after the delay). Models override this."""
+
+    def advance(self, now: float, dt: float) -> None:
+        """Apply commands that are due, then advance physics by `dt` seconds."""
+        self.now = now
+        q = self._queue
+        while q and q[0][0] <= now:
+            _t, key, value = q.popleft()
+            self.apply(key, value)
+        self.step(now, dt)
 
     def step(self, now: float, dt: float) -> None:
         raise NotImplementedError
@@ -37,6 +64,21 @@ class DeviceModel:
     def load_kw(self) -> float:
         """Contribution to the site meter, kW (negative = generation / discharge)."""
         raise NotImplementedError
+
+    def show(self, key: str, value: Value) -> None:
+        """Set a register only if its value changed (encoding is the simulator's hot path)."""
+        if self._shown.get(key) != value:
+            self._shown[key] = value
+            self.bank.set(key, value)
+
+    def fail(self) -> None:
+        """The device's controller fails: it stops answering and falls back to its own defaults."""
+        self.failed = True
+        self._queue.clear()
+        self.failsafe()
+
+    def failsafe(self) -> None:
+        """What the device does on its own when it fails (default: keep the last command)."""
 
 
 @dataclass
@@ -80,11 +122,88 @@ FACTORY_DAY = DailyProfile(
         0.56,
     ]
 )
+OFFICE_DAY = DailyProfile(
+    [
+        0.30,
+        0.29,
+        0.29,
+        0.29,
+        0.30,
+        0.32,
+        0.40,
+        0.60,
+        0.82,
+        0.92,
+        0.95,
+        0.96,
+        0.90,
+        0.93,
+        0.96,
+        0.95,
+        0.92,
+        0.85,
+        0.65,
+        0.48,
+        0.40,
+        0.36,
+        0.33,
+        0.31,
+    ]
+)
+WAREHOUSE_DAY = DailyProfile(
+    [
+        0.45,
+        0.45,
+        0.44,
+        0.44,
+        0.46,
+        0.52,
+        0.70,
+        0.82,
+        0.86,
+        0.88,
+        0.88,
+        0.87,
+        0.84,
+        0.86,
+        0.87,
+        0.86,
+        0.84,
+        0.78,
+        0.66,
+        0.58,
+        0.52,
+        0.49,
+        0.47,
+        0.46,
+    ]
+)
+PROFILES = {"factory": FACTORY_DAY, "office": OFFICE_DAY, "warehouse": WAREHOUSE_DAY}
+
+
+@dataclass
+class ProcessStep:
+    """A machine starting (kw > 0) or stopping (kw < 0) at `at` for `duration_s`, ramping in `ramp_s`."""
+
+    at: float
+    kw: float
+    duration_s: float = math.inf
+    ramp_s: float = 3.0
+
+    def kw_at(self, now: float) -> float:
+        if now < self.at or now >= self.at + self.duration_s + self.ramp_s:
+            return 0.0
+        if now < self.at + self.ramp_s:
+            return self.kw * (now - self.at) / self.ramp_s
+        end = self.at + self.duration_s
+        if now >= end:
+            return self.kw * (1 - (now - end) / self.ramp_s)
+        return self.kw
 
 
 @dataclass
 class BaseLoad:
-    """The site's uncontrolled load: a daily shape plus smooth (AR(1)) noise, kW."""
+    """The site's uncontrolled load: a daily shape, smooth (AR(1)) noise and process steps, kW."""
 
     peak_kw: float
     profile: DailyProfile = field(default_factory=lambda: FACTORY_DAY)
@@ -92,45 +211,62 @@ class BaseLoad:
     noise_pct: float = 0.5  # std of the noise, % of peak
     tz_offset_s: float = 8 * 3600
     seed: int = 1
+    noise_tau_s: float = 60.0
+    process: list[ProcessStep] = field(default_factory=list)
+    step_kw: float = 0.0  # a constant offset tests may set by hand
     _noise: float = 0.0
     _rng: random.Random = field(init=False)
-    step_kw: float = 0.0  # process steps added by scenarios (a machine starting)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
 
     def step(self, now: float, dt: float) -> None:
         # AR(1) with a ~60 s correlation time: realistic meter wander, not white noise.
-        a = math.exp(-dt / 60.0)
+        a = math.exp(-dt / self.noise_tau_s)
         sigma = self.noise_pct / 100 * self.peak_kw
         self._noise = a * self._noise + math.sqrt(max(0.0, 1 - a * a)) * self._rng.gauss(0, sigma)
 
+    def process_kw(self, now: float) -> float:
+        return sum(p.kw_at(now) for p in self.process)
+
     def kw(self, now: float) -> float:
         hour = ((now + self.tz_offset_s) % 86400) / 3600
-        return self.peak_kw * self.share * self.profile.at(hour) + self._noise + self.step_kw
+        shape = self.peak_kw * self.share * self.profile.at(hour)
+        return shape + self._noise + self.step_kw + self.process_kw(now)
 
 
 class MeterModel(DeviceModel):
-    """A three-phase meter that shows whatever the plant adds up."""
+    """A three-phase meter: shows the plant's sum with its own noise, refreshed every `update_s`."""
 
-    def __init__(self, bank: RegisterBank) -> None:
+    def __init__(
+        self, bank: RegisterBank, noise_kw: float = 0.0, update_s: float = 1.0, seed: int = 1
+    ) -> None:
         super().__init__(bank)
         self.energy_kwh = 0.0
         self.total_kw = 0.0
+        self.noise_kw = noise_kw
+        self.update_s = update_s
+        self._next_update = -math.inf
+        self._rng = random.Random(seed * 7919 + 1)
 
-    def show(self, total_kw: float, dt: float) -> None:
+    def show_total(self, now: float, total_kw: float, dt: float) -> None:
         self.total_kw = total_kw
         self.energy_kwh += max(0.0, total_kw) * dt / 3600
+        if now < self._next_update:
+            return  # the meter's own measurement interval: registers hold the last value
+        self._next_update = now + self.update_s - 1e-6
+        shown = total_kw + (self._rng.gauss(0, self.noise_kw) if self.noise_kw > 0 else 0.0)
         b = self.bank
-        b.set("power_kw", total_kw)
-        for key, val in (("energy_kwh", self.energy_kwh), ("frequency_hz", 50.0)):
-            if b.has(key):
-                b.set(key, val)
+        self.show("power_kw", round(shown, 1))
+        if b.has("energy_kwh"):
+            self.show("energy_kwh", round(self.energy_kwh, 1))
+        if b.has("frequency_hz"):
+            self.show("frequency_hz", 50.0)
         for ph in (1, 2, 3):
             if b.has(f"l{ph}_voltage"):
-                b.set(f"l{ph}_voltage", 230.0)
-                b.set(f"l{ph}_power", total_kw / 3)
-                b.set(f"l{ph}_current", total_kw * 1000 / 3 / 230.0)
+                self.show(f"l{ph}_voltage", 230.0)
+                self.show(f"l{ph}_power", round(shown / 3, 1))
+                self.show(f"l{ph}_current", round(shown * 1000 / 3 / 230.0, 1))
 
     def step(self, now: float, dt: float) -> None:
         pass
@@ -144,7 +280,9 @@ class HvacModel(DeviceModel):
 
     Heat gain = UA * (T_out - T) + internal gains; raising the setpoint idles
     the compressor until the zone warms up, then it settles at a lower
-    steady-state power. Releasing the setpoint causes the familiar rebound.
+    steady-state power. Releasing the setpoint causes the familiar rebound:
+    the compressor runs flat out until the zone is back. The compressor loads
+    and unloads at a limited rate (soft loading), as real chillers do.
     """
 
     def __init__(
@@ -156,13 +294,25 @@ class HvacModel(DeviceModel):
         cop: float = 3.0,
         warmup_s: float = 900.0,
         power_tau_s: float = 20.0,
+        prop_band_k: float = 1.5,
+        ramp_s: float = 120.0,
+        delay_s: float = 0.0,
+        outdoor_swing_c: float = 0.0,
+        tz_offset_s: float = 8 * 3600,
     ) -> None:
-        super().__init__(bank)
+        super().__init__(bank, delay_s)
         self.rated_kw = rated_kw
         self.cop = cop
+        self.outdoor_mean_c = outdoor_c
+        self.outdoor_swing_c = outdoor_swing_c
+        self.tz_offset_s = tz_offset_s
         self.outdoor_c = outdoor_c
         self.setpoint_c = setpoint_c
+        self.initial_setpoint_c = setpoint_c
         self.zone_c = setpoint_c
+        self.prop_band_k = prop_band_k
+        # Soft loading: the compressor's power changes at most rated/ramp_s per second.
+        self.max_rate = rated_kw / ramp_s if ramp_s > 0 else math.inf
         # Sized so that at 8 K indoor/outdoor difference the unit runs at 60 % of rating.
         q_nom = 0.6 * rated_kw * cop
         self.internal_kw = 0.25 * q_nom
@@ -179,15 +329,31 @@ class HvacModel(DeviceModel):
     def _steady_kw(self, t: float) -> float:
         return max(0.0, min(self.rated_kw, (self.ua * (self.outdoor_c - t) + self.internal_kw) / self.cop))
 
-    def on_write(self, key: str, value: Value) -> None:
+    def apply(self, key: str, value: Value) -> None:
         if key == "setpoint_c" and isinstance(value, (int, float)):
             self.setpoint_c = float(value)
 
+    def failsafe(self) -> None:
+        # A BMS that loses its supervisor goes back to its local schedule's setpoint.
+        self.setpoint_c = self.initial_setpoint_c
+
+    def _outdoor(self, now: float) -> float:
+        if not self.outdoor_swing_c:
+            return self.outdoor_mean_c
+        hour = ((now + self.tz_offset_s) % 86400) / 3600
+        # Warmest at 15:00, coolest at 03:00.
+        return self.outdoor_mean_c + self.outdoor_swing_c * math.cos((hour - 15) / 24 * 2 * math.pi)
+
     def step(self, now: float, dt: float) -> None:
-        # Proportional controller around the steady-state power: full power at +1 K.
-        demand = self._steady_kw(self.zone_c) + self.rated_kw * (self.zone_c - self.setpoint_c)
+        self.outdoor_c = self._outdoor(now)
+        # Proportional controller around the steady-state power: full power `prop_band_k` above setpoint.
+        demand = (
+            self._steady_kw(self.zone_c) + self.rated_kw * (self.zone_c - self.setpoint_c) / self.prop_band_k
+        )
         demand = max(0.0, min(self.rated_kw, demand))
-        self.power_kw = _lag(self.power_kw, demand, dt, self.power_tau_s)
+        nxt = _lag(self.power_kw, demand, dt, self.power_tau_s)
+        limit = self.max_rate * dt
+        self.power_kw = min(self.power_kw + limit, max(self.power_kw - limit, nxt))
         heat = self.ua * (self.outdoor_c - self.zone_c) + self.internal_kw - self.power_kw * self.cop
         self.zone_c += heat * dt / self.capacity
         self._publish()
@@ -195,29 +361,35 @@ class HvacModel(DeviceModel):
     def _publish(self) -> None:
         b = self.bank
         if b.has("power_kw"):  # thermostats and AC gateways often report no power
-            b.set("power_kw", round(self.power_kw, 2))
-        for key, val in (("zone_temp_c", self.zone_c), ("outdoor_temp_c", self.outdoor_c)):
-            if b.has(key):
-                b.set(key, round(val, 1))
+            self.show("power_kw", round(self.power_kw, 1))
+        if b.has("zone_temp_c"):
+            self.show("zone_temp_c", round(self.zone_c, 1))
+        if b.has("outdoor_temp_c"):
+            self.show("outdoor_temp_c", round(self.outdoor_c, 1))
 
     def load_kw(self) -> float:
         return self.power_kw
 
 
 class LightingModel(DeviceModel):
-    """LED lighting: power proportional to the dim level."""
+    """LED lighting: power proportional to the dim level (drivers fade over about a second)."""
 
-    def __init__(self, bank: RegisterBank, rated_kw: float, level_pct: float = 100.0) -> None:
-        super().__init__(bank)
+    def __init__(
+        self, bank: RegisterBank, rated_kw: float, level_pct: float = 100.0, delay_s: float = 0.0
+    ) -> None:
+        super().__init__(bank, delay_s)
         self.rated_kw = rated_kw
         self.level = level_pct
         self.power_kw = rated_kw * level_pct / 100
         bank.set("level_pct", level_pct)
         self._publish()
 
-    def on_write(self, key: str, value: Value) -> None:
+    def apply(self, key: str, value: Value) -> None:
         if key == "level_pct" and isinstance(value, (int, float)):
             self.level = max(0.0, min(100.0, float(value)))
+
+    def failsafe(self) -> None:
+        self.level = 100.0  # DALI system failure level: full light
 
     def step(self, now: float, dt: float) -> None:
         self.power_kw = _lag(self.power_kw, self.rated_kw * self.level / 100, dt, 1.0)
@@ -225,14 +397,28 @@ class LightingModel(DeviceModel):
 
     def _publish(self) -> None:
         if self.bank.has("power_kw"):
-            self.bank.set("power_kw", round(self.power_kw, 3))
+            self.show("power_kw", round(self.power_kw, 2))
 
     def load_kw(self) -> float:
         return self.power_kw
 
 
+@dataclass
+class EvSession:
+    """A vehicle plugged in from `arrive` to `leave` (epoch s), drawing at most `max_a` per phase."""
+
+    arrive: float
+    leave: float
+    max_a: float = 32.0
+
+
 class EvChargerModel(DeviceModel):
-    """A charger with a vehicle attached: power follows the current limit (IEC 61851: < 6 A pauses)."""
+    """A charger: power follows the current limit while a vehicle is connected (IEC 61851: < 6 A pauses).
+
+    Without `sessions` a vehicle is connected all the time (the demo). On
+    failure the charger falls back to its failsafe current, as real ones do
+    when their heartbeat stops.
+    """
 
     def __init__(
         self,
@@ -242,12 +428,16 @@ class EvChargerModel(DeviceModel):
         voltage_v: float = 230.0,
         vehicle_max_a: float = 32.0,
         connected: bool = True,
+        sessions: list[EvSession] | None = None,
+        delay_s: float = 0.0,
     ) -> None:
-        super().__init__(bank)
+        super().__init__(bank, delay_s)
         self.limit_a = max_current_a
+        self.max_current_a = max_current_a
         self.kw_per_a = phases * voltage_v / 1000
         self.vehicle_max_a = vehicle_max_a
-        self.connected = connected
+        self.sessions = sorted(sessions or [], key=lambda s: s.arrive)
+        self.connected = connected if sessions is None else False
         # Heartbeat failsafe (0 s = off): without a heartbeat for that long, charge at most the failsafe current.
         self.failsafe_timeout_s = 0.0
         self.failsafe_current_a = 0.0
@@ -256,8 +446,6 @@ class EvChargerModel(DeviceModel):
         self._heard = False
         self.power_kw = self._target()
         bank.set("current_limit_a", max_current_a)
-        if bank.has("vehicle_connected"):
-            bank.set("vehicle_connected", connected)
         self._publish()
 
     def _target(self) -> float:
@@ -266,7 +454,7 @@ class EvChargerModel(DeviceModel):
             return 0.0
         return min(limit, self.vehicle_max_a) * self.kw_per_a
 
-    def on_write(self, key: str, value: Value) -> None:
+    def apply(self, key: str, value: Value) -> None:
         if key == "current_limit_a" and isinstance(value, (int, float)):
             self.limit_a = float(value)
         elif key == "failsafe_current_a" and isinstance(value, (int, float)):
@@ -285,13 +473,23 @@ class EvChargerModel(DeviceModel):
         elif self.failsafe_timeout_s > 0 and self.last_heartbeat is not None:
             self.failsafe_active = now - self.last_heartbeat > self.failsafe_timeout_s
 
+    def failsafe(self) -> None:
+        self.limit_a = self.max_current_a
+
     def step(self, now: float, dt: float) -> None:
+        if self.sessions:
+            s = next((s for s in self.sessions if s.arrive <= now < s.leave), None)
+            self.connected = s is not None
+            if s is not None:
+                self.vehicle_max_a = s.max_a
         self._watchdog(now)
         self.power_kw = _lag(self.power_kw, self._target(), dt, 3.0)
         self._publish()
 
     def _publish(self) -> None:
-        self.bank.set("power_kw", round(self.power_kw, 3))
+        self.show("power_kw", round(self.power_kw, 3))
+        if self.bank.has("vehicle_connected"):
+            self.show("vehicle_connected", self.connected)
 
     def load_kw(self) -> float:
         return self.power_kw
@@ -307,8 +505,9 @@ class StorageModel(DeviceModel):
         max_kw: float,
         soc_pct: float = 80.0,
         min_soc_pct: float = 5.0,
+        delay_s: float = 0.0,
     ) -> None:
-        super().__init__(bank)
+        super().__init__(bank, delay_s)
         self.capacity_kwh = capacity_kwh
         self.max_kw = max_kw
         self.soc = soc_pct
@@ -322,19 +521,22 @@ class StorageModel(DeviceModel):
         bank.set("power_setpoint_kw", 0.0)
         self._publish()
 
-    def on_write(self, key: str, value: Value) -> None:
+    def apply(self, key: str, value: Value) -> None:
         if key == "power_setpoint_kw" and isinstance(value, (int, float)):
             self.setpoint_kw = float(value)
             self._renewed = True
         elif key == "setpoint_revert_s" and isinstance(value, (int, float)):
             self.revert_s = float(value)
 
+    def failsafe(self) -> None:
+        self.setpoint_kw = 0.0  # an inverter that loses its EMS goes idle
+
     def step(self, now: float, dt: float) -> None:
         if self._renewed:
             self._renewed, self.last_set = False, now
         elif self.revert_s > 0 and self.last_set is not None and now - self.last_set > self.revert_s:
             self.setpoint_kw, self.last_set = 0.0, None
-            self.bank.set("power_setpoint_kw", 0.0)  # clients write this register too
+            self.bank.set("power_setpoint_kw", 0.0)  # not show(): clients write this register too
         target = max(-self.max_kw, min(self.max_kw, self.setpoint_kw))
         if target > 0 and self.soc <= self.min_soc:
             target = 0.0  # the BMS's own cut-off
@@ -346,23 +548,23 @@ class StorageModel(DeviceModel):
         self._publish()
 
     def _publish(self) -> None:
-        self.bank.set("power_kw", round(self.output_kw, 1))
-        self.bank.set("soc_pct", round(self.soc, 1))
+        self.show("power_kw", round(self.output_kw, 1))
+        self.show("soc_pct", round(self.soc, 1))
 
     def load_kw(self) -> float:
         return -self.output_kw
 
 
 class RelayModel(DeviceModel):
-    def __init__(self, bank: RegisterBank, rated_kw: float, on: bool = True) -> None:
-        super().__init__(bank)
+    def __init__(self, bank: RegisterBank, rated_kw: float, on: bool = True, delay_s: float = 0.0) -> None:
+        super().__init__(bank, delay_s)
         self.rated_kw = rated_kw
         self.on = on
         self.power_kw = rated_kw if on else 0.0
         bank.set("switch", on)
         self._publish()
 
-    def on_write(self, key: str, value: Value) -> None:
+    def apply(self, key: str, value: Value) -> None:
         if key == "switch":
             self.on = bool(value)
 
@@ -372,7 +574,7 @@ class RelayModel(DeviceModel):
 
     def _publish(self) -> None:
         if self.bank.has("power_kw"):
-            self.bank.set("power_kw", round(self.power_kw, 1))
+            self.show("power_kw", round(self.power_kw, 1))
 
     def load_kw(self) -> float:
         return self.power_kw

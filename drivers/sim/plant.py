@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from drivers.device import DeviceConfigBase
 from drivers.profile import load_profile
 from drivers.sim.bank import RegisterBank
 from drivers.sim.models import (
+    FACTORY_DAY,
     BaseLoad,
+    DailyProfile,
     DeviceModel,
     EvChargerModel,
+    EvSession,
     HvacModel,
     LightingModel,
     MeterModel,
@@ -46,16 +49,44 @@ class SimEndpoint:
     port: int
 
 
-def _model_for(cfg: DeviceConfigBase, bank: RegisterBank) -> DeviceModel:
+@dataclass
+class PlantOptions:
+    """How realistic the plant is: delays, meter quality, weather, vehicles. Defaults suit the demo."""
+
+    profile: DailyProfile = field(default_factory=lambda: FACTORY_DAY)
+    noise_pct: float = 0.5
+    meter_noise_kw: float = 0.0
+    meter_update_s: float = 1.0
+    #: Actuation delay by device kind, s ("default" for the others).
+    delay_s: dict[str, float] = field(default_factory=dict)
+    outdoor_c: float = 32.0
+    outdoor_swing_c: float = 0.0
+    #: EV sessions by charger name; a charger not listed has a vehicle all day.
+    ev_sessions: dict[str, list[EvSession]] = field(default_factory=dict)
+    #: Storage state of charge at the start, %.
+    storage_soc_pct: float = 80.0
+
+
+def _model_for(
+    cfg: DeviceConfigBase, bank: RegisterBank, opts: PlantOptions, seed: int, tz_offset_s: float
+) -> DeviceModel:
     kind = getattr(cfg, "kind", "")
     rated = cfg.rated_kw or 10.0
     c: Any = cfg
+    delay = opts.delay_s.get(kind, opts.delay_s.get("default", 0.0))
     if kind == "meter":
-        return MeterModel(bank)
+        return MeterModel(bank, noise_kw=opts.meter_noise_kw, update_s=opts.meter_update_s, seed=seed)
     if kind == "hvac":
-        return HvacModel(bank, rated_kw=rated)
+        return HvacModel(
+            bank,
+            rated_kw=rated,
+            outdoor_c=opts.outdoor_c,
+            outdoor_swing_c=opts.outdoor_swing_c,
+            tz_offset_s=tz_offset_s,
+            delay_s=delay,
+        )
     if kind == "lighting":
-        return LightingModel(bank, rated_kw=rated)
+        return LightingModel(bank, rated_kw=rated, delay_s=delay)
     if kind == "ev_charger":
         return EvChargerModel(
             bank,
@@ -63,11 +94,19 @@ def _model_for(cfg: DeviceConfigBase, bank: RegisterBank) -> DeviceModel:
             phases=c.phases,
             voltage_v=c.voltage_v,
             vehicle_max_a=min(c.max_current_a, rated * 1000 / (c.phases * c.voltage_v)),
+            sessions=opts.ev_sessions.get(cfg.name),
+            delay_s=delay,
         )
     if kind == "storage":
-        return StorageModel(bank, capacity_kwh=c.capacity_kwh, max_kw=c.max_discharge_kw)
+        return StorageModel(
+            bank,
+            capacity_kwh=c.capacity_kwh,
+            max_kw=c.max_discharge_kw,
+            soc_pct=opts.storage_soc_pct,
+            delay_s=delay,
+        )
     if kind == "relay":
-        return RelayModel(bank, rated_kw=rated)
+        return RelayModel(bank, rated_kw=rated, delay_s=delay)
     raise ValueError(f"no simulator model for device kind {kind!r}")
 
 
@@ -93,8 +132,13 @@ class SimulatedPlant:
         meter_name: str,
         seed: int = 1,
         tz_offset_s: float = 8 * 3600,
-        noise_pct: float = 0.5,
+        noise_pct: float | None = None,
+        options: PlantOptions | None = None,
     ) -> SimulatedPlant:
+        """The plant for these device configs; `options` make it as realistic as a benchmark needs."""
+        opts = options or PlantOptions()
+        if noise_pct is not None:
+            opts = replace(opts, noise_pct=noise_pct)
         controllable_kw = sum(
             (d.rated_kw or 0.0) for d in devices if getattr(d, "kind", "") not in ("meter", "storage")
         )
@@ -103,13 +147,18 @@ class SimulatedPlant:
             peak_kw=peak_kw,
             meter_name=meter_name,
             base=BaseLoad(
-                peak_kw=peak_kw, share=share, seed=seed, tz_offset_s=tz_offset_s, noise_pct=noise_pct
+                peak_kw=peak_kw,
+                profile=opts.profile,
+                share=share,
+                seed=seed,
+                tz_offset_s=tz_offset_s,
+                noise_pct=opts.noise_pct,
             ),
         )
         for d in devices:
             bank = RegisterBank(load_profile(d.profile), register_offset=d.register_offset)
             plant.banks[d.name] = bank
-            plant.models[d.name] = _model_for(d, bank)
+            plant.models[d.name] = _model_for(d, bank, opts, seed, tz_offset_s)
             plant.placement[d.name] = (d.endpoint, d.unit_id)
         if meter_name not in plant.models:
             raise ValueError(f"site meter {meter_name!r} is not among the devices")
@@ -125,11 +174,21 @@ class SimulatedPlant:
         for name, m in self.models.items():
             if name == self.meter_name:
                 continue
-            m.step(now, dt)
+            m.advance(now, dt)
             total += m.load_kw()
         meter = self.models[self.meter_name]
         assert isinstance(meter, MeterModel)
-        meter.show(total, dt)
+        meter.show_total(now, total, dt)
+
+    def fail(self, device: str, code: int = 4, failsafe: bool = True) -> None:
+        """Make a device stop answering (Modbus exception `code`); with `failsafe` it reverts on its own."""
+        self.banks[device].fail_with = code
+        if failsafe:
+            self.models[device].fail()
+
+    def recover(self, device: str) -> None:
+        self.banks[device].fail_with = None
+        self.models[device].failed = False
 
     def site_kw(self) -> float:
         meter = self.models[self.meter_name]

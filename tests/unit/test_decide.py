@@ -1,69 +1,119 @@
-"""The pure control decision: add, release or hold, and why."""
+"""The pure control decision: add, release, adjust or hold, and why."""
 
 from __future__ import annotations
 
-from agent.control import ActiveStep, aim_kw, decide
+from agent.control import Decision, Held, Option, aim_kw, decide
 from strategies.engine import Step
-from strategies.model import LightingAction
+from strategies.model import LightingAction, StorageAction
 
 
-def step(i: int, kw: float, hold: float = 60.0) -> Step:
+def step(i: int, kw: float, hold: float = 60.0, stage: str = "x") -> Step:
     action = LightingAction(kind="lighting", devices=[f"d{i}"], level_pct=50, expected_kw=kw, min_hold_s=hold)
-    return Step(id=f"s{i}", order=i, stage="x", device=f"d{i}", action=action, expected_kw=kw)
+    return Step(id=f"s{i}", order=i, stage=stage, device=f"d{i}", action=action, expected_kw=kw)
+
+
+def battery(kw: float = 40.0) -> Step:
+    action = StorageAction(kind="storage", devices=["bat"], discharge_kw=kw, expected_kw=kw, min_hold_s=0)
+    return Step(id="bat", order=99, stage="storage", device="bat", action=action, expected_kw=kw)
 
 
 BAND = (50.0, 200.0)
 
 
+def opts(*steps: Step) -> list[Option]:
+    return [Option(s, s.expected_kw, s.action.kind == "storage") for s in steps]
+
+
+def held(s: Step, kw: float, releasable: bool = True, depth: float = 1.0, full: float | None = None) -> Held:
+    cont = s.action.kind == "storage"
+    return Held(s, kw, depth, full if full is not None else kw / depth, cont, releasable, True)
+
+
 def call(
-    realized: float | None,
-    candidates: list[Step],
-    active: list[ActiveStep] | None = None,
-    last: float | None = None,
+    predicted: float | None,
+    options: list[Option] | None = None,
+    active: list[Held] | None = None,
+    last_add: float | None = None,
+    last_release: float | None = None,
     now: float = 1000.0,
-) -> object:
+) -> list[Decision]:
     return decide(
         now=now,
-        realized_kw=realized,
+        predicted_kw=predicted,
         aim=100.0,
         band=BAND,
         deadband_kw=10.0,
         settle_s=15.0,
-        last_change=last,
-        active=active or [],
-        candidates=candidates,
+        last_add=last_add,
+        last_release=last_release,
+        held=active or [],
+        options=options or [],
     )
 
 
+def ids(ds: list[Decision], action: str) -> list[str]:
+    return [d.step.id for d in ds if d.action == action and d.step is not None]
+
+
 def test_unknown_meter_holds() -> None:
-    d = call(None, [step(1, 20)])
+    (d,) = call(None, opts(step(1, 20)))
     assert d.action == "hold" and "unknown" in d.reason
 
 
-def test_below_aim_adds_first_fitting_step_in_order() -> None:
-    d = call(30.0, [step(1, 200), step(2, 40), step(3, 10)])
-    assert d.action == "add" and d.step is not None and d.step.id == "s2"  # s1 would overshoot the band top
+def test_below_aim_adds_what_fills_the_gap_never_above_the_band_top() -> None:
+    ds = call(30.0, opts(step(1, 200), step(2, 40), step(3, 10)))
+    # s1 would overshoot the band's top; s2 then s3 fill the 70 kW gap in one cycle (feed-forward).
+    assert ids(ds, "add") == ["s2", "s3"]
 
 
-def test_waits_for_the_last_change_to_settle() -> None:
-    d = call(30.0, [step(1, 20)], last=990.0)
+def test_best_fit_within_a_stage_but_stages_in_order() -> None:
+    ds = call(80.0, opts(step(1, 60, stage="a"), step(2, 18, stage="a"), step(3, 20, stage="b")))
+    assert ids(ds, "add") == ["s2"]  # 18 kW fits a 20 kW gap better than 60; stage b is not reached
+
+
+def test_a_battery_fills_the_gap_exactly() -> None:
+    ds = call(75.0, opts(step(1, 60), battery(40)))
+    (d,) = [d for d in ds if d.action == "add"]
+    assert (
+        d.step is not None
+        and d.step.id == "bat"
+        and abs(d.kw - 25.0) < 1e-6
+        and abs(d.depth - 25 / 40) < 1e-6
+    )
+
+
+def test_after_a_release_it_waits_before_adding_unless_the_band_is_at_stake() -> None:
+    (d,) = call(85.0, opts(step(1, 10)), last_release=990.0)
     assert d.action == "hold" and "settling" in d.reason
+    assert ids(call(40.0, opts(step(1, 10)), last_release=990.0), "add") == ["s1"]
 
 
 def test_below_band_takes_the_smallest_step_even_if_it_may_overshoot() -> None:
-    d = call(0.0, [step(1, 260), step(2, 230)])
-    assert d.action == "add" and d.step is not None and d.step.id == "s2"
+    ds = call(0.0, opts(step(1, 260), step(2, 230)))
+    assert ids(ds, "add") == ["s2"]
 
 
 def test_in_band_holds() -> None:
-    assert call(120.0, [step(1, 20)]).action == "hold"
+    (d,) = call(105.0, opts(step(1, 20)))
+    assert d.action == "hold" and d.reason == "in band"
 
 
-def test_above_band_releases_most_recent_step_past_its_hold_time() -> None:
-    a1 = ActiveStep(step(1, 50), applied_at=0.0, value=50, load_before=None)
-    a2 = ActiveStep(step(2, 50, hold=2000), applied_at=900.0, value=50, load_before=None)
-    d = call(230.0, [], active=[a1, a2])
-    assert d.action == "release" and d.step is not None and d.step.id == "s1"  # s2 still inside min_hold_s
+def test_above_aim_eases_the_battery_first() -> None:
+    bat = battery(40)
+    ds = call(130.0, [], active=[held(step(1, 50), 50), held(bat, 40)])
+    (d,) = ds
+    assert d.action == "adjust" and d.step is bat and abs(d.kw + 30.0) < 1e-6 and abs(d.depth - 0.25) < 1e-6
+
+
+def test_above_band_releases_a_step_past_its_hold_time() -> None:
+    ds = call(230.0, [], active=[held(step(1, 50), 50), held(step(2, 50, hold=2000), 50, releasable=False)])
+    assert ids(ds, "release") == ["s1"]
+
+
+def test_release_keeps_curtailment_above_the_aim_minus_deadband() -> None:
+    # 125 kW: releasing 60 would leave 65 (< 90), so nothing goes; releasing 20 leaves 105.
+    assert ids(call(125.0, [], active=[held(step(1, 60), 60)]), "release") == []
+    assert ids(call(125.0, [], active=[held(step(1, 60), 60), held(step(2, 20), 20)]), "release") == ["s2"]
 
 
 def test_aim_stays_inside_the_band_with_a_margin() -> None:
