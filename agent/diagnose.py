@@ -97,7 +97,7 @@ def to_json(checks: list[Check]) -> dict[str, Any]:
 
 def render(checks: list[Check], *, color: bool = False, header: str = "") -> str:
     """One screen: a line per check, the hint under anything not ok."""
-    width = min(24, max((len(c.name) for c in checks), default=10)) + 1
+    width = min(40, max((len(c.name) for c in checks), default=10)) + 1
     lines = [header] if header else []
     for c in checks:
         mark = MARK[c.status]
@@ -507,6 +507,10 @@ async def check_modbus(
     from agent.daemon import build_devices
 
     transports, devices = build_devices(cfg)
+    _TZ.update({n: ZoneInfo(cfg.site.timezone) for n in devices})
+    for d in devices.values():
+        # Diagnose only reads: skip start-up writes (a charger's failsafe current); the daemon does them.
+        d.setup_writes = list  # type: ignore[method-assign]
     shed: dict[str, list[Any]] = {}
     for e in journal:
         shed.setdefault(e.device, []).append(e)
@@ -577,16 +581,20 @@ async def check_modbus(
                 Check(
                     f"device.{name}",
                     "warn",
-                    f"shed per the journal ({_shed_text(entries)}) but no longer configured",
+                    f"shed per the journal ({_shed_text(entries, ZoneInfo(cfg.site.timezone))}) but no longer configured",
                     "put it back by hand; the journal row is closed at the agent's next start",
                 )
             )
     return out
 
 
-def _shed_text(entries: list[Any]) -> str:
+#: Site timezone per device name, for the "shed since" times (set by check_modbus).
+_TZ: dict[str, ZoneInfo] = {}
+
+
+def _shed_text(entries: list[Any], tz: ZoneInfo | None = None) -> str:
     e = entries[-1]
-    since = datetime.fromtimestamp(e.ts).strftime("%m-%d %H:%M:%S")
+    since = datetime.fromtimestamp(e.ts, tz).strftime("%m-%d %H:%M:%S")
     return f"SHED {e.role} {entries[0].original:g} -> {e.written:g} since {since} by {e.event_id or '-'}"
 
 
@@ -611,12 +619,12 @@ def _device_check(d: Any, ok: bool, entries: list[Any]) -> Check:
     first = ("power_kw", SHED_ROLE.get(d.kind, ""))
     points = sorted(
         (p for p in d.profile.points if p.name in d.values),
-        key=lambda p: (first.index(p.role) if p.role in first else 2 if p.role else 3),
+        key=lambda p: first.index(p.role) if p.role in first else 2 if p.role else 3,
     )
     shown = [f"{p.name} {_fmt_value(d.values[p.name], p.unit)}" for p in points[:4]]
     detail = f"{d.kind}: {', '.join(shown)}; {d.requests_per_poll} req, {h.latency_ms:.1f} ms"
     if d.kind != "meter":
-        detail += "; " + (_shed_text(entries) if entries else "not shed")
+        detail += "; " + (_shed_text(entries, _TZ.get(d.name)) if entries else "not shed")
     diag["shed"] = [asdict(e) for e in entries]
     return Check(name, "ok", detail, "", diag)
 
@@ -630,7 +638,9 @@ def _device_from_daemon(d: Any, st: dict[str, Any] | None, entries: list[Any]) -
             "not in the running agent's state (config changed since it started?)",
             "systemctl reload dr-agent",
         )
-    shed = "; " + (_shed_text(entries) if entries else "not shed") if d.kind != "meter" else ""
+    shed = (
+        "; " + (_shed_text(entries, _TZ.get(d.name)) if entries else "not shed") if d.kind != "meter" else ""
+    )
     power = "" if st.get("power_kw") is None else f"{st['power_kw']:.1f} kW, "
     if not st["available"]:
         code = st.get("exception_code")
