@@ -128,3 +128,46 @@ async def test_sighup_mid_event_rejects_invalid_and_applies_valid(
     assert "50-bad.yaml:2:" in rejected_line and "report_interval_s" in rejected_line
     applied_line = next(m for m in msgs if "event=config_reloaded" in m)
     assert "changes=control" in applied_line
+
+
+async def test_apply_config_keeps_busy_devices_and_restart_only_sections(tmp_path: Path) -> None:
+    """In process, the rules Agent.reload applies (no broker or Modbus traffic needed)."""
+    from agent.daemon import Agent
+    from agent.reload import apply_config
+
+    cfg = site_config(1883, tmp_path)
+    agent = Agent(cfg, metrics=False)
+    try:
+        chiller, ev1, bms = agent.devices["chiller-1"], agent.devices["ev-1"], agent.transports["bms"]
+        # chiller-1 is shed right now (an open revert-journal entry).
+        await agent.store.journal_record("chiller-1", "setpoint_c", 24.0, 26.0, "e-1", "hvac/2:chiller-1")
+        devices = [
+            d.model_copy(update={"rated_kw": 130.0}) if d.name in ("chiller-1", "ev-1") else d
+            for d in cfg.devices
+            if d.name != "ev-4"
+        ]
+        new = cfg.model_copy(
+            update={
+                "devices": devices,
+                "control": cfg.control.model_copy(update={"report_interval_s": 3.0}),
+                "mqtt": cfg.mqtt.model_copy(update={"keepalive_s": 60}),
+            }
+        )
+        res = await apply_config(agent, new)
+        assert res.ok
+        assert agent.devices["chiller-1"] is chiller  # busy: kept until restored
+        assert res.deferred == ["chiller-1"]
+        assert agent.devices["ev-1"] is not ev1 and agent.devices["ev-1"].config.rated_kw == 130.0
+        assert "ev-4" not in agent.devices and "device -ev-4" in res.changes
+        assert agent.transports["bms"] is bms  # unchanged endpoint: same connection
+        assert agent.cfg.control.report_interval_s == 3.0 and "control" in res.changes
+        assert res.restart_required == ["mqtt"] and agent.cfg.mqtt.keepalive_s == cfg.mqtt.keepalive_s
+        assert agent.actuator.devices is agent.devices and agent.controller.devices is agent.devices
+
+        await agent.store.journal_restored("chiller-1", "setpoint_c", "test")
+        res = await apply_config(agent, new)
+        assert res.deferred == [] and agent.devices["chiller-1"].config.rated_kw == 130.0
+    finally:
+        for t in agent.transports.values():
+            await t.close()
+        await agent.store.close()
