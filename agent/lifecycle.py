@@ -37,6 +37,7 @@ from agent.events import (
     response,
 )
 from agent.ledger import Ledger, LedgerEntry
+from agent.precool import end_precool, precool
 from agent.settlement import settle
 from agent.signing import Verifier
 from strategies.engine import build_steps
@@ -298,6 +299,7 @@ class EventLifecycle:
         """Release everything now and settle what ran (cancel, supersede, opt-out on modification)."""
         c = rec.control
         if c is None:
+            await end_precool(self.agent, rec.event.event_id, why)
             return
         was_shedding = c.phase in ("shedding", "restoring")
         await self.agent.controller.release_all(c, now, why)
@@ -552,10 +554,13 @@ class EventLifecycle:
                 continue
             if now >= rec.control_start:
                 if rec.control is None:
+                    await end_precool(a, ev.event_id, "pre-cooling ends: control starts")
                     await self.begin(rec, now)
                 await self._follow_intervals(rec, now)
-            elif now >= ev.start_ts - ev.notification_s and rec.state == "far":
-                await self._set_state(rec, "near")
+            else:
+                await precool(a, rec, now)
+                if now >= ev.start_ts - ev.notification_s and rec.state == "far":
+                    await self._set_state(rec, "near")
 
     async def _follow_intervals(self, rec: EventRecord, now: float) -> None:
         """Take the target of the signal interval in force; the change shows in reports and the state."""

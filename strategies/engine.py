@@ -205,7 +205,7 @@ def precool_value(step: Step, device: Device, original: float | None) -> float |
         return None
     dlo, dhi = device.setpoint_limits_c()
     lo, _hi = a.comfort_limits(dlo, dhi)
-    target = round(min(dhi, max(dlo, lo, original - a.precool.offset_c)), 1)
+    target = _round_within(min(dhi, max(dlo, lo, original - a.precool.offset_c)), dlo, dhi, 1)
     return target if target < original else None
 
 
