@@ -28,7 +28,7 @@ from agent.baseline import (
 )
 from agent.calendar import Calendar
 from agent.config import ContractConfig
-from agent.history import LOOKBACK_DAYS, load_series
+from agent.history import LOOKBACK_DAYS, TEMPERATURE_KEY, load_series
 from agent.ledger import Ledger, LedgerEntry
 from agent.settlement import settle
 from agent.store import Store
@@ -87,6 +87,7 @@ def history_baselines(
     notice_date: date | None,
     excluded: Iterable[date],
     live_baseline_kw: float | None,
+    temperature: bool = False,
 ) -> HistoryBaselines:
     """Synchronous (run it on the store's thread): load history, compute every baseline.
 
@@ -102,8 +103,23 @@ def history_baselines(
         notice_date=notice_date,
         control_start=datetime.fromtimestamp(control_start, tz),
     )
-    results = compute_all(series, window, calendar, official, excluded_dates=frozenset(excluded))
     notes: list[str] = []
+    params: dict[str, dict[str, Any]] = {}
+    if temperature:
+        temps = load_series(store, TEMPERATURE_KEY, series.start, series.end)
+        window_ok = all(v is not None for v in temps.window(w0, w1))
+        metered = [i for i, v in enumerate(series.values) if v is not None]
+        both = sum(1 for i in metered if temps.values[i] is not None) / max(1, len(metered))
+        if window_ok and both >= 0.9:
+            params["regression"] = {"temperature": temps}
+        else:
+            notes.append(
+                f"regression without temperature: it is known for {both:.0%} of the metered minutes"
+                + ("" if window_ok else " and not for all of the event window")
+            )
+    results = compute_all(
+        series, window, calendar, official, excluded_dates=frozenset(excluded), params=params
+    )
     pre = store.readings(meter, control_start - 960, control_start)
     raw = realtime_15min_from_samples(pre, control_start)
     rt = results["realtime_15min"]
@@ -200,6 +216,7 @@ async def settle_event(
             notice_date=notice_date,
             excluded=excluded,
             live_baseline_kw=live,
+            temperature=a.cfg.outdoor_temperature is not None,
         )
 
     hb: HistoryBaselines = await a.store.call(work, a.store.sync)

@@ -293,6 +293,13 @@ class CalendarConfig(_Model):
         )
 
 
+class OutdoorTemperature(_Model):
+    """Where the outdoor temperature comes from (the regression baseline uses it): a polled device's role."""
+
+    device: str = Field(description="A configured device whose profile maps the role, e.g. an HVAC unit or a sensor.")
+    role: str = Field(default="outdoor_temp_c", description="The profile role holding the temperature, °C.")
+
+
 class IncentiveTier(_Model):
     """A rate that applies when the notice was at most `notice_up_to_s` (Beijing: 120 CNY/kW up to 30 min)."""
 
@@ -463,6 +470,16 @@ class SiteConfig(_Model):
     calendar: CalendarConfig = Field(
         default_factory=CalendarConfig, description="Working days, weekends and holidays, for the baselines."
     )
+    outdoor_temperature: OutdoorTemperature | None = Field(
+        default=None, description="Outdoor temperature source, stored with the meter history; omit for none."
+    )
+
+    @model_validator(mode="after")
+    def _temperature_device(self) -> SiteConfig:
+        ot = self.outdoor_temperature
+        if ot is not None and ot.device not in {d.name for d in self.devices}:
+            raise ValueError(f"outdoor_temperature.device {ot.device!r} is not a device")
+        return self
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
 
     @model_validator(mode="after")

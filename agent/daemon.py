@@ -27,6 +27,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import SiteConfig
 from agent.control import Controller, LoadFilter
 from agent.events import DrEvent
+from agent.history import TEMPERATURE_KEY
 from agent.lifecycle import EventLifecycle, EventRecord
 from agent.mqtt import MqttLink, Topics
 from agent.sdnotify import Notifier
@@ -222,6 +223,9 @@ class Agent:
                 p = d.power_kw()
                 if p is not None:
                     self.pending.rows.append((d.name, now, p))
+        ot = self.cfg.outdoor_temperature
+        if ot is not None and (t := self.devices[ot.device].reading(ot.role)) is not None:
+            self.pending.rows.append((TEMPERATURE_KEY, now, t))  # °C, stored like a device's kW
 
     async def _poll_loop(self) -> None:
         while True:
@@ -255,7 +259,7 @@ class Agent:
             if pruner.due(now):
                 try:
                     await self.store.call(
-                        pruner.run, self.store.sync, self.cfg.storage, list(self.devices), self.meter.name, now
+                        pruner.run, self.store.sync, self.cfg.storage, [*self.devices, TEMPERATURE_KEY], self.meter.name, now
                     )
                 except sqlite3.Error as exc:
                     log.error("event=history_prune_failed error=%r", exc)

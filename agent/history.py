@@ -32,6 +32,9 @@ DAY_S = 86400.0
 LOOKBACK_DAYS = 70
 #: Prune at most this often, s.
 PRUNE_EVERY_S = 3600.0
+#: The series key outdoor temperature (°C) is stored under, beside the devices' kW
+#: ('@' cannot start a device name, so it never collides with one).
+TEMPERATURE_KEY = "@outdoor_temp_c"
 
 
 def load_series(store: Store, device: str, t0: float, t1: float, step_s: int = 60) -> LoadSeries:

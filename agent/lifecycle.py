@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from agent.books import publish_year, published, settle_event
 from agent.contract import Decision as OptDecision
 from agent.contract import commit_kw
 from agent.contract import decide as decide_opt
@@ -672,7 +673,10 @@ class EventLifecycle:
             window = ev.recovery_s if ev.recovery_s > 0 else c.restore_policy.rebound_window_s
             post = await a.store.readings(a.meter.name, ev.end_ts, ev.end_ts + window)
             control = c.settlement_metrics(post, window, contract.peak_kw)
-        body = settle(
+        # Every baseline method over the stored history; the contract's official one settles (agent/books.py).
+        body = await settle_event(
+            a,
+            rec,
             event_id=ev.event_id,
             samples=samples,
             start=ev.start_ts,
@@ -696,14 +700,17 @@ class EventLifecycle:
         )
         rec.settled = True
         await a.store.save_settlement(ev.event_id, body)
-        await a._send(a.topics.settlement(ev.event_id), body, retain=True)
+        await a._send(a.topics.settlement(ev.event_id), published(body), retain=True)
         log.info(
-            "event_id=%s event=settled verified_kw=%.1f pct_of_peak=%.2f in_band_fraction=%.3f",
+            "event_id=%s event=settled baseline=%s verified_kw=%.1f pct_of_peak=%.2f in_band_fraction=%.3f quality=%s",
             ev.event_id,
+            body["baseline_method"],
             body["verified_reduction_kw"],
             body["verified_reduction_pct_of_peak"],
             body["in_band_fraction"],
+            body["data_quality"]["status"],
         )
+        await publish_year(a)
         p = self.ledger().participation(a.clock.now())
         if p.warning and p.warning != self.participation_warning:
             log.warning("event=participation %s", p.warning)

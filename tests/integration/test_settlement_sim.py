@@ -18,9 +18,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agent.config import OutdoorTemperature
 from agent.configload import load_site_config
 from agent.daemon import Agent
 from agent.events import DrEvent
+from agent.history import TEMPERATURE_KEY
 from agent.simulate import BASELINE_LEAD_S, simulate_event
 from drivers.sim.models import FACTORY_DAY
 from drivers.sim.plant import SimulatedPlant
@@ -57,6 +59,8 @@ def history_rows(cfg: Any, days: int, until: float, seed: int = 7) -> list[tuple
         f = factor.setdefault(local.date(), 1 + rnd.uniform(-0.04, 0.04))
         kw = cfg.contract.peak_kw * FACTORY_DAY.at(local.hour + local.minute / 60) * f + rnd.gauss(0, 3)
         rows.append((cfg.site.meter, float(t), round(kw, 2)))
+        # Outdoor °C: warmer afternoons, and days that differ.
+        rows.append((TEMPERATURE_KEY, float(t), 24 + 6 * FACTORY_DAY.at(local.hour) + 20 * (f - 1)))
         t += 60
     return rows
 
@@ -152,7 +156,11 @@ async def test_settlement_matches_a_hand_calculation_within_0_1_pct() -> None:
 async def test_official_jiangsu_baseline_from_stored_history(tmp_path: Path) -> None:
     cfg, _ = load_site_config(DEMO)
     cfg = cfg.model_copy(
-        update={"contract": cfg.contract.model_copy(update={"official_baseline": "jiangsu_5day"})}
+        update={
+            "contract": cfg.contract.model_copy(update={"official_baseline": "jiangsu_5day"}),
+            # chiller-1's profile maps outdoor_temp_c: the regression gets a temperature term.
+            "outdoor_temperature": OutdoorTemperature(device="chiller-1"),
+        }
     )
     ev = demo_event("sim-jiangsu")
     lead_start = ev.start_ts - BASELINE_LEAD_S
@@ -164,7 +172,7 @@ async def test_official_jiangsu_baseline_from_stored_history(tmp_path: Path) -> 
     # By hand: the 5 working days before the event, the same 10:30-10:45 local window, averaged.
     days = [date(2025, 7, d) for d in (14, 11, 10, 9, 8)]
     assert s["baselines"]["jiangsu_5day"]["days_used"] == [d.isoformat() for d in days]
-    by_ts = {ts: kw for _m, ts, kw in rec.history}
+    by_ts = {ts: kw for m, ts, kw in rec.history if m == cfg.site.meter}
     means = []
     for d in days:
         t0 = datetime(d.year, d.month, d.day, 10, 30, tzinfo=TZ).timestamp()
@@ -191,6 +199,15 @@ async def test_official_jiangsu_baseline_from_stored_history(tmp_path: Path) -> 
         sum(by_ts[datetime(d.year, d.month, d.day, 10, 30, tzinfo=TZ).timestamp()] for d in days) / 5,
         abs=0.01,
     )
+    notes = s["baselines"]["regression"].get("notes", [])
+    assert any(n.startswith("temperature terms: temp=") for n in notes), (notes, s.get("notes"))
+    # The agent stored the outdoor temperature it polled during the event beside the history.
+    assert (
+        kept.execute(
+            "SELECT count(*) FROM readings WHERE device=? AND ts>=?", (TEMPERATURE_KEY, ev.start_ts)
+        ).fetchone()[0]
+        >= 15 * 60
+    )
     # 15-minute aggregates are kept beside the 1-minute ones.
-    q = kept.execute("SELECT count(*) FROM readings_15m").fetchone()[0]
+    q = kept.execute("SELECT count(*) FROM readings_15m WHERE device=?", (cfg.site.meter,)).fetchone()[0]
     assert q >= 21 * 96
