@@ -213,41 +213,23 @@ def _controller_adds(
 
     Every step is assumed to deliver its estimate, and time to have settled.
     """
-    from agent import control
+    from agent.control import CONTINUOUS, Option, decide
 
-    if hasattr(control, "Option"):  # decide() over options, with continuous (partial) steps
-        options = [
-            control.Option(st, st.estimate_kw, st.action.kind in getattr(control, "CONTINUOUS", ()))
-            for st in candidates
-        ]
-        decisions = control.decide(
-            now=0.0,
-            predicted_kw=realized,
-            aim=aim,
-            band=band,
-            deadband_kw=deadband,
-            settle_s=0.0,
-            last_add=None,
-            last_release=None,
-            held=[],
-            options=options,
-        )
-        adds = [(d.step, d.kw, d.depth) for d in decisions if d.action == "add" and d.step is not None]
-        return adds, "; ".join(d.reason for d in decisions if d.action != "add") or "no step to add"
-    d = control.decide(  # type: ignore[call-arg]
+    options = [Option(st, st.estimate_kw, st.action.kind in CONTINUOUS) for st in candidates]
+    decisions = decide(
         now=0.0,
-        realized_kw=realized,
+        predicted_kw=realized,
         aim=aim,
         band=band,
         deadband_kw=deadband,
         settle_s=0.0,
-        last_change=None,
-        active=[],
-        candidates=candidates,
+        last_add=None,
+        last_release=None,
+        held=[],
+        options=options,
     )
-    if d.action == "add" and d.step is not None:
-        return [(d.step, d.step.estimate_kw, 1.0)], ""
-    return [], d.reason
+    adds = [(d.step, d.kw, d.depth) for d in decisions if d.action == "add" and d.step is not None]
+    return adds, "; ".join(d.reason for d in decisions if d.action != "add") or "no step to add"
 
 
 def make_plan(
