@@ -463,6 +463,8 @@ class EventControl:
     last_committed: float | None = None
     rebound_held_s: float = 0.0
     restore_steps: int | None = None
+    #: The settlement's control figures, once settled.
+    final: dict[str, Any] | None = None
 
     def active_ids(self) -> set[str]:
         return {a.step.id for a in self.active}
@@ -485,6 +487,7 @@ class EventControl:
         out["recovery_window_s"] = window_s
         out["rebound_peak_pct"] = rebound_peak_pct(post, self.end, window_s, self.baseline_kw, peak_kw)
         out["rebound_held_s"] = round(self.rebound_held_s, 1)
+        self.final = out
         return out
 
 
@@ -514,6 +517,15 @@ class Controller:
         self.learned: dict[str, float] = {}
         self._learned_loaded = False
         self._learned_dirty = False
+
+    def quality(self) -> tuple[str, dict[str, Any]] | None:
+        """(event id, control figures) of the running or most recent event, for Prometheus."""
+        ev = self.last
+        if ev is None:
+            return None
+        m = ev.final or ev.metrics()
+        m["degraded"] = ev.degraded
+        return ev.event_id, m
 
     # -- learned kW, persisted in the store's meta table -------------------------------
 

@@ -150,11 +150,29 @@ class AgentCollector(Collector):
         )
         steps = live.get("active_steps") or []
         yield _g("dr_agent_event_active_steps", "Shed steps currently applied", float(len(steps)))
+        yield from self._control_quality()
         states = Counter(r.state for r in list(a.events.values()))
         ev = GaugeMetricFamily("dr_agent_events", "Events the agent knows, by state", labels=["state"])
         for state, n in sorted(states.items()):
             ev.add_metric([state], float(n))
         yield ev
+
+    def _control_quality(self) -> Iterator[Metric]:
+        """Control quality of the running or last event (docs/control.md); no event label (series stay few)."""
+        q = self.agent.controller.quality()
+        figures = (
+            ("time_to_band_seconds", "Seconds from the start until in band to stay", "time_to_band_s", 1.0),
+            ("in_band_ratio", "Share of 10-s windows in band, from band entry", "in_band_fraction", 1.0),
+            ("tracking_error_ratio", "Mean absolute error to target, of peak", "tracking_error_pct", 0.01),
+            ("overshoot_ratio", "Highest 10-s mean above the band top, of peak", "overshoot_pct", 0.01),
+            ("rebound_peak_ratio", "Highest 1-min load over baseline, of peak", "rebound_peak_pct", 0.01),
+            ("actuations", "Device writes the controller made for the event", "actuations", 1.0),
+            ("degraded_seconds", "Seconds held blind (meter stale or down)", "degraded_s", 1.0),
+            ("degraded", "1 while holding because the meter is stale or down", "degraded", 1.0),
+        )
+        for suffix, doc, key, scale in figures:
+            value = None if q is None or q[1].get(key) is None else float(q[1][key]) * scale
+            yield _g(f"dr_agent_event_control_{suffix}", doc, value)
 
     def _devices(self) -> Iterator[Metric]:
         a = self.agent

@@ -74,7 +74,8 @@ class Backoff:
     rng: random.Random = field(default_factory=random.Random)
 
     def failed(self, now: float) -> float:
-        delay = self.rng.uniform(0, min(self.cap_s, self.base_s * 2**self.attempt))
+        # Capped exponent: after ~1000 failures 2**attempt would overflow a float.
+        delay = self.rng.uniform(0, min(self.cap_s, self.base_s * 2 ** min(self.attempt, 32)))
         self.attempt += 1
         self.not_before = now + delay
         return delay
