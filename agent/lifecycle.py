@@ -39,7 +39,6 @@ from agent.events import (
 )
 from agent.ledger import Ledger, LedgerEntry
 from agent.precool import end_precool, precool
-from agent.settlement import settle
 from agent.signing import Verifier
 from strategies.engine import build_steps
 
