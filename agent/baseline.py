@@ -824,6 +824,7 @@ def regression(
     cooling_base_c: float | None = 18.0,
     tod_step_s: int = 3600,
     min_rows_per_cell: int = 3,
+    by_weekday: bool = False,
     excluded_dates: Collection[date] = frozenset(),
 ) -> BaselineResult:
     """OLS of load on time of day × day type, plus temperature when given; predicts the window.
@@ -836,6 +837,8 @@ def regression(
     cooling_base_c)`` shared by all cells (dropped if collinear, e.g. every
     hour above the base). Fit on the ``days`` calendar days before the event,
     minus excluded event days; normal equations solved here, stdlib only.
+    ``by_weekday`` gives each working weekday its own cells (hour of week,
+    as CalTRACK), non-working days sharing one set.
     """
     method = "regression"
     geo = _geometry(series, window, calendar)
@@ -864,6 +867,13 @@ def regression(
         return t if cov > 0 else None
 
     n_slots = 86400 // tod_step_s
+
+    def day_key(d: date) -> int:
+        working = calendar.is_working_day(d)
+        if by_weekday:
+            return d.weekday() if working else 7
+        return int(working)
+
     skipped: dict[date, str] = {}
     samples: list[tuple[int, float | None, float]] = []  # (cell, temperature, kW)
     present = expected = 0
@@ -878,7 +888,7 @@ def regression(
             skipped[d] = "no data"
             continue
         i0 = math.ceil((a - series.start) / series.step_s - _EPS)
-        work = int(calendar.is_working_day(d))
+        work = day_key(d)
         day_n = 0
         for i in range(i0, len(series.values)):
             ts = series.time_at(i)
@@ -896,7 +906,7 @@ def regression(
             day_n += 1
         if day_n == 0:
             skipped[d] = "no data"
-    ev_work = int(calendar.is_working_day(geo.event_date))
+    ev_work = day_key(geo.event_date)
     targets = [
         (ev_work * n_slots + slot(ts), temp_at(ts))
         for ts in (geo.t0 + j * series.step_s for j in range(geo.n))

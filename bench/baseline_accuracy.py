@@ -15,12 +15,13 @@ Datasets (installed with ``pip install -e '.[bench]'``, read offline):
   built from the documented start, Monday 5 June 2000 00:00 local time,
   each value taken as the half hour starting there (no DST change inside).
 
-Usage: ``python bench/baseline_accuracy.py [--json] [--datasets NAME ...]``.
+Usage: ``python bench/baseline_accuracy.py [--json] [--datasets NAME ...] [--variants]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -44,7 +45,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.baseline import METHODS, EventWindow, LoadSeries
+from agent.baseline import METHODS, EventWindow, LoadSeries, regression
 from agent.calendar import Calendar
 
 TZ = "Europe/London"
@@ -180,7 +181,7 @@ def run_ours(name: str) -> dict[str, dict[str, list[float] | None]]:
         out["actual"][d.isoformat()] = _hourly([float(v or 0.0) for v in actual], ds.series.step_s)
         for m, fn in METHODS.items():
             kwargs: dict[str, Any] = {}
-            if m == "regression" and ds.temperature is not None:
+            if m.startswith("regression") and ds.temperature is not None:
                 kwargs["temperature"] = ds.temperature
             r = fn(ds.series, w, CALENDAR, **kwargs)
             out[m][d.isoformat()] = _hourly(r.curve_kw, ds.series.step_s) if r.available else None
@@ -334,7 +335,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     ap.add_argument("--datasets", nargs="*", default=DATASETS, choices=DATASETS)
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    ap.add_argument(
+        "--variants",
+        action="store_true",
+        help="also score regression_how: the regression with hour-of-week cells (by_weekday=True)",
+    )
     args = ap.parse_args(argv)
+    if args.variants:
+        # Registered before the worker pool forks, so the workers see it too.
+        METHODS["regression_how"] = functools.partial(regression, by_weekday=True)
     _quiet()
     t0 = _time.monotonic()
     result = evaluate(list(args.datasets), args.workers)

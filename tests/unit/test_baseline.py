@@ -276,6 +276,26 @@ def test_regression_time_of_day_and_day_type_on_dst_week() -> None:
     assert not thin.available and "fewer than 3" in (thin.reason or "")
 
 
+def test_regression_by_weekday_gives_each_working_weekday_its_own_cells() -> None:
+    # Working days draw 100 kW, Tuesdays 150, other days 20. The 21 days before Tue 2 Apr hold
+    # 14 working days (the make-up Sunday 24 Mar included, the holidays 29 Mar and 1 Apr not),
+    # 3 of them Tuesdays: one working-day cell averages (3*150 + 11*100) / 14; hour of week
+    # predicts the Tuesday level.
+    def load(lt: datetime, k: int) -> float:
+        if not CAL.is_working_day(lt.date()):
+            return 20.0
+        return 150.0 if lt.weekday() == 1 else 100.0
+
+    series = build(date(2024, 3, 1), date(2024, 4, 3), load)
+    pooled = regression(series, EVENT, CAL, days=21)
+    assert pooled.curve_kw == approx([(3 * 150 + 11 * 100) / 14] * 2)
+    weekly = regression(series, EVENT, CAL, days=21, by_weekday=True)
+    assert weekly.curve_kw == approx([150.0, 150.0])
+    # Fewer days than weeks x the guard: a weekday cell can be too thin where the pooled one is not.
+    thin = regression(series, EVENT, CAL, days=14, by_weekday=True)
+    assert not thin.available and "fewer than 3" in (thin.reason or "")
+
+
 def test_regression_recovers_a_temperature_response() -> None:
     # T = 5 + (k mod 3) + 0.25 h (always < 18 C); load = 50 + 2h + 3T on every day.
     def temp(lt: datetime, k: int) -> float:
