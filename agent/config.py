@@ -256,8 +256,6 @@ class PriceResponse(_Model):
     )
 
 
-
-
 _DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
