@@ -29,6 +29,7 @@ from agent.control import Controller, LoadFilter
 from agent.events import DrEvent
 from agent.history import TEMPERATURE_KEY
 from agent.lifecycle import EventLifecycle, EventRecord
+from agent.logs import FailureLog
 from agent.mqtt import MqttLink, Topics
 from agent.sdnotify import Notifier
 from agent.store import AsyncStore, Store
@@ -38,6 +39,13 @@ from drivers.profile import load_profile
 from drivers.registry import kinds
 
 log = logging.getLogger("dr_agent")
+
+# Readings kept in memory while the database refuses writes (about an hour of a 20-device site).
+MAX_PENDING_READINGS = 100_000
+# A journalled shed no live event owns is restored after this long (wall seconds): long enough
+# for a `diagnose --test-shed` run beside the daemon, short enough that nothing stays shed.
+ORPHAN_GRACE_S = 600.0
+
 
 @dataclass
 class PendingReadings:
@@ -106,6 +114,10 @@ class Agent:
         self.outbox_pending = 0
         self.last_cycle_s: float | None = None
         self.report_seq = 0
+        self._cycle_failures = FailureLog(log, "control_cycle", level=logging.ERROR)
+        self._flush_failures = FailureLog(log, "readings_flush", level=logging.ERROR)
+        self.readings_dropped = 0
+        self._next_orphan_check = time.monotonic() + 30.0
         self.started_at = time.time()
         self.metrics_port: int | None = None
         self._metrics = cfg.metrics.enabled if metrics is None else metrics
@@ -244,8 +256,17 @@ class Agent:
 
     async def _flush(self) -> None:
         rows, self.pending.rows = self.pending.rows, []
-        if rows:
+        if not rows:
+            return
+        try:
             await self.store.add_readings(rows)
+            self._flush_failures.ok()
+        except sqlite3.Error as exc:
+            # Keep the rows for the next try, bounded: a long outage drops the oldest, counted.
+            self._flush_failures.failed(str(exc))
+            keep = (rows + self.pending.rows)[-MAX_PENDING_READINGS:]
+            self.readings_dropped += len(rows) + len(self.pending.rows) - len(keep)
+            self.pending.rows = keep
 
     async def _flush_loop(self) -> None:
         from agent.history import Pruner
@@ -254,12 +275,18 @@ class Agent:
         while True:
             await asyncio.sleep(2.0)
             await self._flush()
-            self.outbox_pending = len(await self.store.outbox_pending(1000))
+            with contextlib.suppress(sqlite3.Error):
+                self.outbox_pending = len(await self.store.outbox_pending(1000))
             now = self.clock.now()
             if pruner.due(now):
                 try:
                     await self.store.call(
-                        pruner.run, self.store.sync, self.cfg.storage, [*self.devices, TEMPERATURE_KEY], self.meter.name, now
+                        pruner.run,
+                        self.store.sync,
+                        self.cfg.storage,
+                        [*self.devices, TEMPERATURE_KEY],
+                        self.meter.name,
+                        now,
                     )
                 except sqlite3.Error as exc:
                     log.error("event=history_prune_failed error=%r", exc)
@@ -287,12 +314,42 @@ class Agent:
         while True:
             t0 = time.perf_counter()
             now = self.clock.now()
-            async with self.cycle_lock:
-                await self.control_cycle(now)
+            try:
+                async with self.cycle_lock:
+                    await self.control_cycle(now)
+                self._cycle_failures.ok()
+            except (sqlite3.Error, OSError) as exc:
+                # A full disk or a broken database must not take the daemon down in a restart
+                # loop while devices are shed: hold this cycle, say so, try again next cycle.
+                self._cycle_failures.failed(str(exc))
+            if time.monotonic() >= self._next_orphan_check:
+                self._next_orphan_check = time.monotonic() + 30.0
+                try:
+                    await self.restore_orphans()
+                except (sqlite3.Error, OSError) as exc:
+                    log.warning("event=orphan_check_failed error=%r", str(exc))
             self.last_cycle_s = time.perf_counter() - t0
             self.notifier.watchdog()
             self.wake.clear()
             await self._wait_next_cycle(self.cfg.control.period_s / self.clock.speed)
+
+    async def restore_orphans(self) -> list[str]:
+        """Restore journalled sheds that no live event owns (e.g. an interrupted `diagnose --test-shed`).
+
+        Devices are never left shed: anything older than ORPHAN_GRACE_S (wall time) whose event
+        is over, unknown or not ours is put back and audited. Returns the restored device.role names.
+        """
+        owners = self.lifecycle.owning_event_ids()
+        restored = []
+        for e in await self.store.journal_open():
+            if e.event_id in owners or time.time() - e.ts < ORPHAN_GRACE_S:
+                continue
+            if await self.actuator.restore(
+                e.device, e.role, "orphaned shed: no running event owns it", e.event_id
+            ):
+                restored.append(f"{e.device}.{e.role}")
+                log.warning("event=orphan_restored device=%s role=%s owner=%s", e.device, e.role, e.event_id)
+        return restored
 
     async def _wait_next_cycle(self, wait_s: float) -> None:
         """Sleep until the next cycle or a wake-up, feeding the watchdog at least every WatchdogSec/2."""
@@ -365,7 +422,13 @@ class Agent:
             state = self.live_state()
             if "event_id" not in state:
                 continue
-            self.report_seq += 1
-            state["seq"] = self.report_seq
-            await self._send(self.topics.report, state)
-            await self.store.meta_set("report_seq", str(self.report_seq))
+            try:
+                # The sequence number and the queued report are one transaction: after a
+                # crash no number is reused, so subscribers may dedupe on it.
+                if self.mqtt is not None:
+                    self.report_seq = await self.mqtt.send_numbered(self.topics.report, state, "report_seq")
+                else:
+                    self.report_seq += 1
+                    await self._send(self.topics.report, {**state, "seq": self.report_seq})
+            except sqlite3.Error as exc:
+                log.warning("event=report_not_queued error=%r", str(exc))

@@ -580,6 +580,15 @@ class EventLifecycle:
             log.info("event_id=%s event=interval n=%d committed_kw=%.1f", rec.event.event_id, n, kw)
             await self.publish_state(rec)
 
+    def owning_event_ids(self) -> set[str]:
+        """Events that may hold journalled sheds now: not final, or still restoring/recovering."""
+        out = set()
+        for rec in self.events.values():
+            live = rec.control is not None and rec.control.phase in ("shedding", "restoring", "recovering")
+            if live or (rec.opt.opt == "in" and rec.state not in FINAL_STATES):
+                out.add(rec.event.event_id)
+        return out
+
     def shedding(self) -> list[EventRecord]:
         """Events whose control is shedding now (the controller cycles these)."""
         return [
@@ -784,6 +793,14 @@ class EventLifecycle:
         for rec in self.events.values():
             if rec.state == "active" and rec.control is None:
                 # It ended (or cannot be resumed) while the agent was down: devices are back; settle it.
+                rec.state = "completed_unsettled"
+            elif (
+                rec.state == "completed"
+                and rec.opt.opt == "in"
+                and not rec.settled
+                and (rec.runtime or {}).get("baseline_kw") is not None
+            ):
+                # Restarted inside the recovery window (devices back, settlement pending): settle now.
                 rec.state = "completed_unsettled"
 
     async def _resume(self, rec: EventRecord, now: float, entries: list[Any]) -> set[tuple[str, str]]:

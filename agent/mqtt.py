@@ -92,6 +92,12 @@ class MqttLink:
         await self.store.outbox_put(topic, json.dumps(payload, separators=(",", ":")), 1, retain)
         self._outbox_wake.set()
 
+    async def send_numbered(self, topic: str, payload: dict[str, Any], counter: str) -> int:
+        """Queue a message carrying the next durable sequence number (`seq`) of `counter`."""
+        seq = await self.store.outbox_put_numbered(topic, payload, counter)
+        self._outbox_wake.set()
+        return seq
+
     async def _drain(self, client: aiomqtt.Client) -> None:
         while True:
             pending = await self.store.outbox_pending(100)

@@ -157,11 +157,13 @@ class Store:
         return [(int(a), float(b)) for a, b in cur]
 
     def prune_readings(self, older_than: float) -> int:
-        with self.db:
+        with self.transaction():
             cur = self.db.execute("DELETE FROM readings WHERE ts < ?", (older_than,))
         return cur.rowcount
 
-    def prune_device(self, device: str, raw_before: float, minute_before: float, quarter_before: float) -> int:
+    def prune_device(
+        self, device: str, raw_before: float, minute_before: float, quarter_before: float
+    ) -> int:
         """Drop one device's rows older than each table's cut-off; ranges on the key, so no table scan."""
         n = 0
         with self.transaction():
@@ -187,7 +189,7 @@ class Store:
         effective_start: float | None,
     ) -> None:
         now = time.time()
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 """INSERT INTO events(event_id, modification_number, payload, state, opt, code, reason,
                    effective_start, received_ts, updated_ts) VALUES (?,?,?,?,?,?,?,?,?,?)
@@ -209,14 +211,14 @@ class Store:
             )
 
     def set_event_state(self, event_id: str, state: str) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 "UPDATE events SET state=?, updated_ts=? WHERE event_id=?", (state, time.time(), event_id)
             )
 
     def set_event_runtime(self, event_id: str, runtime: dict[str, Any]) -> None:
         """What a restart needs to resume the event (baseline, commitment, control start, ...)."""
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 "UPDATE events SET runtime=?, updated_ts=? WHERE event_id=?",
                 (json.dumps(runtime), time.time(), event_id),
@@ -272,7 +274,7 @@ class Store:
         step: str | None,
     ) -> int:
         """Record a write before it is sent. The first open entry of a (device, role) keeps the original."""
-        with self.db:
+        with self.transaction():
             cur = self.db.execute(
                 "INSERT INTO journal(device, role, original, written, ts, event_id, step) VALUES (?,?,?,?,?,?,?)",
                 (device, role, original, written, time.time(), event_id, step),
@@ -280,7 +282,7 @@ class Store:
         return int(cur.lastrowid or 0)
 
     def journal_restored(self, device: str, role: str, note: str) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 "UPDATE journal SET restored_ts=?, restore_note=? WHERE device=? AND role=? AND restored_ts IS NULL",
                 (time.time(), note, device, role),
@@ -289,7 +291,7 @@ class Store:
     # -- settlements, audit ------------------------------------------------------
 
     def save_settlement(self, event_id: str, body: dict[str, Any]) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 "INSERT OR REPLACE INTO settlements VALUES (?,?,?)", (event_id, time.time(), json.dumps(body))
             )
@@ -303,7 +305,7 @@ class Store:
         return None if row is None else json.loads(row[0])
 
     def audit(self, what: str, event_id: str | None = None, device: str | None = None) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute(
                 "INSERT INTO audit(ts, event_id, device, what) VALUES (?,?,?,?)",
                 (time.time(), event_id, device, what),
@@ -318,12 +320,27 @@ class Store:
     # -- outbox ----------------------------------------------------------------
 
     def outbox_put(self, topic: str, payload: str, qos: int, retain: bool) -> int:
-        with self.db:
+        with self.transaction():
             cur = self.db.execute(
                 "INSERT INTO outbox(topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?)",
                 (topic, payload, qos, int(retain), time.time()),
             )
         return int(cur.lastrowid or 0)
+
+    def outbox_put_numbered(
+        self, topic: str, payload: dict[str, Any], counter: str, retain: bool = False
+    ) -> int:
+        """Queue `payload` with the next number of `counter` as its `seq`, in one transaction."""
+        with self.transaction():
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (counter,)).fetchone()
+            seq = (int(row[0]) if row else 0) + 1
+            body = json.dumps({**payload, "seq": seq}, separators=(",", ":"))
+            self.db.execute(
+                "INSERT INTO outbox(topic, payload, qos, retain, created_ts) VALUES (?,?,?,?,?)",
+                (topic, body, 1, int(retain), time.time()),
+            )
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (counter, str(seq)))
+        return seq
 
     def outbox_pending(self, limit: int = 100) -> list[OutboxMessage]:
         cur = self.db.execute(
@@ -334,16 +351,16 @@ class Store:
 
     def outbox_sent(self, seqs: Iterable[int]) -> None:
         now = time.time()
-        with self.db:
+        with self.transaction():
             self.db.executemany("UPDATE outbox SET sent_ts=? WHERE seq=?", [(now, s) for s in seqs])
 
     def outbox_prune(self, older_than: float) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute("DELETE FROM outbox WHERE sent_ts IS NOT NULL AND sent_ts < ?", (older_than,))
 
     def nonce_seen(self, nonce: str, ts: float, now: float, window_s: float) -> bool:
         """True if `nonce` was already used within the window; records it otherwise (replay defence)."""
-        with self.db:
+        with self.transaction():
             self.db.execute("DELETE FROM nonces WHERE ts < ?", (now - window_s,))
             cur = self.db.execute("INSERT OR IGNORE INTO nonces VALUES (?,?)", (nonce, ts))
         return cur.rowcount == 0
@@ -353,7 +370,7 @@ class Store:
         return None if row is None else str(row[0])
 
     def meta_set(self, key: str, value: str) -> None:
-        with self.db:
+        with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
 
 
