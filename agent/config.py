@@ -63,10 +63,14 @@ class MessageSecurity(_Model):
         description="Environment variable holding the shared HMAC-SHA256 key (or systemd credential 'mqtt-hmac-key').",
     )
     ed25519_public_key_file: str | None = Field(
-        default=None, description="The provider's Ed25519 public key (PEM or raw 32-byte hex); needs `cryptography`."
+        default=None,
+        description="The provider's Ed25519 public key (PEM or raw 32-byte hex); needs `cryptography`.",
     )
     max_skew_s: float = Field(
-        default=300.0, gt=0, le=86400, description="A signed message's ts may differ from now by this much, s."
+        default=300.0,
+        gt=0,
+        le=86400,
+        description="A signed message's ts may differ from now by this much, s.",
     )
     replay_window_s: float = Field(
         default=900.0, gt=0, le=7 * 86400, description="Nonces are remembered this long to refuse replays, s."
@@ -234,8 +238,12 @@ class ContractPeriod(_Model):
 class PriceThreshold(_Model):
     """At or above this price, shed this much (exactly one of reduce_pct_of_peak, reduce_kw)."""
 
-    at_least: float = Field(ge=-10000, le=100000, description="Price at or above which this applies, per kWh.")
-    reduce_pct_of_peak: float | None = Field(default=None, gt=0, le=100, description="Reduce by this % of peak.")
+    at_least: float = Field(
+        ge=-10000, le=100000, description="Price at or above which this applies, per kWh."
+    )
+    reduce_pct_of_peak: float | None = Field(
+        default=None, gt=0, le=100, description="Reduce by this % of peak."
+    )
     reduce_kw: float | None = Field(default=None, gt=0, le=1_000_000, description="Reduce by this many kW.")
 
     @model_validator(mode="after")
@@ -269,14 +277,19 @@ class CalendarConfig(_Model):
         default_factory=list, description="Make-up working days on a weekend (China's 调休)."
     )
     weekend: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
-        default_factory=lambda: ["sat", "sun"], description="Days of the week that are not working days."
+        default_factory=lambda: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]](
+            ["sat", "sun"]
+        ),
+        description="Days of the week that are not working days.",
     )
 
     @model_validator(mode="after")
     def _disjoint(self) -> CalendarConfig:
         both = sorted(set(self.holidays) & set(self.extra_working_days))
         if both:
-            raise ValueError(f"dates listed both as holiday and as extra working day: {', '.join(map(str, both))}")
+            raise ValueError(
+                f"dates listed both as holiday and as extra working day: {', '.join(map(str, both))}"
+            )
         return self
 
     def calendar(self, tz: str) -> Any:
@@ -294,7 +307,9 @@ class CalendarConfig(_Model):
 class OutdoorTemperature(_Model):
     """Where the outdoor temperature comes from (the regression baseline uses it): a polled device's role."""
 
-    device: str = Field(description="A configured device whose profile maps the role, e.g. an HVAC unit or a sensor.")
+    device: str = Field(
+        description="A configured device whose profile maps the role, e.g. an HVAC unit or a sensor."
+    )
     role: str = Field(default="outdoor_temp_c", description="The profile role holding the temperature, °C.")
 
 
@@ -331,11 +346,15 @@ class ContractConfig(_Model):
         default=None, ge=0, description="Fewer responses than this in a year is a default (Jiangsu: 5)."
     )
     period: ContractPeriod | None = Field(default=None, description="Contract period and its minimum.")
-    blackout_dates: list[date] = Field(default_factory=list, description="Local dates the site takes no events.")
+    blackout_dates: list[date] = Field(
+        default_factory=list, description="Local dates the site takes no events."
+    )
     must_run: list[MustRunWindow] = Field(
         default_factory=list, description="Production runs that must not be disturbed (site overrides)."
     )
-    price: PriceResponse | None = Field(default=None, description="Price-based DR thresholds; omit to ignore prices.")
+    price: PriceResponse | None = Field(
+        default=None, description="Price-based DR thresholds; omit to ignore prices."
+    )
     official_baseline: str = Field(
         default="realtime_15min",
         description="Baseline method the programme settles on (jiangsu_5day, realtime_15min, beijing_5of10, "
@@ -404,7 +423,9 @@ class StorageConfig(_Model):
         default=2 * 86400, gt=0, description="Keep poll-rate readings this long, s."
     )
     meter_minute_retention_days: float = Field(
-        default=400, ge=1, description="Keep the site meter's 1-minute means this long (baselines need 13 months), days."
+        default=400,
+        ge=1,
+        description="Keep the site meter's 1-minute means this long (baselines need 13 months), days.",
     )
     device_minute_retention_days: float = Field(
         default=35, ge=1, description="Keep other devices' 1-minute means this long, days."
@@ -478,6 +499,7 @@ class SiteConfig(_Model):
         if ot is not None and ot.device not in {d.name for d in self.devices}:
             raise ValueError(f"outdoor_temperature.device {ot.device!r} is not a device")
         return self
+
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
 
     @model_validator(mode="after")

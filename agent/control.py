@@ -730,13 +730,13 @@ class Controller:
             if d.action == "add":
                 await self._add(ev, d.step, now, load_kw, d.depth, d.kw)
             elif d.action == "release":
-                a = next((a for a in ev.active if a.step.id == d.step.id), None)
-                if a is not None:
-                    await self._release(ev, a, now, d.reason, d.kw)
+                hit = next((a for a in ev.active if a.step.id == d.step.id), None)
+                if hit is not None:
+                    await self._release(ev, hit, now, d.reason, d.kw)
             elif d.action == "adjust":
-                a = next((a for a in ev.active if a.step.id == d.step.id), None)
-                if a is not None:
-                    await self._set_depth(ev, a, now, d.depth, d.kw)
+                hit = next((a for a in ev.active if a.step.id == d.step.id), None)
+                if hit is not None:
+                    await self._set_depth(ev, hit, now, d.depth, d.kw)
         return decisions[0]
 
     async def _learn(self, ev: EventControl, now: float) -> None:
@@ -763,7 +763,9 @@ class Controller:
 
     def _value_at(self, a: ActiveStep, depth: float) -> float | bool:
         if isinstance(a.full_value, bool) or a.full_value is None or not isinstance(a.original, (int, float)):
-            return a.full_value if depth > 0 else (a.original if a.original is not None else False)
+            if depth > 0 and a.full_value is not None:
+                return a.full_value
+            return a.original if a.original is not None else False
         v = a.original + depth * (a.full_value - a.original)
         return round(v, 1)
 

@@ -447,7 +447,7 @@ async def check_mqtt(cfg: SiteConfig, timeout_s: float) -> tuple[list[Check], di
                         )
                     )
     except aiomqtt.MqttCodeError as exc:
-        rc = exc.rc.value if hasattr(exc.rc, "value") else exc.rc
+        rc = getattr(exc.rc, "value", exc.rc)
         if rc in (4, 5, 134, 135):
             # Mosquitto answers "not authorised" to a wrong password too (3.1.1), so name both causes.
             hint = (
@@ -837,7 +837,8 @@ async def _pair(coro: Any) -> tuple[list[Check], None]:
 
 async def _guard(what: str, coro: Any) -> tuple[list[Check], Any]:
     try:
-        return tuple(await coro)  # type: ignore[return-value]
+        checks, data = await coro
+        return checks, data
     except Exception as exc:  # a bug in one probe must not hide the others
         return [
             Check(

@@ -144,7 +144,7 @@ async def apply_config(agent: Agent, new: SiteConfig) -> ReloadResult:
     merged = {n: keep.get(n) or built[n] for n in [*new_by_name, *[k for k in keep if k not in new_by_name]]}
     # Kept devices still hold their own transport objects; keep those open too.
     for d in merged.values():
-        transports.setdefault(d.transport.name, d.transport)  # type: ignore[arg-type]
+        transports.setdefault(d.transport.name, d.transport)
     used = {id(d.transport) for d in merged.values()}
     retired = [t for t in agent.transports.values() if id(t) not in used]
 
@@ -166,7 +166,7 @@ async def apply_config(agent: Agent, new: SiteConfig) -> ReloadResult:
     agent.filter.tau_s = effective.control.filter_s
     for t in retired:
         try:
-            await t.close()  # type: ignore[attr-defined]
+            await t.close()
         except Exception as exc:  # a half-dead endpoint must not fail the reload
             log.debug("event=transport_close_failed error=%r", str(exc))
     return res

@@ -399,7 +399,7 @@ class Strategy(BaseModel):
     name: str = Field(pattern=_NAME, title="Name", description="Strategy name, unique in the site.")
     description: str = Field(default="", title="Description", description="What this strategy is for.")
     programs: list[Program] = Field(
-        default_factory=lambda: ["contracted", "realtime"],
+        default_factory=lambda: list[Program](["contracted", "realtime"]),
         title="Programs",
         description="Programs this strategy serves: contracted, realtime, price.",
     )

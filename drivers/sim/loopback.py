@@ -39,7 +39,7 @@ class LoopbackTransport:
 
     async def read(self, unit: int, function: Function, address: int, count: int) -> list[int] | list[bool]:
         try:
-            return list(self._bank(unit).read(function, address, count))  # type: ignore[return-value]
+            return list(self._bank(unit).read(function, address, count))
         except IndexError:
             raise ModbusIOError(self.name, "exception 2 (illegal data address)", 2) from None
 
