@@ -454,6 +454,8 @@ class EventControl:
     predicted_kw: float | None = None
     skipped: dict[str, str] = field(default_factory=dict)
     baseline_quality: str = "ok"
+    #: The contract peak the band was computed from (a reload mid-event keeps the event's own).
+    peak_kw: float = 0.0
     pending: list[Pending] = field(default_factory=list)
     degraded: bool = False
     degraded_s: float = 0.0

@@ -376,7 +376,8 @@ class Agent:
         raw = self.recent[-1][1] if load is not None and self.recent else None
         for rec in self.lifecycle.shedding():
             assert rec.control is not None
-            await self.controller.cycle(rec.control, now, load, self.cfg.contract.peak_kw, raw_kw=raw)
+            c = rec.control
+            await self.controller.cycle(c, now, load, c.peak_kw or self.cfg.contract.peak_kw, raw_kw=raw)
 
     # -- live reports -------------------------------------------------------------------
 
@@ -395,6 +396,7 @@ class Agent:
         c = rec.control
         realized = None if load is None else c.baseline_kw - load
         lo, hi = c.band
+        peak = c.peak_kw or self.cfg.contract.peak_kw  # the event's own contract, even after a reload
         out.update(
             {
                 "event_id": rec.event.event_id,
@@ -402,12 +404,10 @@ class Agent:
                 "phase": c.phase,
                 "baseline_kw": round(c.baseline_kw, 3),
                 "realized_kw": None if realized is None else round(realized, 3),
-                "realized_pct_of_peak": None
-                if realized is None
-                else round(realized / self.cfg.contract.peak_kw * 100, 3),
+                "realized_pct_of_peak": None if realized is None else round(realized / peak * 100, 3),
                 "committed_kw": round(c.committed_kw, 3),
                 "band_kw": [round(lo, 3), round(hi, 3)],
-                "band_pct": list(self.cfg.contract.band_pct),
+                "band_pct": [round(lo / peak * 100, 3), round(hi / peak * 100, 3)],
                 "in_band": None if realized is None else lo <= realized <= hi,
                 "active_steps": [a.step.id for a in c.active],
                 "degraded": load is None,

@@ -632,6 +632,7 @@ class EventLifecycle:
             end=ev.end_ts,
             test_event=ev.test_event,
             phase="shedding",
+            peak_kw=a.cfg.contract.peak_kw,
         )
 
     async def begin(self, rec: EventRecord, now: float) -> None:
