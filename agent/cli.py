@@ -7,7 +7,9 @@ import asyncio
 import json
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 
@@ -81,13 +83,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_loop(coro: object) -> None:
+def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """uvloop when installed (the `speed` extra: about half the CPU per Modbus request), else asyncio."""
     try:
-        import uvloop  # optional: the `speed` extra
-
-        uvloop.run(coro)  # type: ignore[arg-type]
+        import uvloop
     except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
