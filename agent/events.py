@@ -430,12 +430,44 @@ class PriceReading(BaseModel):
     ts: float = Field(description="When it was read, epoch s.")
 
 
+class ReloadOutcome(BaseModel):
+    """The last configuration reload, on the online status (never the config's content)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    digest: str | None = Field(default=None, description="Digest identifying the running configuration.")
+    reload: Literal["applied", "rejected"] = Field(description="applied, or rejected (the old one runs on).")
+    errors: int = Field(ge=0, description="Problems found; listed as file:line:col in the agent's log.")
+    ts: float = Field(description="When the reload was judged, epoch s.")
+
+
 class Status(BaseModel):
     """{root}/status (retained): availability; `offline` is the last will."""
 
     model_config = ConfigDict(extra="allow")
 
     state: Literal["online", "offline", "stopped"] = Field(description="Availability.")
+    config: ReloadOutcome | None = Field(default=None, description="Outcome of the last reload, if any.")
+
+
+class LedgerReport(BaseModel):
+    """{root}/out/ledger (retained): the year to date, republished after every settlement."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    year: int = Field(description="Calendar year in the site's timezone.")
+    programs: dict[str, dict[str, float]] = Field(description="Per programme: events, planned, hours, days.")
+    participation: dict[str, Any] = Field(
+        description="Responses against the contract's minimum: status ok, met, below_minimum or default_risk."
+    )
+    money: dict[str, Any] = Field(
+        description="Verified kW and kWh and the estimated incentive, per programme and total."
+    )
+    days: dict[str, dict[str, float]] = Field(description="Per local date: events, hours, verified kWh.")
+    period: dict[str, Any] | None = Field(
+        default=None, description="The contract period's count, if configured."
+    )
+    ts: float = Field(description="When it was computed, epoch s.")
 
 
 def payload_models() -> dict[str, type[BaseModel]]:
@@ -453,6 +485,7 @@ def payload_models() -> dict[str, type[BaseModel]]:
         "settlement": Settlement,
         "price-reading": PriceReading,
         "status": Status,
+        "ledger": LedgerReport,
     }
 
 
