@@ -53,7 +53,7 @@ class PendingReadings:
 
 
 def build_devices(
-    cfg: SiteConfig, given: Mapping[str, Transport] | None = None
+    cfg: SiteConfig, given: Mapping[str, Transport] | None = None, clock: Clock | None = None
 ) -> tuple[dict[str, Any], dict[str, Device]]:
     """One transport per endpoint (or the given ones) and one device object per configured device."""
     transports: dict[str, Any] = dict(given or {})
@@ -76,7 +76,9 @@ def build_devices(
     devices: dict[str, Device] = {}
     for dc in cfg.devices:
         kind = registry[dc.kind]
-        devices[dc.name] = kind.device(dc, transports[dc.endpoint], load_profile(dc.profile))
+        devices[dc.name] = dev = kind.device(dc, transports[dc.endpoint], load_profile(dc.profile))
+        if clock is not None:
+            dev.clock = clock.now  # retry backoff in the agent's time (simulation runs faster)
     return transports, devices
 
 
@@ -95,7 +97,7 @@ class Agent:
         self.clock: Clock = clock or SystemClock()
         self.tz = ZoneInfo(cfg.site.timezone)
         self.topics = Topics(cfg.topic_root)
-        self.transports, self.devices = build_devices(cfg, transports)
+        self.transports, self.devices = build_devices(cfg, transports, self.clock)
         self.meter = self.devices[cfg.site.meter]
         self.store = AsyncStore(Store(store_path or cfg.storage.resolved()))
         self.actuator = Actuator(self.devices, self.store)
@@ -210,9 +212,8 @@ class Agent:
     async def _poll_endpoint(self, devices: list[Device]) -> None:
         """Devices on one endpoint in turn: healthy ones first, so a silent unit delays nobody this
         cycle; an unavailable one is only retried when its backoff is due (one timeout at most)."""
-        mono = time.monotonic()
         for d in sorted(devices, key=lambda d: not d.health.available):
-            if d.due(mono):
+            if d.due():
                 await d.poll()
         now = self.clock.now()
         for d in devices:

@@ -136,7 +136,7 @@ async def apply_config(agent: Agent, new: SiteConfig) -> ReloadResult:
     }
     if rebuild:
         sub = effective.model_copy(update={"devices": [new_by_name[n] for n in rebuild]})
-        transports, built = build_devices(sub, reusable)
+        transports, built = build_devices(sub, reusable, agent.clock)
     else:
         transports, built = dict(reusable), {}
     for name in rebuild:

@@ -119,10 +119,6 @@ async def simulate_event(
             while clock.now() < event.end_ts + tail_s:
                 now = clock.now()
                 plant.step(now)
-                for d in agent.devices.values():
-                    # A failed device's retry backoff runs on the wall clock (drivers/device.py); with
-                    # hours simulated in seconds it would stretch to minutes of plant time. Retry each tick.
-                    d.health.next_poll_at = 0.0
                 await agent._poll_all()
                 await agent.control_cycle(now)
                 state = agent.live_state()

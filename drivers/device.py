@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -116,6 +117,9 @@ class Device:
         self.values: dict[str, Value] = {}
         self.values_ts: float | None = None
         self.health = Health()
+        #: The clock the retry backoff runs on: monotonic seconds by default; the agent
+        #: injects its own, so a simulated plant's dead device is retried in plant time.
+        self.clock: Callable[[], float] = time.monotonic
         #: Retry backoff of an unavailable device (full jitter, capped).
         self.retry_cap_s = MAX_RETRY_INTERVAL_S
         self._retry = Backoff(base_s=1.0, cap_s=self.retry_cap_s)
@@ -193,8 +197,9 @@ class Device:
 
     # -- polling -----------------------------------------------------------------------
 
-    def due(self, mono_now: float) -> bool:
-        return mono_now >= self.health.next_poll_at
+    def due(self, now: float | None = None) -> bool:
+        """Whether to poll now: always while healthy; an unavailable device when its backoff expired."""
+        return (self.clock() if now is None else now) >= self.health.next_poll_at
 
     async def poll(self) -> bool:
         """Read every readable point; returns True on success. Never raises for bus errors.
@@ -261,7 +266,7 @@ class Device:
             h.available = False
             # Back off (full jitter) so a dead device does not eat the bus's time.
             self._retry.cap_s = self.retry_cap_s
-            self._retry.failed(time.monotonic())
+            self._retry.failed(self.clock())
             h.next_poll_at = self._retry.not_before
 
     # -- readings ----------------------------------------------------------------------
