@@ -126,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration-min", type=float, default=30.0, help="event length, simulated minutes")
     d.add_argument("--target-pct", type=float, default=10.0, help="requested reduction, %% of peak")
     d.add_argument("--config", default=None, help="site config to simulate (default config/demo-site.yaml)")
+    d.add_argument(
+        "--keep-db",
+        metavar="PATH",
+        help="keep the demo's SQLite database here, to try `dr-agent report --db PATH` afterwards",
+    )
     d.set_defaults(func=_cmd_demo)
     import importlib
 

@@ -33,8 +33,8 @@ from drivers.sim.server import free_port
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "config" / "demo-site.yaml"
 
 
-def relocate(cfg: SiteConfig, broker_port: int, state_dir: Path) -> SiteConfig:
-    """The same site on free loopback ports, with its database in `state_dir`."""
+def relocate(cfg: SiteConfig, broker_port: int, state_dir: Path, db: Path | None = None) -> SiteConfig:
+    """The same site on free loopback ports, with its database in `state_dir` (or at `db`)."""
     endpoints = [
         e.model_copy(update={"host": "127.0.0.1", "port": free_port()}) for e in cfg.modbus.endpoints
     ]
@@ -42,7 +42,7 @@ def relocate(cfg: SiteConfig, broker_port: int, state_dir: Path) -> SiteConfig:
         update={
             "mqtt": cfg.mqtt.model_copy(update={"host": "127.0.0.1", "port": broker_port, "tls": None}),
             "modbus": cfg.modbus.model_copy(update={"endpoints": endpoints}),
-            "storage": cfg.storage.model_copy(update={"path": str(state_dir / "demo.sqlite")}),
+            "storage": cfg.storage.model_copy(update={"path": str(db or state_dir / "demo.sqlite")}),
             "metrics": cfg.metrics.model_copy(update={"port": 0}),
         }
     )
@@ -68,7 +68,8 @@ async def demo(args: argparse.Namespace, out: TextIO) -> dict[str, Any] | None:
     with tempfile.TemporaryDirectory(prefix="dr-agent-demo-") as tmp:
         broker = MiniBroker()
         port = await broker.start()
-        cfg = relocate(base_cfg, port, Path(tmp))
+        keep = Path(args.keep_db) if getattr(args, "keep_db", None) else None
+        cfg = relocate(base_cfg, port, Path(tmp), keep)
         offset = today.utcoffset() or timedelta(0)
         plant = SimulatedPlant.build(
             cfg.devices,
@@ -199,6 +200,10 @@ def run_demo(args: argparse.Namespace) -> int:
 
     setup_logging(os.environ.get("DR_AGENT_DEMO_LOG", "warning"), "text")
     out = sys.stderr if args.json else sys.stdout
+    if args.keep_db:
+        keep = Path(args.keep_db).resolve()
+        keep.unlink(missing_ok=True)  # a fresh demo: no events of an earlier run in the books
+        args.keep_db = str(keep)
     try:
         settlement = asyncio.run(demo(args, out))
     except ConfigError as exc:
@@ -213,6 +218,12 @@ def run_demo(args: argparse.Namespace) -> int:
         print(json.dumps(settlement))
     else:
         print_settlement(settlement, out)
+        if args.keep_db:
+            print(
+                f"\nThe database is kept: dr-agent report --db {args.keep_db} {settlement['event_id']}"
+                f" (add --png chart.png for the chart)",
+                file=out,
+            )
     with contextlib.suppress(Exception):
         out.flush()
     return 0
