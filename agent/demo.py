@@ -174,7 +174,7 @@ async def _follow(
 def print_settlement(s: dict[str, Any], out: TextIO) -> None:
     rows = [
         ("event", s["event_id"]),
-        ("baseline (realtime 15 min)", f"{s['baseline_kw']:.1f} kW"),
+        (f"baseline ({s.get('baseline_method', 'realtime_15min')})", f"{s['baseline_kw']:.1f} kW"),
         ("measured during the event", f"{s['measured_kw']:.1f} kW"),
         (
             "verified reduction",
