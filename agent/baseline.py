@@ -581,6 +581,29 @@ def _pre_event(
     return lead_s, length_s, actual, cov
 
 
+def _recent_working_days(
+    series: LoadSeries,
+    calendar: Calendar,
+    geo: _Geometry,
+    days: int,
+    excluded_dates: Collection[date],
+    lead_s: float,
+    max_lookback_days: int,
+) -> _Days:
+    """The `days` most recent working, non-event days with complete data from `lead_s` before the window:
+    the look-back shared by the ISO methods (CAISO, PJM) that adjust on the pre-event hours."""
+    return _collect(
+        series,
+        calendar,
+        geo,
+        calendar.days_before(geo.event_date),
+        want=days,
+        eligible=_excluded_check(excluded_dates, calendar.is_working_day, "not a working day"),
+        lead_s=lead_s,
+        max_lookback_days=max_lookback_days,
+    )
+
+
 def caiso_10in10(
     series: LoadSeries,
     window: EventWindow,
@@ -610,21 +633,10 @@ def caiso_10in10(
     geo = _geometry(series, window, calendar)
     if isinstance(geo, str):
         return _unavailable(method, geo)
-    lead_s = length_s = 0.0
-    actual: float | None = None
-    act_cov = 0.0
-    if adjust_hours is not None:
-        lead_s, length_s, actual, act_cov = _pre_event(series, geo, adjust_hours)
-    got = _collect(
-        series,
-        calendar,
-        geo,
-        calendar.days_before(geo.event_date),
-        want=days,
-        eligible=_excluded_check(excluded_dates, calendar.is_working_day, "not a working day"),
-        lead_s=lead_s,
-        max_lookback_days=max_lookback_days,
+    lead_s, length_s, actual, act_cov = (
+        _pre_event(series, geo, adjust_hours) if adjust_hours is not None else (0.0, 0.0, None, 0.0)
     )
+    got = _recent_working_days(series, calendar, geo, days, excluded_dates, lead_s, max_lookback_days)
     if len(got.profiles) < min_days:
         return _unavailable(
             method,
@@ -684,21 +696,10 @@ def pjm_high4of5(
     geo = _geometry(series, window, calendar)
     if isinstance(geo, str):
         return _unavailable(method, geo)
-    lead_s = length_s = 0.0
-    actual: float | None = None
-    act_cov = 0.0
-    if adjust_hours is not None:
-        lead_s, length_s, actual, act_cov = _pre_event(series, geo, adjust_hours)
-    got = _collect(
-        series,
-        calendar,
-        geo,
-        calendar.days_before(geo.event_date),
-        want=days,
-        eligible=_excluded_check(excluded_dates, calendar.is_working_day, "not a working day"),
-        lead_s=lead_s,
-        max_lookback_days=max_lookback_days,
+    lead_s, length_s, actual, act_cov = (
+        _pre_event(series, geo, adjust_hours) if adjust_hours is not None else (0.0, 0.0, None, 0.0)
     )
+    got = _recent_working_days(series, calendar, geo, days, excluded_dates, lead_s, max_lookback_days)
     if len(got.profiles) < days:
         return _unavailable(
             method,
