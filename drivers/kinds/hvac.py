@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from drivers.device import Device, DeviceConfigBase
 from drivers.registry import register
@@ -18,13 +18,14 @@ class HvacConfig(DeviceConfigBase):
     setpoint_min_c: float = Field(default=18.0, description="Lowest setpoint the agent may write, °C.")
     setpoint_max_c: float = Field(default=28.0, description="Highest setpoint the agent may write, °C.")
 
-    @model_validator(mode="after")
-    def _limits(self) -> HvacConfig:
-        if self.setpoint_min_c >= self.setpoint_max_c:
-            raise ValueError(
-                f"setpoint_min_c {self.setpoint_min_c} must be below setpoint_max_c {self.setpoint_max_c}"
-            )
-        return self
+    @field_validator("setpoint_max_c")
+    @classmethod
+    def _limits(cls, v: float, info: ValidationInfo) -> float:
+        # A field validator (not a model one), so the error points at the setpoint_max_c key.
+        lo = info.data.get("setpoint_min_c")
+        if lo is not None and lo >= v:
+            raise ValueError(f"setpoint_max_c {v} must be above setpoint_min_c {lo}")
+        return v
 
 
 @register(HvacConfig)

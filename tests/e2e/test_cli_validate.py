@@ -59,10 +59,10 @@ EXPECTED: dict[str, tuple[str | None, int, int, str, str]] = {
     ),
     "06-device-floor-above-ceiling": (
         None,
-        9,
-        5,
-        "devices[1]",
-        "setpoint_min_c 28.0 must be below setpoint_max_c 22.0",
+        10,
+        26,
+        "devices[1].setpoint_max_c",
+        "setpoint_max_c 22.0 must be above setpoint_min_c 28.0",
     ),
     "07-setpoint-outside-device-limits": (
         None,
