@@ -509,8 +509,7 @@ async def check_modbus(
     transports, devices = build_devices(cfg)
     _TZ.update({n: ZoneInfo(cfg.site.timezone) for n in devices})
     for d in devices.values():
-        # Diagnose only reads: skip start-up writes (a charger's failsafe current); the daemon does them.
-        d.setup_writes = list  # type: ignore[method-assign]
+        d.read_only = True  # diagnose only reads: the daemon does the start-up writes
     shed: dict[str, list[Any]] = {}
     for e in journal:
         shed.setdefault(e.device, []).append(e)

@@ -120,6 +120,8 @@ class Device:
         #: The clock the retry backoff runs on: monotonic seconds by default; the agent
         #: injects its own, so a simulated plant's dead device is retried in plant time.
         self.clock: Callable[[], float] = time.monotonic
+        #: Poll without the start-up writes (a charger's failsafe current): for tools that only look.
+        self.read_only = False
         #: Retry backoff of an unavailable device (full jitter, capped).
         self.retry_cap_s = MAX_RETRY_INTERVAL_S
         self._retry = Backoff(base_s=1.0, cap_s=self.retry_cap_s)
@@ -189,7 +191,7 @@ class Device:
                 self._use(self.base_profile.resolved(model_starts(chain)))
             except ValueError as exc:
                 raise SunSpecError(f"device {self.name}: {exc}") from exc
-        for role, value in self.setup_writes():
+        for role, value in [] if self.read_only else self.setup_writes():
             if self._role_point.get(role) is not None:
                 await self.write_role(role, value)
                 log.info("device=%s event=configured role=%s value=%g", self.name, role, value)

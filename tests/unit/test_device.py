@@ -241,3 +241,14 @@ def test_blueprint_kind_is_a_working_example() -> None:
     assert dev.setup_writes() == [("limit_revert_s", 60)]
     assert dev.limit_range_pct() == (20.0, 100.0)
     assert "heater" not in kinds()  # the blueprint registers nothing
+
+
+async def test_read_only_poll_skips_the_start_up_writes() -> None:
+    # diagnose polls read-only: a charger's failsafe settings are the daemon's to write.
+    dev, bank, _t = make("ev_charger", "vestel_evc04", unit=255, failsafe_current_a=6, failsafe_timeout_s=20)
+    EvChargerModel(bank, max_current_a=32)
+    before = (bank.get("failsafe_current_a"), bank.get("failsafe_timeout_s"))
+    dev.read_only = True
+    assert await dev.poll()
+    assert (bank.get("failsafe_current_a"), bank.get("failsafe_timeout_s")) == before
+    assert before != (6, 20)
