@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 from agent.actuator import Actuator, LimitViolation
 from agent.config import ControlConfig
+from agent.logs import FailureLog
 from drivers.device import Device, WriteError
 from strategies.engine import NotApplicable, Step, shed_value
 from strategies.model import RestorePolicy
@@ -517,6 +518,7 @@ class Controller:
         self.last: EventControl | None = None
         #: Learned kW per step id, measured on the device after each step settled; persisted.
         self.learned: dict[str, float] = {}
+        self._adjust_failures: dict[str, FailureLog] = {}
         self._learned_loaded = False
         self._learned_dirty = False
 
@@ -808,6 +810,13 @@ class Controller:
         if self.on_change:
             await self.on_change(ev.event_id, f"added {step.id}")
 
+    def _adjust_log(self, event_id: str, step_id: str) -> FailureLog:
+        key = f"{event_id}/{step_id}"
+        fl = self._adjust_failures.get(key)
+        if fl is None:
+            fl = self._adjust_failures[key] = FailureLog(log, "adjust", event_id=event_id, step=step_id)
+        return fl
+
     async def _set_depth(self, ev: EventControl, a: ActiveStep, now: float, depth: float, kw: float) -> bool:
         """Move a partly shed step to `depth` (continuous trim, or an HVAC restore step)."""
         value = self._value_at(a, depth)
@@ -817,9 +826,11 @@ class Controller:
             if not ev.test_event:
                 await self.actuator.shed(a.step.device, a.step.role, value, ev.event_id, a.step.id)
         except (LimitViolation, WriteError) as exc:
-            log.warning("event_id=%s step=%s action=adjust_failed error=%r", ev.event_id, a.step.id, str(exc))
+            # A trim retried every cycle must not flood the journal: first failure loud, repeats quiet.
+            self._adjust_log(ev.event_id, a.step.id).failed(str(exc))
             a.changed_at = now
             return False
+        self._adjust_log(ev.event_id, a.step.id).ok()
         a.value = value
         a.depth = depth
         a.changed_at = now
