@@ -3,12 +3,16 @@
 Every shed write first records the value it replaces (once per device and
 role while shed), then writes and reads back. Restore writes the journalled
 original back and closes the entry. After a crash-restart the open entries
-say exactly what to put back.
+say exactly what to put back. While the process lives it also keeps the
+originals in memory, so a database that fails mid-event (a full disk) cannot
+keep a device shed: restore then works from memory, and the journal entry is
+closed (or restored again, harmlessly) once the database answers.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Mapping
 
 from agent.store import AsyncStore
@@ -28,6 +32,8 @@ class Actuator:
         self.store = store
         self.writes = 0
         self.limit_refusals = 0
+        #: (device, role) -> the original journalled for it, mirrored for when the database fails.
+        self._originals: dict[tuple[str, str], float | None] = {}
 
     async def original(self, device: str, role: str) -> float | None:
         """The pre-event value: the open journal entry's original if shed, else the latest reading."""
@@ -52,7 +58,9 @@ class Actuator:
                 raise WriteError(f"device {device}: current {role} unknown, refusing to shed blind")
             await self.store.journal_record(device, role, original, float(value), event_id, step)
         else:
-            await self.store.journal_record(device, role, entries[0].original, float(value), event_id, step)
+            original = entries[0].original
+            await self.store.journal_record(device, role, original, float(value), event_id, step)
+        self._originals.setdefault((device, role), original)
         back = await dev.write_role(role, value)
         self.writes += 1
         log.info("event_id=%s device=%s step=%s action=shed %s=%s", event_id, device, step, role, value)
@@ -60,8 +68,16 @@ class Actuator:
 
     async def restore(self, device: str, role: str, reason: str, event_id: str | None = None) -> bool:
         """Write back the journalled original. Returns True if the device took it (or nothing was open)."""
-        entries = await self.store.journal_open(device, role)
+        key = (device, role)
+        try:
+            entries = await self.store.journal_open(device, role)
+        except sqlite3.Error as exc:
+            if key not in self._originals:
+                raise
+            log.error("device=%s event=journal_unreadable restoring_from=memory error=%r", device, str(exc))
+            return await self._restore_from_memory(device, role, reason, event_id)
         if not entries:
+            self._originals.pop(key, None)
             return True
         original = entries[0].original
         dev = self.devices.get(device)
@@ -80,17 +96,58 @@ class Actuator:
             await self.store.audit(f"restore {role}={original} failed: {exc}", event_id, device)
             return False
         self.writes += 1
-        await self.store.journal_restored(device, role, reason)
-        await self.store.audit(f"restored {role}={original} ({reason})", event_id, device)
+        self._originals.pop(key, None)
+        try:
+            await self.store.journal_restored(device, role, reason)
+            await self.store.audit(f"restored {role}={original} ({reason})", event_id, device)
+        except sqlite3.Error as exc:
+            # The device is back; an entry left open is only restored again (to the same value) later.
+            log.error("device=%s event=journal_not_closed error=%r", device, str(exc))
         log.info(
             "event_id=%s device=%s action=restore %s=%s reason=%s", event_id, device, role, original, reason
         )
         return True
 
+    async def _restore_from_memory(self, device: str, role: str, reason: str, event_id: str | None) -> bool:
+        original = self._originals.get((device, role))
+        dev = self.devices.get(device)
+        if dev is None or original is None:
+            return False
+        try:
+            await dev.write_role(role, bool(original) if role == "switch" else original)
+        except WriteError as exc:
+            log.error("event_id=%s device=%s action=restore_failed error=%r", event_id, device, str(exc))
+            return False
+        self.writes += 1
+        self._originals.pop((device, role), None)
+        log.warning(
+            "event_id=%s device=%s action=restore %s=%s reason=%s journal=left_open (database failing;"
+            " it is closed or harmlessly restored again later)",
+            event_id,
+            device,
+            role,
+            original,
+            reason,
+        )
+        try:
+            await self.store.journal_restored(device, role, f"{reason} (restored from memory)")
+        except sqlite3.Error:
+            pass
+        return True
+
     async def restore_all(self, reason: str) -> list[str]:
         """Restore every open journal entry (shutdown, crash recovery). Returns what could not be restored."""
         failed = []
-        entries = await self.store.journal_open()
+        try:
+            entries = await self.store.journal_open()
+        except sqlite3.Error as exc:
+            log.error(
+                "event=journal_unreadable restoring_from=memory n=%d error=%r", len(self._originals), str(exc)
+            )
+            for device, role in list(self._originals):
+                if not await self._restore_from_memory(device, role, reason, None):
+                    failed.append(f"{device}.{role}")
+            return failed
         seen: set[tuple[str, str]] = set()
         for e in reversed(entries):
             key = (e.device, e.role)

@@ -99,3 +99,22 @@ async def test_orphaned_sheds_are_restored_after_the_grace_period(tmp_path: Path
         assert await agent.store.journal_open() == []
     finally:
         await agent.store.close()
+
+
+async def test_restore_works_from_memory_when_the_database_fails(tmp_path: Path) -> None:
+    agent, plant = make_agent(tmp_path)
+    try:
+        await agent._poll_all()
+        before = plant.banks["ev-1"].get("current_limit_a")
+        await agent.actuator.shed("ev-1", "current_limit_a", 8.0, "e1", "chargers/1:ev-1")
+        assert plant.banks["ev-1"].get("current_limit_a") == 8.0
+
+        def broken(*args: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        agent.store.sync.journal_open = broken  # type: ignore[method-assign]
+        agent.store.sync.journal_restored = broken  # type: ignore[method-assign]
+        assert await agent.actuator.restore("ev-1", "current_limit_a", "event ended", "e1")
+        assert plant.banks["ev-1"].get("current_limit_a") == before
+    finally:
+        await agent.store.close()
