@@ -581,27 +581,34 @@ def _pre_event(
     return lead_s, length_s, actual, cov
 
 
-def _recent_working_days(
+def _iso_lookback(
+    method: str,
     series: LoadSeries,
+    window: EventWindow,
     calendar: Calendar,
-    geo: _Geometry,
+    adjust_hours: tuple[float, float] | None,
     days: int,
     excluded_dates: Collection[date],
-    lead_s: float,
     max_lookback_days: int,
-) -> _Days:
-    """The `days` most recent working, non-event days with complete data from `lead_s` before the window:
-    the look-back shared by the ISO methods (CAISO, PJM) that adjust on the pre-event hours."""
-    return _collect(
+) -> BaselineResult | tuple[_Geometry, tuple[float, float, float | None, float], _Days]:
+    """What the ISO methods (CAISO, PJM) share: the window's geometry, the pre-event hours they adjust
+    on, and the `days` most recent working, non-event days with complete data from those hours on.
+    An unavailable result when the window does not fit the series."""
+    geo = _geometry(series, window, calendar)
+    if isinstance(geo, str):
+        return _unavailable(method, geo)
+    pre = _pre_event(series, geo, adjust_hours) if adjust_hours is not None else (0.0, 0.0, None, 0.0)
+    got = _collect(
         series,
         calendar,
         geo,
         calendar.days_before(geo.event_date),
         want=days,
         eligible=_excluded_check(excluded_dates, calendar.is_working_day, "not a working day"),
-        lead_s=lead_s,
+        lead_s=pre[0],
         max_lookback_days=max_lookback_days,
     )
+    return geo, pre, got
 
 
 def caiso_10in10(
@@ -630,13 +637,12 @@ def caiso_10in10(
     to its end.
     """
     method = "caiso_10in10"
-    geo = _geometry(series, window, calendar)
-    if isinstance(geo, str):
-        return _unavailable(method, geo)
-    lead_s, length_s, actual, act_cov = (
-        _pre_event(series, geo, adjust_hours) if adjust_hours is not None else (0.0, 0.0, None, 0.0)
+    found = _iso_lookback(
+        method, series, window, calendar, adjust_hours, days, excluded_dates, max_lookback_days
     )
-    got = _recent_working_days(series, calendar, geo, days, excluded_dates, lead_s, max_lookback_days)
+    if isinstance(found, BaselineResult):
+        return found
+    geo, (lead_s, length_s, actual, act_cov), got = found
     if len(got.profiles) < min_days:
         return _unavailable(
             method,
@@ -693,13 +699,12 @@ def pjm_high4of5(
     average are replaced).
     """
     method = "pjm_high4of5"
-    geo = _geometry(series, window, calendar)
-    if isinstance(geo, str):
-        return _unavailable(method, geo)
-    lead_s, length_s, actual, act_cov = (
-        _pre_event(series, geo, adjust_hours) if adjust_hours is not None else (0.0, 0.0, None, 0.0)
+    found = _iso_lookback(
+        method, series, window, calendar, adjust_hours, days, excluded_dates, max_lookback_days
     )
-    got = _recent_working_days(series, calendar, geo, days, excluded_dates, lead_s, max_lookback_days)
+    if isinstance(found, BaselineResult):
+        return found
+    geo, (lead_s, length_s, actual, act_cov), got = found
     if len(got.profiles) < days:
         return _unavailable(
             method,
