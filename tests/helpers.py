@@ -38,13 +38,16 @@ class Observer:
     async def _loop(self) -> None:
         assert self._client is not None
         async for m in self._client.messages:
-            raw = m.payload if isinstance(m.payload, (bytes, str)) else b""
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = {"_raw": raw}
-            self.messages.append((str(m.topic), body))
-            self._new.set()
+            self._record(m)
+
+    def _record(self, m: aiomqtt.Message) -> None:
+        raw = m.payload if isinstance(m.payload, (bytes, str)) else b""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {"_raw": raw}
+        self.messages.append((str(m.topic), body))
+        self._new.set()
 
     async def publish(self, suffix: str, payload: dict[str, Any] | str | bytes) -> None:
         assert self._client is not None

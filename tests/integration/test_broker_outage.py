@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from agent.config import SiteConfig
 from agent.daemon import Agent
 from drivers.sim.server import free_port
 from tests.conftest import Mosquitto, _spawn_mosquitto, serve_plant, site_config
-from tests.helpers import event_payload
+from tests.helpers import Observer, event_payload
 from tests.integration.test_event_end_to_end import controllable_state
 
 pytestmark = pytest.mark.integration
@@ -63,16 +61,12 @@ def persistent_broker(tmp: Path, extra: str = "") -> Mosquitto:
     return Mosquitto("127.0.0.1", port, _spawn_mosquitto(conf, port), conf)
 
 
-class SessionObserver:
+class SessionObserver(Observer):
     """A provider-side client with a persistent session that reconnects on its own: sees every QoS 1 message."""
 
     def __init__(self, host: str, port: int, root: str, client_id: str = "provider-observer") -> None:
-        self.host, self.port, self.root, self.client_id = host, port, root, client_id
-        self.messages: list[tuple[str, dict[str, Any]]] = []
+        super().__init__(host, port, root, client_id)
         self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._new = asyncio.Event()
 
     async def __aenter__(self) -> SessionObserver:
         self._task = asyncio.create_task(self._run())
@@ -95,13 +89,7 @@ class SessionObserver:
                     await client.subscribe(f"{self.root}/#", qos=1)
                     self.connected.set()
                     async for m in client.messages:
-                        raw = m.payload if isinstance(m.payload, (bytes, str)) else b""
-                        try:
-                            body = json.loads(raw)
-                        except ValueError:
-                            body = {"_raw": raw}
-                        self.messages.append((str(m.topic), body))
-                        self._new.set()
+                        self._record(m)
             except aiomqtt.MqttError:
                 pass
             finally:
@@ -111,23 +99,7 @@ class SessionObserver:
 
     async def publish(self, suffix: str, payload: dict[str, Any] | str | bytes) -> None:
         await asyncio.wait_for(self.connected.wait(), 10)
-        assert self._client is not None
-        data = payload if isinstance(payload, (str, bytes)) else json.dumps(payload)
-        await self._client.publish(f"{self.root}/{suffix}", data, qos=1)
-
-    def on(self, suffix: str) -> list[dict[str, Any]]:
-        return [b for t, b in self.messages if t == f"{self.root}/{suffix}"]
-
-    async def wait_for(
-        self, predicate: Callable[[str, dict[str, Any]], bool], timeout: float = 20.0
-    ) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while True:
-                for t, b in self.messages:
-                    if predicate(t, b):
-                        return b
-                self._new.clear()
-                await self._new.wait()
+        await super().publish(suffix, payload)
 
 
 def check_reports(reports: list[dict[str, Any]], event_id: str) -> list[int]:
