@@ -74,6 +74,8 @@ class RegisterBank:
         self.fail_with: int | None = None
         #: When True the device is "off the bus": requests get no answer at all.
         self.offline = False
+        #: Client writes received (requests, not registers): a rehearsal must leave this at 0.
+        self.writes = 0
         for name in profile.scale_factor_names():
             self.set(name, SUNSPEC_SIM_SF.get(name, 0))
         if self.has("frequency_hz"):
@@ -136,6 +138,7 @@ class RegisterBank:
 
     def write(self, function: Function, address: int, values: Sequence[int] | Sequence[bool]) -> None:
         """Apply a client's write, then tell the model which points changed."""
+        self.writes += 1
         if function == "coil":
             table_b = self.bits["coil"]
             if address + len(values) > len(table_b):
