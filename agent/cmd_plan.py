@@ -7,6 +7,10 @@ controller would choose. Device states come from the real devices (one poll),
 the simulated plant (--sim), or a given site load (--load-kw, device states
 from the simulated defaults); a recorded day (--recorded CSV) gives the load
 at --at.
+
+A plan is a rehearsal: it never writes to a device. The poll runs with
+`Device.read_only` (no start-up writes such as a charger's failsafe current)
+over transports that refuse every write.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import argparse
 import asyncio
 import csv
 import json
+import logging
 import sys
 from dataclasses import dataclass, field
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
@@ -45,10 +50,15 @@ def register(sub: Any) -> None:
     source.add_argument("--sim", action="store_true", help="read the simulated plant instead of the devices")
     source.add_argument("--recorded", help="CSV of a recorded day (ts,kw): the site load at --at")
     p.add_argument("--program", default="contracted", choices=["contracted", "realtime", "price"])
-    p.add_argument("--at", help="local time of day HH:MM the event would start (default: now)")
+    p.add_argument(
+        "--at",
+        help="local time of day HH:MM the event would start (default: now if inside the contract's "
+        "allowed hours, else their start)",
+    )
     p.add_argument("--duration-min", type=float, default=30.0, help="event length, min (default 30)")
     p.add_argument("--strategy", help="plan this strategy (by name) instead of the program's")
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the agent's log lines (device errors)")
     p.set_defaults(func=run)
 
 
@@ -144,10 +154,31 @@ def _constraints(step: Step, duration_s: float, dev: Any) -> list[str]:
     return notes
 
 
+class ReadOnlyTransport:
+    """A transport that reads and refuses every write: a rehearsal never changes a device."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    async def read(self, unit: int, function: Any, address: int, count: int) -> list[int] | list[bool]:
+        result: list[int] | list[bool] = await self.inner.read(unit, function, address, count)
+        return result
+
+    async def write_registers(self, unit: int, address: int, values: list[int]) -> None:
+        raise RuntimeError(f"{self.name}: unit {unit}: a plan does not write to devices")
+
+    async def write_coil(self, unit: int, address: int, value: bool) -> None:
+        raise RuntimeError(f"{self.name}: unit {unit}: a plan does not write to devices")
+
+
 async def _poll_real(cfg: Any) -> tuple[dict[str, Any], str]:
     from agent.daemon import build_devices
 
     transports, devices = build_devices(cfg)
+    for d in devices.values():
+        d.read_only = True  # no start-up writes (a charger's failsafe current): the daemon does those
+        d.transport = ReadOnlyTransport(d.transport)
     try:
         async with asyncio.timeout(POLL_TIMEOUT_S * 2):
             await asyncio.gather(*(d.poll() for d in devices.values()))
@@ -387,15 +418,33 @@ def print_plan(plan: dict[str, Any], source: str, out: TextIO) -> None:
     )
 
 
-def _at(cfg: Any, hhmm: str | None) -> datetime:
+def _at(
+    cfg: Any, hhmm: str | None, duration_s: float = 0.0, now: datetime | None = None
+) -> tuple[datetime, str]:
+    """When the planned event starts, and (without --at) one line saying why then."""
     tz = ZoneInfo(cfg.site.timezone)
-    if hhmm is None:
-        return datetime.now(tz).replace(second=0, microsecond=0)
-    try:
-        t = time.fromisoformat(hhmm)
-    except ValueError:
-        raise SystemExit(f"--at {hhmm!r}: write HH:MM, e.g. 11:00") from None
-    return datetime.combine(date.today(), t, tzinfo=tz)
+    if hhmm is not None:
+        try:
+            t = time.fromisoformat(hhmm)
+        except ValueError:
+            raise SystemExit(f"--at {hhmm!r}: write HH:MM, e.g. 11:00") from None
+        return datetime.combine(date.today(), t, tzinfo=tz), ""
+    now = (now or datetime.now(tz)).replace(second=0, microsecond=0)
+    hours = cfg.contract.allowed_hours
+    if not hours:
+        return (
+            now,
+            f"planned for now, {now:%H:%M} (the contract sets no allowed hours; --at HH:MM for another time)",
+        )
+    lo, hi = (time.fromisoformat(h) for h in hours)
+    end = now + timedelta(seconds=duration_s)
+    if lo <= now.time() and end.date() == now.date() and end.time() <= hi:
+        return now, f"planned for now, {now:%H:%M}, inside the contract's allowed hours {hours[0]}-{hours[1]}"
+    start = datetime.combine(now.date(), lo, tzinfo=tz)
+    return start, (
+        f"planned for {hours[0]}, the start of the contract's allowed hours {hours[0]}-{hours[1]} "
+        f"(a {duration_s / 60:g}-min event cannot run now, at {now:%H:%M}); --at HH:MM for another time"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -413,8 +462,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.verbose:
+        from agent.logs import setup_logging
+
+        setup_logging("info", "text")
+    else:
+        # A plan prints its findings itself (an unreachable device is "skipped" in the table).
+        logging.getLogger().addHandler(logging.NullHandler())
     try:
-        at = _at(cfg, args.at)
+        at, at_note = _at(cfg, args.at, args.duration_min * 60)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -439,8 +495,9 @@ def run(args: argparse.Namespace) -> int:
         kw = meter.power_kw()
         if kw is None:
             print(
-                f"cannot read the site meter {cfg.site.meter!r} ({meter.health.last_error or 'no data'}); "
-                "use --load-kw KW, --recorded FILE.csv or --sim",
+                f"plan: no readings: cannot read the site meter {cfg.site.meter!r} "
+                f"({meter.health.last_error or 'no data'}); add --sim (the simulated plant), --load-kw KW "
+                "(the site load) or --recorded FILE.csv (a recorded day)",
                 file=sys.stderr,
             )
             return 1
@@ -456,8 +513,12 @@ def run(args: argparse.Namespace) -> int:
         strategy_name=args.strategy,
     )
     plan["source"] = source
+    if at_note:
+        plan["at_note"] = at_note
     if args.json:
         print(json.dumps(plan))
     else:
+        if at_note:
+            print(at_note)
         print_plan(plan, source, sys.stdout)
     return 0

@@ -101,8 +101,56 @@ def test_recorded_day_gives_the_load(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["load_kw"] == 1234.5
 
 
-def test_plan_without_devices_says_what_to_do() -> None:
+def test_plan_without_devices_says_what_to_do_in_one_line() -> None:
     # The example's Modbus endpoints are loopback ports nobody listens on: the meter cannot be read.
     proc = plan("-c", str(EXAMPLES / "factory.yaml"), "--target-pct", "10")
     assert proc.returncode == 1
-    assert "cannot read the site meter 'main-meter'" in proc.stderr and "--load-kw" in proc.stderr
+    # One line, no log noise before it: what is missing and the three ways to give it.
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "cannot read the site meter 'main-meter'" in lines[0]
+    assert all(opt in lines[0] for opt in ("--sim", "--load-kw", "--recorded"))
+    assert proc.stdout == ""
+
+
+def test_plan_without_at_plans_inside_the_contract_hours_and_says_so() -> None:
+    proc = plan("-c", str(EXAMPLES / "factory.yaml"), "--target-pct", "10", "--sim")
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("planned for ") and "allowed hours 10:00-15:00" in first, first
+    assert proc.stderr == ""
+    p = json.loads(plan("-c", str(EXAMPLES / "factory.yaml"), "--target-pct", "10", "--sim", "--json").stdout)
+    assert "10:00" <= p["at"][11:16] and p["at"][11:16] <= "14:30", p["at"]
+    assert p["at_note"] == first
+    # With --at, no note: the reader chose the time.
+    p = json.loads(
+        plan(
+            "-c", str(EXAMPLES / "factory.yaml"), "--target-pct", "10", "--sim", "--at", "16:00", "--json"
+        ).stdout
+    )
+    assert "at_note" not in p and p["at"][11:16] == "16:00"
+
+
+@pytest.mark.parametrize(
+    ("now", "duration_min", "expected", "says"),
+    [
+        ("11:20", 30, "11:20", "planned for now, 11:20, inside"),
+        ("14:45", 30, "10:00", "a 30-min event cannot run now, at 14:45"),
+        ("23:31", 30, "10:00", "planned for 10:00, the start of the contract's allowed hours 10:00-15:00"),
+        ("07:00", 30, "10:00", "cannot run now, at 07:00"),
+    ],
+)
+def test_default_plan_time(now: str, duration_min: float, expected: str, says: str) -> None:
+    from datetime import date, datetime, time
+    from zoneinfo import ZoneInfo
+
+    from agent.cmd_plan import _at
+    from agent.configload import load_site_config
+
+    cfg, _ = load_site_config(EXAMPLES / "factory.yaml")
+    tz = ZoneInfo(cfg.site.timezone)
+    at, note = _at(
+        cfg, None, duration_min * 60, datetime.combine(date(2026, 7, 1), time.fromisoformat(now), tz)
+    )
+    assert f"{at:%H:%M}" == expected and at.date() == date(2026, 7, 1)
+    assert says in note
