@@ -29,9 +29,10 @@ from drivers.profile import (
     decode_block,
     decode_raw,
     encode_write,
+    load_profile,
     plan_reads,
 )
-from drivers.sunspec import SunSpecError, discover, model_starts
+from drivers.sunspec import SunSpecError, check_chain, discover, model_starts
 
 log = logging.getLogger("dr_agent.device")
 
@@ -187,15 +188,33 @@ class Device:
         if self.profile.needs_resolution:
             assert self.base_profile.sunspec is not None
             chain = await discover(self.transport, self.unit_id, self.base_profile.sunspec.bases)
-            try:
-                self._use(self.base_profile.resolved(model_starts(chain)))
-            except ValueError as exc:
-                raise SunSpecError(f"device {self.name}: {exc}") from exc
+            self._use(self._sunspec_profile(chain).resolved(model_starts(chain)))
         for role, value in [] if self.read_only else self.setup_writes():
             if self._role_point.get(role) is not None:
                 await self.write_role(role, value)
                 log.info("device=%s event=configured role=%s value=%g", self.name, role, value)
         self._set_up = True
+
+    def _sunspec_profile(self, chain: list[Any]) -> Profile:
+        """The base profile if the chain has its models as published, else its fallback (if it fits)."""
+        prof = self.base_profile
+        try:
+            check_chain(prof, chain)
+            return prof
+        except SunSpecError as exc:
+            fallback = prof.sunspec.fallback if prof.sunspec else None
+            if fallback is None:
+                raise SunSpecError(f"device {self.name}: {exc}") from exc
+            alt = load_profile(fallback)
+            problems = self.check_profile(alt)
+            try:
+                check_chain(alt, chain)
+            except SunSpecError as exc2:
+                problems.append(str(exc2))
+            if problems:
+                raise SunSpecError(f"device {self.name}: {exc}; fallback {fallback}: {'; '.join(problems)}") from exc
+            log.info("device=%s event=sunspec_fallback profile=%s because=%r", self.name, fallback, str(exc))
+            return alt
 
     # -- polling -----------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ values into the canonical engineering unit of the role:
 `engineering = raw * 10**sf * scale + offset`, where `sf` is a SunSpec-style
 scale-factor point read from the device (0 when the point has none).
 
-SunSpec profiles give model-relative points (`model`, `model_offset`); the
-driver discovers where each model starts (`drivers/sunspec.py`) and calls
+SunSpec profiles name points by `model` and SunSpec point name; offset, type,
+size, scale factor and access come from the published model definitions
+(`drivers/sunspec_models.py`), never from hand-written numbers. The driver
+discovers where each model starts (`drivers/sunspec.py`) and calls
 `Profile.resolved()` to get absolute addresses.
 """
 
@@ -24,6 +26,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from drivers import sunspec_models
 from drivers.codec import DataType, Order, Value, decode, encode, register_count
 
 Function = Literal["coil", "discrete_input", "input_register", "holding_register"]
@@ -61,7 +64,15 @@ class Point(BaseModel):
     )
     model: int | None = Field(default=None, ge=1, description="SunSpec model id the point belongs to.")
     model_offset: int | None = Field(
-        default=None, ge=0, description="SunSpec: registers after the model's ID and L header words."
+        default=None,
+        ge=0,
+        description="SunSpec: registers after the model's ID and L header words (filled in from the "
+        "published definition; if given it must agree).",
+    )
+    sunspec_point: str | None = Field(
+        default=None,
+        description="SunSpec: the point's name in the published model when `name` differs "
+        "(e.g. PFWInj.PF for a point of a group).",
     )
     type: DataType = Field(default="uint16", description="Data type of the raw value.")
     length: int | None = Field(default=None, ge=1, description="Registers, for strings only.")
@@ -81,6 +92,14 @@ class Point(BaseModel):
     valid: tuple[float, float] | None = Field(
         default=None,
         description="Plausible range of a read value (engineering); outside it the reading is rejected.",
+    )
+    valid_source: str | None = Field(
+        default=None,
+        description="Where the plausible range comes from (manual section, published model, site bound).",
+    )
+    hint: str | None = Field(
+        default=None,
+        description="What to check when a reading is rejected (e.g. the unit's scale: DIP switch / register 7).",
     )
     nodata: tuple[int, ...] = Field(
         default=(), description="Raw values meaning 'no data / not initialised' (e.g. -32768)."
@@ -103,6 +122,8 @@ class Point(BaseModel):
             raise ValueError(f"min {self.min} is above max {self.max}")
         if self.valid is not None and self.valid[0] > self.valid[1]:
             raise ValueError(f"valid range {list(self.valid)} is upside down")
+        if self.valid_source is not None and self.valid is None:
+            raise ValueError("valid_source without a valid range")
         if self.scale == 0:
             raise ValueError("scale must not be 0")
         if self.model is not None or self.model_offset is not None:
@@ -158,6 +179,11 @@ class SunSpecSettings(BaseModel):
 
     bases: tuple[int, ...] = Field(
         default=(40000, 0, 50000), description="Addresses probed for the 'SunS' marker, in order."
+    )
+    fallback: str | None = Field(
+        default=None,
+        description="Profile used instead when the device lacks a model this one needs (e.g. storage "
+        "controlled through model 124 when there is no model 704).",
     )
 
 
@@ -243,6 +269,39 @@ class Profile(BaseModel):
             if w is None or not w.writable:
                 raise ValueError(f"watchdog point {self.watchdog.point!r} is not a writable point")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_published(cls, data: object) -> object:
+        """SunSpec points take offset, type, size, scale factor and access from the published model."""
+        if not isinstance(data, dict) or data.get("sunspec") is None:
+            return data
+        points = data.get("points")
+        if not isinstance(points, list):
+            return data
+        out: list[object] = []
+        names = {p.get("name") for p in points if isinstance(p, dict)}
+        for raw in points:
+            if not isinstance(raw, dict) or not isinstance(raw.get("model"), int):
+                out.append(raw)
+                continue
+            pd = _published(raw)
+            out.append(pd)
+            sf = pd.get("scale_factor")
+            if isinstance(sf, str) and sf not in names:
+                # The scale factor lives in the same model; it need not be listed by hand.
+                names.add(sf)
+                out.append(
+                    _published(
+                        {
+                            "name": sf,
+                            "model": raw["model"],
+                            "valid": [-10, 10],
+                            "valid_source": "SunSpec sunssf: a power-of-ten exponent",
+                        }
+                    )
+                )
+        return {**data, "points": out}
 
     def point(self, name: str) -> Point:
         for p in self.points:
@@ -407,6 +466,38 @@ def check_write(point: Point, value: float | bool | str) -> None:
                 f"point {point.name!r}: {value:g} {point.unit} outside the allowed range "
                 f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
             )
+
+
+def _published(raw: dict[str, object]) -> dict[str, object]:
+    """A SunSpec point's fields completed from the published definition; disagreement is an error."""
+    mid = raw["model"]
+    assert isinstance(mid, int)
+    name = str(raw.get("sunspec_point") or raw.get("name"))
+    try:
+        d = sunspec_models.model(mid).point(name)
+    except KeyError as exc:
+        raise ValueError(str(exc.args[0])) from None
+    where = f"point {raw.get('name')!r} (SunSpec model {mid} {name})"
+    given = {
+        "model_offset": d.offset,
+        "type": d.type,
+        "scale_factor": d.sf,
+    }
+    if d.sunspec_type == "string":
+        given["length"] = d.size
+    out = dict(raw)
+    for key, published in given.items():
+        if key in raw and raw[key] != published:
+            raise ValueError(f"{where}: {key} {raw[key]!r} disagrees with the published model ({published!r})")
+        out[key] = published
+    access = "rw" if d.access == "RW" else "r"
+    if access == "r" and raw.get("access", "r") != "r":
+        raise ValueError(f"{where}: read-only in the published model, cannot be {raw['access']!r}")
+    out.setdefault("access", access)
+    unimplemented = sunspec_models.UNIMPLEMENTED.get(d.sunspec_type, ())
+    if not d.sunspec_type.startswith("acc"):  # accumulators at 0 are a fresh device, not "no data"
+        out.setdefault("nodata", unimplemented)
+    return out
 
 
 def encode_write(point: Point, value: float | bool | str, sf: int = 0) -> list[int] | bool:

@@ -5,10 +5,12 @@ holding registers: the two-register marker 0x5375 0x6E53 ('SunS') at a base
 address (40000, 0 or 50000), then for each model its id and length `L`
 followed by `L` data registers, ending with id 0xFFFF. A profile names points
 by model id and offset; `discover()` reads the chain once and
-`Profile.resolved()` turns those into absolute addresses.
+`Profile.resolved()` turns those into absolute addresses. A model whose
+length differs from the published definition (an older draft, e.g. model 704
+before its 2021 revision) is refused rather than misread.
 
 Reference: SunSpec Alliance, "SunSpec Information Model Specification"
-(v1.1) and the model definitions in github.com/sunspec/models (json/model_*.json).
+(v1.1) and the model definitions pysunspec2 ships (`drivers/sunspec_models.py`).
 """
 
 from __future__ import annotations
@@ -17,28 +19,15 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from drivers import sunspec_models
 from drivers.modbus import ModbusIOError
-from drivers.profile import Function
+from drivers.profile import Function, Profile
 
 log = logging.getLogger("dr_agent.sunspec")
 
 MARKER = (0x5375, 0x6E53)  # 'SunS'
 END_ID = 0xFFFF
 MAX_MODELS = 64
-
-#: Data lengths (L) of the models the shipped profiles use, from github.com/sunspec/models json.
-MODEL_LENGTHS: dict[int, int] = {
-    1: 66,
-    101: 50,
-    102: 50,
-    103: 50,
-    111: 60,
-    112: 60,
-    113: 60,
-    124: 24,
-    704: 69,
-}
-
 
 class ReadTransport(Protocol):
     async def read(
@@ -104,15 +93,33 @@ def model_starts(chain: list[ModelHeader]) -> dict[int, int]:
     return out
 
 
+def check_chain(profile: Profile, chain: list[ModelHeader]) -> None:
+    """Raise SunSpecError when a model the profile uses is absent or not laid out as published."""
+    lengths: dict[int, int] = {}
+    for m in chain:
+        lengths.setdefault(m.id, m.length)
+    for mid in sorted({p.model for p in profile.points if p.model is not None}):
+        if mid not in lengths:
+            raise SunSpecError(f"device has no SunSpec model {mid}")
+        d = sunspec_models.model(mid)
+        have = lengths[mid]
+        if have != d.length if d.fixed else have < d.length:
+            raise SunSpecError(
+                f"SunSpec model {mid} ({d.name}) has length {have}, the published definition {d.length}: "
+                "not laid out as published (an older draft?), refusing to map it"
+            )
+
+
 def layout(models: list[int], base: int = 40000) -> tuple[list[int], list[ModelHeader]]:
     """Registers of a chain with empty models (for simulators): the marker, headers, end; and the chain."""
     regs = list(MARKER)
     chain = []
     addr = base + 2
     for mid in models:
-        if mid not in MODEL_LENGTHS:
-            raise ValueError(f"unknown SunSpec model length for model {mid}")
-        length = MODEL_LENGTHS[mid]
+        try:
+            length = sunspec_models.model(mid).length
+        except KeyError as exc:
+            raise ValueError(str(exc.args[0])) from None
         regs += [mid, length] + [0] * length
         chain.append(ModelHeader(mid, addr + 2, length))
         addr += 2 + length

@@ -80,6 +80,12 @@ class RegisterBank:
             self.set(name, SUNSPEC_SIM_SF.get(name, 0))
         if self.has("frequency_hz"):
             self.set("frequency_hz", 50.0)  # a live grid, so plausibility checks pass from the start
+        for p in profile.points:
+            # Zeroed memory would be implausible for points whose range excludes 0 (SunSpec St, ChaSt).
+            if p.valid is not None and p.function not in BIT_FUNCTIONS and p.type != "string":
+                v = self.get(p.name)
+                if isinstance(v, (int, float)) and not p.valid[0] <= v <= p.valid[1]:
+                    self.set(p.name, p.valid[0])
 
     def _point(self, key: str) -> Point:
         p = self._by_role.get(key) or self._points.get(key)

@@ -121,7 +121,7 @@ async def test_then_write_sets_enable_flags_after_the_setpoint() -> None:
     bank.on_write = spy
     assert await dev.write_role("power_setpoint_kw", 30.0) == pytest.approx(30.0)
     assert order == ["power_setpoint_kw", "WSetMod", "WSetEna"]
-    assert bank.get("WSetEna") == 1 and bank.get("WSetMod") == 2
+    assert bank.get("WSetEna") == 1 and bank.get("WSetMod") == 1  # 704: 1 = watts
 
 
 async def test_charger_watchdog_is_fed_and_failsafe_takes_over_when_it_stops() -> None:
@@ -171,7 +171,7 @@ async def test_storage_setpoint_is_renewed_only_while_commanded_and_reverts_with
     )
     model = StorageModel(bank, capacity_kwh=100, max_kw=50)
     assert await dev.poll()
-    assert bank.get("setpoint_revert_s") == 30 and bank.get("WSetRvrtEna") == 1
+    assert bank.get("setpoint_revert_s") == 30 and bank.get("WSetEnaRvrt") == 1
     assert dev.watchdog_interval_s() == pytest.approx(10.0)
     await dev.maintain(0.0)
     assert dev.health.watchdog_feeds == 0  # nothing commanded, nothing to renew

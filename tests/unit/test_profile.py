@@ -160,7 +160,7 @@ def test_resolution_and_shift() -> None:
     assert p.needs_resolution
     r = p.resolved({1: 40004, 103: 40072, 124: 40124, 704: 40150})
     assert r.point("W").address == 40072 + 12
-    assert r.point("WSet_SF").address == 40150 + 57
+    assert r.point("WSet_SF").address == 40150 + 53  # published model 704 (57 is PFWInj.PF)
     with pytest.raises(ValueError, match="no SunSpec model 704"):
         p.resolved({1: 40004, 103: 40072, 124: 40124})
     dali = load_profile("intesis_dali_group")

@@ -37,7 +37,7 @@ async def test_discovery_finds_the_marker_at_each_base(base: int) -> None:
     assert [m.id for m in chain] == [1, 103, 124, 704]
     assert chain[0].start == base + 4  # marker (2) + model 1 header (2)
     assert chain[1].start == base + 4 + 66 + 2
-    assert [m.length for m in chain] == [66, 50, 24, 69]
+    assert [m.length for m in chain] == [66, 50, 24, 65]  # model 704 as published
 
 
 async def test_unknown_models_are_skipped_by_their_length() -> None:
