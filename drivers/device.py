@@ -19,8 +19,9 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from drivers.backoff import Backoff
 from drivers.codec import Value
-from drivers.modbus import Backoff, ModbusIOError
+from drivers.modbus import ModbusIOError
 from drivers.profile import (
     Function,
     Point,
@@ -80,6 +81,18 @@ class WriteError(Exception):
     """A write was refused before sending, failed on the bus, or did not read back."""
 
 
+#: A point's exact registers (or coil state), as read before a shed and written back on restore.
+RawRegisters = dict[str, list[int] | bool]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a shed would replace: the role's value and the raw registers of it and its `then_write` points."""
+
+    value: float
+    raw: RawRegisters
+
+
 @dataclass
 class Health:
     """What an operator asks of a device: when was it last read, how often did it fail, how slow is it."""
@@ -98,6 +111,10 @@ class Health:
     watchdog_feeds: int = 0
     watchdog_failures: int = 0
     last_feed_ts: float | None = None
+
+
+def _as_regs(raw: list[int] | bool) -> list[int] | list[bool]:
+    return [raw] if isinstance(raw, bool) else raw
 
 
 class Device:
@@ -367,6 +384,84 @@ class Device:
         self.values[p.name] = back
         self._commanded[p.name] = value
         return float(back)
+
+    # -- exact undo ---------------------------------------------------------------------
+
+    async def snapshot(self, role: str) -> Snapshot:
+        """Read, fresh from the device, what a shed of `role` would replace; refuse what could not be put back.
+
+        Raises WriteError with the reason when the current value is not
+        readable, not plausible (outside its range, or other readings of the
+        device are rejected: a wrong scale shows there first), or outside the
+        range a write may set, so it could not be written back.
+        """
+        p = self._role_point.get(role)
+        if p is None:
+            raise WriteError(f"device {self.name}: no point for role {role!r} (not set up?)")
+        if not self._set_up or not self.health.available:
+            raise WriteError(f"device {self.name}: unavailable ({self.health.last_error or 'not set up'})")
+        others = {n: why for n, why in self.health.rejected.items() if n != p.name}
+        if others:
+            n, why = next(iter(others.items()))
+            raise WriteError(f"device {self.name}: reading of {n} rejected ({why}){self._hint(n)}")
+        raw: RawRegisters = {}
+        names = [p.name, *p.then_write]
+        try:
+            for name in names:
+                q = self.profile.point(name)
+                regs = await self.transport.read(self.unit_id, q.function, q.addr, q.count)
+                raw[name] = bool(regs[0]) if q.function == "coil" else [int(r) for r in regs]
+            sf = await self._scale_factor(p)
+        except ModbusIOError as exc:
+            raise WriteError(f"device {self.name}: current {p.name} unreadable: {exc}") from exc
+        decoded = {p.name: decode_raw(p, _as_regs(raw[p.name]))}
+        if p.scale_factor is not None:
+            decoded[p.scale_factor] = sf
+        values, rejected = self.profile.engineering(decoded)
+        if p.name in rejected:
+            raise WriteError(f"device {self.name}: current {p.name} {rejected[p.name]}{self._hint(p.name)}")
+        v = values.get(p.name)
+        if not isinstance(v, (int, float)):
+            raise WriteError(f"device {self.name}: current {p.name} is not a number ({v!r})")
+        try:
+            encode_write(p, v, sf)
+        except ValueError as exc:
+            raise WriteError(
+                f"device {self.name}: current {p.name} could not be written back ({exc}){self._hint(p.name)}"
+            ) from exc
+        return Snapshot(float(v), raw)
+
+    def _hint(self, name: str) -> str:
+        try:
+            h = self.profile.point(name).hint
+        except KeyError:
+            return ""
+        return f": {h}" if h else ""
+
+    async def write_raw(self, raw: RawRegisters) -> None:
+        """Write registers back verbatim (a restore), each read back and compared. Raises WriteError."""
+        for name, regs in raw.items():
+            q = self.profile.point(name)
+            try:
+                if isinstance(regs, bool):
+                    await self.transport.write_coil(self.unit_id, q.addr, regs)
+                else:
+                    await self.transport.write_registers(self.unit_id, q.addr, list(regs))
+                back = await self.transport.read(self.unit_id, q.function, q.addr, q.count)
+            except ModbusIOError as exc:
+                raise WriteError(f"device {self.name}: restore {name}: {exc}") from exc
+            got: list[int] | bool = bool(back[0]) if isinstance(regs, bool) else [int(r) for r in back]
+            if got != regs:
+                raise WriteError(f"device {self.name}: restored {name}={regs} but read back {got}")
+            value = decode_raw(q, _as_regs(regs))
+            if not isinstance(value, str):
+                sf = 0 if q.scale_factor is None else await self._scale_factor(q)
+                eng = q.to_engineering(value, sf)
+                if not isinstance(eng, str):
+                    self.values[name] = eng
+                    if name in self._commanded:
+                        # The watchdog renews what we command; after a restore that is the original.
+                        self._commanded[name] = eng
 
     # -- watchdog ----------------------------------------------------------------------
 

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
+from drivers.backoff import Backoff
 from drivers.profile import Function
 
 log = logging.getLogger("dr_agent.modbus")
@@ -61,28 +61,6 @@ class EndpointStats:
     last_latency_s: float = 0.0
     connected: bool = False
     last_error: str | None = None
-
-
-@dataclass
-class Backoff:
-    """Full-jitter exponential backoff (AWS architecture blog's 'full jitter')."""
-
-    base_s: float = 0.5
-    cap_s: float = 30.0
-    attempt: int = 0
-    not_before: float = 0.0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def failed(self, now: float) -> float:
-        # Capped exponent: after ~1000 failures 2**attempt would overflow a float.
-        delay = self.rng.uniform(0, min(self.cap_s, self.base_s * 2 ** min(self.attempt, 32)))
-        self.attempt += 1
-        self.not_before = now + delay
-        return delay
-
-    def succeeded(self) -> None:
-        self.attempt = 0
-        self.not_before = 0.0
 
 
 class ModbusTransport:
