@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 EXTRA_COMMANDS: list[str] = ["agent.cmd_diagnose", "agent.cmd_status"]
 EXTRA_COMMANDS += ["agent.cmd_plan", "agent.cmd_simulate"]  # rehearsal of strategies before any event
 EXTRA_COMMANDS.append("agent.cmd_report")  # settlements, baselines, the year's books, charts
+EXTRA_COMMANDS.append("agent.cmd_sim")  # a site's devices as simulators, to rehearse with `run`
 
 
 def main(argv: list[str] | None = None) -> int:
