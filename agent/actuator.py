@@ -7,16 +7,23 @@ say exactly what to put back. While the process lives it also keeps the
 originals in memory, so a database that fails mid-event (a full disk) cannot
 keep a device shed: restore then works from memory, and the journal entry is
 closed (or restored again, harmlessly) once the database answers.
+
+Never shed what could not be undone: before the first write of a shed, the
+device's current value is read fresh and must be plausible and writable back
+(`Device.snapshot`), else the shed is refused with the reason. The journal
+keeps the exact registers it replaced (the role's point and its enable
+flags), and a restore writes those back verbatim.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Mapping
 
 from agent.store import AsyncStore
-from drivers.device import Device, WriteError
+from drivers.device import Device, RawRegisters, WriteError
 from strategies.engine import within_limits
 
 log = logging.getLogger("dr_agent.actuator")
@@ -34,6 +41,7 @@ class Actuator:
         self.limit_refusals = 0
         #: (device, role) -> the original journalled for it, mirrored for when the database fails.
         self._originals: dict[tuple[str, str], float | None] = {}
+        self._raw_originals: dict[tuple[str, str], RawRegisters] = {}
 
     async def original(self, device: str, role: str) -> float | None:
         """The pre-event value: the open journal entry's original if shed, else the latest reading."""
@@ -53,10 +61,13 @@ class Actuator:
             raise LimitViolation(f"device {device}: {problem}")
         entries = await self.store.journal_open(device, role)
         if not entries:
-            original = dev.reading(role)
-            if original is None:
-                raise WriteError(f"device {device}: current {role} unknown, refusing to shed blind")
-            await self.store.journal_record(device, role, original, float(value), event_id, step)
+            # Never shed what could not be put back: read it fresh, check it, keep its exact registers.
+            snap = await dev.snapshot(role)
+            original = snap.value
+            await self.store.journal_record(
+                device, role, original, float(value), event_id, step, json.dumps(snap.raw)
+            )
+            self._raw_originals.setdefault((device, role), snap.raw)
         else:
             original = entries[0].original
             await self.store.journal_record(device, role, original, float(value), event_id, step)
@@ -88,15 +99,15 @@ class Actuator:
         if original is None:
             await self.store.journal_restored(device, role, f"no original recorded ({reason})")
             return True
-        value: float | bool = bool(original) if role == "switch" else original
         try:
-            await dev.write_role(role, value)
+            await self._put_back(dev, role, original, entries[0].original_raw)
         except WriteError as exc:
             log.error("event_id=%s device=%s action=restore_failed error=%r", event_id, device, str(exc))
             await self.store.audit(f"restore {role}={original} failed: {exc}", event_id, device)
             return False
         self.writes += 1
         self._originals.pop(key, None)
+        self._raw_originals.pop(key, None)
         try:
             await self.store.journal_restored(device, role, reason)
             await self.store.audit(f"restored {role}={original} ({reason})", event_id, device)
@@ -108,18 +119,29 @@ class Actuator:
         )
         return True
 
+    @staticmethod
+    async def _put_back(dev: Device, role: str, original: float, original_raw: str | None) -> None:
+        """The exact registers the shed replaced; rows journalled before they were kept get the value."""
+        if original_raw:
+            raw: RawRegisters = json.loads(original_raw)
+            await dev.write_raw(raw)
+        else:
+            await dev.write_role(role, bool(original) if role == "switch" else original)
+
     async def _restore_from_memory(self, device: str, role: str, reason: str, event_id: str | None) -> bool:
         original = self._originals.get((device, role))
         dev = self.devices.get(device)
         if dev is None or original is None:
             return False
+        raw = self._raw_originals.get((device, role))
         try:
-            await dev.write_role(role, bool(original) if role == "switch" else original)
+            await self._put_back(dev, role, original, None if raw is None else json.dumps(raw))
         except WriteError as exc:
             log.error("event_id=%s device=%s action=restore_failed error=%r", event_id, device, str(exc))
             return False
         self.writes += 1
         self._originals.pop((device, role), None)
+        self._raw_originals.pop((device, role), None)
         log.warning(
             "event_id=%s device=%s action=restore %s=%s reason=%s journal=left_open (database failing;"
             " it is closed or harmlessly restored again later)",

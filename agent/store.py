@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS nonces(nonce TEXT PRIMARY KEY, ts REAL NOT NULL) WITH
 """
 
 #: Columns added after the first release: (table, column, type); added in place on open.
-MIGRATIONS = [("events", "runtime", "TEXT")]
+MIGRATIONS = [("events", "runtime", "TEXT"), ("journal", "original_raw", "TEXT")]
 
 
 @dataclass
@@ -67,6 +67,8 @@ class JournalEntry:
     ts: float
     event_id: str | None
     step: str | None
+    #: The original's exact registers (JSON, by point), written back verbatim on restore.
+    original_raw: str | None = None
 
 
 @dataclass
@@ -253,7 +255,10 @@ class Store:
     # -- revert journal --------------------------------------------------------
 
     def journal_open(self, device: str | None = None, role: str | None = None) -> list[JournalEntry]:
-        q = "SELECT id, device, role, original, written, ts, event_id, step FROM journal WHERE restored_ts IS NULL"
+        q = (
+            "SELECT id, device, role, original, written, ts, event_id, step, original_raw FROM journal"
+            " WHERE restored_ts IS NULL"
+        )
         args: list[Any] = []
         if device is not None:
             q += " AND device=?"
@@ -272,12 +277,14 @@ class Store:
         written: float | None,
         event_id: str | None,
         step: str | None,
+        original_raw: str | None = None,
     ) -> int:
         """Record a write before it is sent. The first open entry of a (device, role) keeps the original."""
         with self.transaction():
             cur = self.db.execute(
-                "INSERT INTO journal(device, role, original, written, ts, event_id, step) VALUES (?,?,?,?,?,?,?)",
-                (device, role, original, written, time.time(), event_id, step),
+                "INSERT INTO journal(device, role, original, written, ts, event_id, step, original_raw)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (device, role, original, written, time.time(), event_id, step, original_raw),
             )
         return int(cur.lastrowid or 0)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
@@ -22,6 +23,19 @@ from drivers.profile import Function
 from drivers.sim.bank import RegisterBank
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+class ServedBank(Protocol):
+    """What the server needs of a unit's memory: a `RegisterBank` or a published-layout SunSpec device."""
+
+    offline: bool
+    fail_with: int | None
+    bits: dict[str, list[bool]]
+    regs: dict[str, list[int]]
+
+    def read(self, function: Function, address: int, count: int) -> list[int] | list[bool]: ...
+
+    def write(self, function: Function, address: int, values: Sequence[int] | Sequence[bool]) -> None: ...
 
 _FC_TABLE: dict[int, Function] = {
     1: "coil",
@@ -47,7 +61,7 @@ def _pack_bits(bits: list[bool]) -> list[int]:
     return regs
 
 
-def _sim_device(unit_id: int, bank: RegisterBank) -> SimDevice:
+def _sim_device(unit_id: int, bank: ServedBank) -> SimDevice:
     async def access(
         func_code: int,
         start_address: int,
@@ -110,7 +124,7 @@ class SimServer:
 
     def __init__(
         self,
-        banks: dict[int, RegisterBank],
+        banks: dict[int, RegisterBank] | dict[int, ServedBank],
         host: str = "127.0.0.1",
         port: int = 0,
         *,
