@@ -135,12 +135,20 @@ class FailureLog:
     def failing(self) -> bool:
         return self.failures > 0
 
-    def failed(self, error: str) -> None:
+    def failed(self, error: str, exc_info: BaseException | None = None) -> None:
+        """Count a failure; `exc_info` adds the traceback to the first (loud) line only."""
         self.failures += 1
         ctx = f" {self.context}" if self.context else ""
         if self.failures == 1:
             self.first_ts = time.monotonic()
-            self.log.log(self.level, "event=%s_failed%s error=%r (repeats at debug)", self.what, ctx, error)
+            self.log.log(
+                self.level,
+                "event=%s_failed%s error=%r (repeats at debug)",
+                self.what,
+                ctx,
+                error,
+                exc_info=exc_info,
+            )
         else:
             self.log.debug("event=%s_failed%s n=%d error=%r", self.what, ctx, self.failures, error)
 

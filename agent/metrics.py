@@ -19,7 +19,9 @@ a row to docs/metrics.md; tests/unit/test_metrics.py fails until both agree.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -28,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent import __version__
+from agent import __version__, failpoints
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -62,6 +64,7 @@ class AgentCollector(Collector):
         yield from self._devices()
         yield from self._modbus()
         yield from self._mqtt()
+        yield from self._components()
 
     def _process(self) -> Iterator[Metric]:
         a = self.agent
@@ -272,6 +275,66 @@ class AgentCollector(Collector):
             "Messages waiting in the durable outbox",
             float(self.agent.outbox_pending),
         )
+
+
+    def _components(self) -> Iterator[Metric]:
+        sup = getattr(self.agent, "supervisor", None)
+        health = dict(sup.health) if sup is not None else {}
+        restarts = CounterMetricFamily(
+            "dr_agent_component_restarts_total",
+            "Restarts of a supervised component after it failed",
+            labels=["component"],
+        )
+        failing = GaugeMetricFamily(
+            "dr_agent_component_failing",
+            "1 while a component is failing (restarted, not yet healthy again)",
+            labels=["component"],
+        )
+        for name, h in sorted(health.items()):
+            restarts.add_metric([name], float(h.restarts))
+            failing.add_metric([name], 1.0 if h.failing else 0.0)
+        yield restarts
+        yield failing
+
+
+class MetricsServer:
+    """The /metrics HTTP server (a daemon thread) as a supervised component: `run()` serves and
+    watches it; when it fails, the supervisor restarts it on the same port."""
+
+    CHECK_S = 5.0
+
+    def __init__(self, agent: Agent, host: str, port: int) -> None:
+        self.agent = agent
+        self.host = host
+        self.port = port
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Bind and serve (if not already); returns the bound port (port 0 picks one, then kept)."""
+        if self._server is None:
+            registry = CollectorRegistry()
+            registry.register(AgentCollector(self.agent))
+            self._server, self._thread = start_http_server(self.port, addr=self.host, registry=registry)
+            self.port = int(self._server.server_address[1])
+        return self.port
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    async def run(self) -> None:
+        try:
+            self.agent.metrics_port = self.start()
+            while True:
+                await asyncio.sleep(self.CHECK_S)
+                failpoints.hit("metrics")
+                if self._thread is not None and not self._thread.is_alive():
+                    raise RuntimeError("the metrics server thread is gone")
+        finally:
+            await asyncio.to_thread(self.stop)
 
 
 def serve_metrics(agent: Agent, host: str, port: int) -> tuple[CollectorRegistry, int]:

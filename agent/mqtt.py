@@ -17,7 +17,10 @@ mqtt.topic_root, default dr/<site id>); docs/mqtt-api.md has the payloads:
   out  {root}/out/report               live reports during an event
   out  {root}/out/event/<event_id>     event state (retained)
   out  {root}/out/settlement/<event_id> settlement (retained)
-  out  {root}/status                   online / offline / stopped (retained)
+  out  {root}/status                   online / offline / stopped / failed (retained)
+
+Reconnects wait a capped full-jitter backoff (drivers/backoff.py) on the
+agent's clock, so hours of broker outage cost nothing and never overflow.
 """
 
 from __future__ import annotations
@@ -25,15 +28,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
 
+from agent import failpoints
 from agent.config import MqttConfig
 from agent.store import AsyncStore
+from drivers.backoff import Backoff
 
 log = logging.getLogger("dr_agent.mqtt")
 
@@ -68,7 +72,9 @@ class MqttLink:
         client_id: str,
         on_message: MessageHandler,
         on_connected: Callable[[], Awaitable[None]] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """`sleep` waits out the reconnect backoff (the agent passes its clock's)."""
         self.cfg = cfg
         self.topics = topics
         self.store = store
@@ -83,7 +89,10 @@ class MqttLink:
         self.received = 0
         self.connects = 0
         self.last_error: str | None = None
-        self._rng = random.Random()
+        self.sleep = sleep
+        self.backoff = Backoff(base_s=0.5, cap_s=30.0)
+        #: Connection attempts that failed (or connections lost), since the start.
+        self.failed_connects = 0
 
     # -- the outbox ------------------------------------------------------------
 
@@ -105,6 +114,7 @@ class MqttLink:
                 self._outbox_wake.clear()
                 await self._outbox_wake.wait()
                 continue
+            failpoints.hit("mqtt")
             sent: list[int] = []
             try:
                 for m in pending:
@@ -128,11 +138,11 @@ class MqttLink:
             ctx.check_hostname = False
         return ctx
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, suffix: str = "") -> aiomqtt.Client:
         return aiomqtt.Client(
             self.cfg.host,
             self.cfg.port,
-            identifier=self.client_id,
+            identifier=self.client_id + suffix,
             username=self.cfg.username,
             password=self.cfg.password(),
             will=aiomqtt.Will(self.topics.status, json.dumps({"state": "offline"}), qos=1, retain=True),
@@ -144,12 +154,11 @@ class MqttLink:
 
     async def run(self) -> None:
         """Connect, subscribe, receive and drain the outbox; reconnect with full-jitter backoff."""
-        attempt = 0
         while True:
             try:
                 async with self._client() as client:
                     self.client = client
-                    attempt = 0
+                    self.backoff.succeeded()
                     self.connects += 1
                     # Only this site's inputs: never anything another site or the wildcard would bring.
                     await client.subscribe([(self.topics.event_in, 1), (self.topics.price_in, 1)])
@@ -177,12 +186,11 @@ class MqttLink:
                 else:
                     log.debug("event=mqtt_connect_failed error=%r", err)
                 self.last_error = err
+                self.failed_connects += 1
             finally:
                 self.client = None
                 self.connected.clear()
-            delay = self._rng.uniform(0, min(30.0, 0.5 * 2**attempt))
-            attempt += 1
-            await asyncio.sleep(delay)
+            await self.sleep(self.backoff.failed())
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -194,14 +202,25 @@ class MqttLink:
             except Exception:  # a handler bug must not drop the connection
                 log.exception("event=handler_failed topic=%s", message.topic)
 
-    async def publish_status(self, state: str, **extra: Any) -> None:
-        """Publish availability directly (retained); used for `stopped` on a clean stop."""
-        client = self.client
-        if client is None:
-            return
+    async def publish_status(self, state: str, **extra: Any) -> bool:
+        """Publish availability (retained): `stopped` on a clean stop, `failed` with the reason.
+
+        Through the live connection if there is one, else through a short one of its own (the
+        link may be gone when the daemon fails): a crash must not leave a stale `online`.
+        Returns whether the broker took it.
+        """
+        body = json.dumps({"state": state, **extra}, separators=(",", ":"))
         try:
-            await client.publish(
-                self.topics.status, json.dumps({"state": state, **extra}), qos=1, retain=True, timeout=3
-            )
-        except aiomqtt.MqttError as exc:
+            client = self.client
+            if client is not None:
+                await client.publish(self.topics.status, body, qos=1, retain=True, timeout=3)
+                return True
+            async with asyncio.timeout(5):
+                one_shot = self._client(suffix="-final")
+                async with one_shot:
+                    await one_shot.publish(self.topics.status, body, qos=1, retain=True, timeout=3)
+            return True
+        except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
+            # The broker is unreachable: the last will (`offline`) tells subscribers instead.
             log.warning("event=status_publish_failed state=%s error=%r", state, str(exc))
+            return False
