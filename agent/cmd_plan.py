@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
+from drivers.device import WriteError
 from strategies.engine import NotApplicable, Step, build_steps, precool_value, shed_value
 from strategies.model import EvChargerAction, HvacAction, LightingAction, RelayAction, StorageAction
 
@@ -155,7 +156,11 @@ def _constraints(step: Step, duration_s: float, dev: Any) -> list[str]:
 
 
 class ReadOnlyTransport:
-    """A transport that reads and refuses every write: a rehearsal never changes a device."""
+    """A transport that reads and refuses every write: a rehearsal never changes a device.
+
+    A refused write fails like one the device refused (WriteError), so a poll that tried one
+    marks the device unreachable instead of crashing the plan.
+    """
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -166,10 +171,10 @@ class ReadOnlyTransport:
         return result
 
     async def write_registers(self, unit: int, address: int, values: list[int]) -> None:
-        raise RuntimeError(f"{self.name}: unit {unit}: a plan does not write to devices")
+        raise WriteError(f"{self.name}: unit {unit}: a plan does not write to devices")
 
     async def write_coil(self, unit: int, address: int, value: bool) -> None:
-        raise RuntimeError(f"{self.name}: unit {unit}: a plan does not write to devices")
+        raise WriteError(f"{self.name}: unit {unit}: a plan does not write to devices")
 
 
 async def _poll_real(cfg: Any) -> tuple[dict[str, Any], str]:
