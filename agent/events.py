@@ -11,24 +11,31 @@ the source of the JSON Schemas under config/schemas/ (`python -m agent.events`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from strategies.model import Program
 
 MAX_PAYLOAD_BYTES = 64 * 1024
 #: Events that start further ahead than this are refused (a typo in the year, a clock gone wrong).
 MAX_AHEAD_S = 366 * 86400
+#: JSON nested deeper than this is refused before it is parsed (an event needs four levels).
+MAX_JSON_DEPTH = 16
+#: Upper bound of modification_number and revision: OpenADR's unsignedInt, and it always fits SQLite.
+MAX_SEQUENCE = 2**32 - 1
+#: Input models are strict: no string becomes a number, no number a boolean or a date.
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 EventStatus = Literal["far", "near", "active", "completed", "cancelled"]
 
 
 class Target(BaseModel):
     """Exactly one of: a reduction in kW, a reduction in % of the contract peak, or a cap on site load."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     reduce_kw: float | None = Field(default=None, gt=0, le=1_000_000, description="Reduce by this much, kW.")
     reduce_pct_of_peak: float | None = Field(
@@ -58,16 +65,49 @@ class Target(BaseModel):
         return max(0.0, baseline_kw - self.cap_kw)
 
 
-def _aware_dt(v: datetime) -> datetime:
-    if v.tzinfo is None or v.utcoffset() is None:
-        raise ValueError("needs a UTC offset, e.g. 2026-07-01T14:00:00+08:00")
-    return v
+_RFC3339 = re.compile(r"(\d{4})-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)?")
+
+
+def _rfc3339(v: Any) -> datetime:
+    """An RFC 3339 string with an offset, years 2000-2999; never a number, an epoch or a bare date."""
+    example = "e.g. 2026-07-01T14:00:00+08:00"
+    if isinstance(v, datetime):  # built in code (price runs, stored events); JSON never yields one
+        if v.utcoffset() is None:
+            raise ValueError(f"needs a UTC offset, {example}")
+        return v
+    if not isinstance(v, str):
+        raise ValueError(f"must be an RFC 3339 date-time string, {example} (got {_json_type(v)})")
+    m = _RFC3339.fullmatch(v)
+    if m is None:
+        raise ValueError(f"not an RFC 3339 date-time, {example}")
+    if m.group(2) is None:
+        raise ValueError(f"needs a UTC offset, {example}")
+    if not 2000 <= int(m.group(1)) <= 2999:
+        raise ValueError("year must be 2000 to 2999")
+    try:
+        return datetime.fromisoformat(v.upper())
+    except ValueError as exc:
+        raise ValueError(f"not a valid date-time: {exc}") from None
+
+
+def _json_type(v: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int | float):
+        return "a number"
+    names = {str: "a string", list: "an array", dict: "an object", type(None): "null"}
+    return names.get(type(v), type(v).__name__)
+
+
+#: A date-time field of an input model (the validator makes strict mode accept the string).
+Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339)]
 
 
 class Interval(BaseModel):
     """One signal interval (oadrSignal interval): a target for part of the event."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     duration_s: float = Field(gt=0, le=86400, description="Length of this interval, s.")
     target: Target = Field(description="What the site is asked to do in this interval.")
@@ -76,17 +116,19 @@ class Interval(BaseModel):
 class DrEvent(BaseModel):
     """A DR event from the provider (oadrEvent, flattened)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     event_id: str = Field(
         min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$", description="Event id."
     )
-    modification_number: int = Field(default=0, ge=0, description="Goes up with every change.")
+    modification_number: int = Field(
+        default=0, ge=0, le=MAX_SEQUENCE, description="Goes up with every change."
+    )
     status: EventStatus = Field(default="far", description="Status as sent; the agent derives its own.")
     program: Program = Field(default="contracted", description="contracted, realtime or price.")
     priority: int = Field(default=0, ge=0, le=1000, description="Lower number = higher priority (OpenADR).")
     test_event: bool = Field(default=False, description="A test: respond and report, shed nothing.")
-    start: datetime = Field(description="Start, RFC 3339 with an offset.")
+    start: Rfc3339 = Field(description="Start, RFC 3339 with an offset, years 2000-2999.")
     duration_s: float = Field(gt=0, le=86400, description="Event length, s.")
     ramp_up_s: float = Field(default=0.0, ge=0, le=3600, description="Time allowed to reach the target, s.")
     recovery_s: float = Field(default=0.0, ge=0, le=7200, description="Recovery window after the end, s.")
@@ -114,11 +156,6 @@ class DrEvent(BaseModel):
             if isinstance(first, dict) and "target" in first:
                 data = {**data, "target": first["target"]}
         return data
-
-    @field_validator("start")
-    @classmethod
-    def _aware(cls, v: datetime) -> datetime:
-        return _aware_dt(v)
 
     @model_validator(mode="after")
     def _intervals_fill(self) -> DrEvent:
@@ -181,14 +218,72 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+_STRUCTURE = re.compile(r'[\[\]{}"\\]')
+
+
+def json_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deep arrays and objects nest in `text` (strings skipped), stopping once past `limit`.
+
+    A linear scan over the structural characters only: it cannot recurse or
+    backtrack, so it runs before `json.loads`, whose recursion a deep payload
+    would exhaust.
+    """
+    depth = deepest = 0
+    in_string = False
+    skip_to = 0
+    for m in _STRUCTURE.finditer(text):
+        pos, c = m.start(), m.group()
+        if pos < skip_to:
+            continue
+        if in_string:
+            if c == "\\":
+                skip_to = pos + 2  # the escaped character, whatever it is
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    break
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        dup = next(k for n, (k, _v) in enumerate(pairs) if any(k == k2 for k2, _ in pairs[:n]))
+        raise ValueError(f"duplicate key {dup!r}")
+    return out
+
+
+def decode_json(raw: bytes | str, where: str = "") -> Any:
+    """Decode JSON strictly: nesting checked first, no NaN or Infinity, no duplicate keys; raises EventError."""
+    try:
+        text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "surrogatepass")
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise EventError("bad_json", f"{where}not valid JSON: {exc}") from None
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise EventError("too_deep", f"{where}JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text, parse_constant=_no_constants, object_pairs_hook=_no_duplicates)
+    except ValueError as exc:
+        raise EventError("bad_json", f"{where}not valid JSON: {exc}") from None
+
+
 def load_json(raw: bytes | str, max_bytes: int = MAX_PAYLOAD_BYTES, what: str = "an event") -> dict[str, Any]:
     """Size-check and decode one JSON object; raises EventError."""
     if len(raw) > max_bytes:
         raise EventError("too_large", f"payload of {len(raw)} bytes exceeds {max_bytes}")
-    try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EventError("bad_json", f"not valid JSON: {exc}") from None
+    data = decode_json(raw)
     if not isinstance(data, dict):
         raise EventError("bad_event", f"{what} must be a JSON object")
     return data
@@ -210,7 +305,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _validate(model: type[M], data: dict[str, Any], id_field: str) -> M:
-    event_id = data.get(id_field) if isinstance(data.get(id_field), str) else None
+    given = data.get(id_field)
+    event_id = given[:128] if isinstance(given, str) else None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -225,6 +321,8 @@ def _validate(model: type[M], data: dict[str, Any], id_field: str) -> M:
                 code = "unknown_target"
                 msg = f"{field}: unknown target kind; use reduce_kw, reduce_pct_of_peak or cap_kw"
         else:
+            if first["type"].endswith("_type"):  # strict: say what came instead
+                msg += f" (got {_json_type(first['input'])})"
             code, msg = "invalid_field", f"{field}: {msg}" if field else msg
         if len(exc.errors()) > 1:
             msg += f" (and {len(exc.errors()) - 1} more)"
@@ -252,13 +350,11 @@ def response(
 class PriceInterval(BaseModel):
     """One priced interval."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    start: datetime = Field(description="Interval start, RFC 3339 with an offset.")
+    start: Rfc3339 = Field(description="Interval start, RFC 3339 with an offset, years 2000-2999.")
     duration_s: float = Field(gt=0, le=86400, description="Interval length, s.")
     price: float = Field(ge=-10000, le=100000, description="Energy price in this interval, currency per kWh.")
-
-    _aware = field_validator("start")(classmethod(lambda cls, v: _aware_dt(v)))
 
     @property
     def start_ts(self) -> float:
@@ -272,12 +368,14 @@ class PriceInterval(BaseModel):
 class PriceSignal(BaseModel):
     """A tariff signal: time-of-use, critical-peak or real-time prices per interval."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     price_id: str = Field(
         min_length=1, max_length=96, pattern=r"^[A-Za-z0-9_.:-]+$", description="Id of this price schedule."
     )
-    revision: int = Field(default=0, ge=0, description="Goes up with every change of the schedule.")
+    revision: int = Field(
+        default=0, ge=0, le=MAX_SEQUENCE, description="Goes up with every change of the schedule."
+    )
     kind: Literal["tou", "critical_peak", "realtime"] = Field(description="Tariff kind.")
     currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$", description="ISO 4217 currency.")
     intervals: list[PriceInterval] = Field(
@@ -297,7 +395,8 @@ class PriceSignal(BaseModel):
 #: Every code the agent puts in an error reply, with what it means (docs/mqtt-api.md lists them).
 ERROR_CODES: dict[str, str] = {
     "too_large": "payload exceeds mqtt.max_payload_bytes",
-    "bad_json": "not valid JSON",
+    "bad_json": "not valid JSON (NaN, Infinity and duplicate keys included)",
+    "too_deep": "JSON nested deeper than 16 levels (refused before parsing)",
     "bad_event": "not a JSON object",
     "missing_field": "a required field is missing",
     "unknown_field": "a field the API does not define",

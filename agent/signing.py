@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.config import MessageSecurity
-from agent.events import EventError
+from agent.events import EventError, decode_json
 
 VERSION = "dr-agent-sig-v1"
 Alg = Literal["hmac-sha256", "ed25519"]
@@ -37,11 +37,14 @@ Alg = Literal["hmac-sha256", "ed25519"]
 class SignedEnvelope(BaseModel):
     """A signed event or price message (the payload is the plain message's JSON text)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     alg: Alg = Field(description="hmac-sha256 (shared key) or ed25519 (provider's key pair).")
     key_id: str = Field(
-        default="", max_length=64, description="Which key signed, if the provider has several."
+        default="",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]*$",
+        description="Which key signed, if the provider has several.",
     )
     ts: float = Field(ge=0, le=1e11, description="When it was signed, epoch s.")
     nonce: str = Field(
@@ -178,9 +181,10 @@ class Verifier:
                 "envelope.nonce",
             )
         try:
-            inner = json.loads(env.payload)
-        except ValueError as exc:
-            raise EventError("bad_json", f"envelope.payload is not valid JSON: {exc}", inner_id) from None
+            inner = decode_json(env.payload, "envelope.payload: ")
+        except EventError as err:
+            err.event_id = inner_id
+            raise
         if not isinstance(inner, dict):
             raise EventError("bad_event", "envelope.payload must be a JSON object", inner_id)
         return inner
@@ -188,8 +192,8 @@ class Verifier:
 
 def _peek_id(text: str) -> str | None:
     try:
-        d = json.loads(text)
-    except ValueError:
+        d = decode_json(text)
+    except EventError:
         return None
     if isinstance(d, dict):
         for k in ("event_id", "price_id"):
