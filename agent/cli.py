@@ -145,6 +145,7 @@ EXTRA_COMMANDS: list[str] = ["agent.cmd_diagnose", "agent.cmd_status"]
 EXTRA_COMMANDS += ["agent.cmd_plan", "agent.cmd_simulate"]  # rehearsal of strategies before any event
 EXTRA_COMMANDS.append("agent.cmd_report")  # settlements, baselines, the year's books, charts
 EXTRA_COMMANDS.append("agent.cmd_sim")  # a site's devices as simulators, to rehearse with `run`
+EXTRA_COMMANDS.append("agent.cmd_restore")  # close a journal row the agent could not restore
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,18 +42,68 @@ def run(args: argparse.Namespace) -> int:
     while True:
         doc = read_state(path)
         live, why = liveness(doc)
+        stuck = unrestored(cfg, doc if live == "running" else None)
         if args.json:
-            print(json.dumps({"liveness": live, "detail": why, "path": str(path), "state": doc}))
+            print(
+                json.dumps(
+                    {"liveness": live, "detail": why, "path": str(path), "state": doc, "unrestored": stuck}
+                )
+            )
         else:
             if args.watch:
                 sys.stdout.write("\x1b[H\x1b[2J")
             render(doc, live, why, tz, sys.stdout)
+            render_unrestored(stuck, tz, sys.stdout)
         if not args.watch:
             return EXIT[live]
         try:
             time.sleep(args.watch)
         except KeyboardInterrupt:
             return EXIT[live]
+
+
+def unrestored(cfg: Any, running: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Open revert-journal rows no live event owns: sheds the agent could not undo (read-only look)."""
+    import sqlite3
+
+    from agent.diagnose import open_read_only
+
+    live = ((running or {}).get("live") or {}).get("event_id")
+    try:
+        store = open_read_only(cfg.storage.resolved())
+        if store is None:
+            return []
+        try:
+            rows = store.journal_open()
+        finally:
+            store.db.close()
+    except sqlite3.Error:
+        return []
+    return [
+        {
+            "device": r.device,
+            "role": r.role,
+            "original": r.original,
+            "written": r.written,
+            "ts": r.ts,
+            "event_id": r.event_id,
+        }
+        for r in rows
+        if r.event_id != live
+    ]
+
+
+def render_unrestored(rows: list[dict[str, Any]], tz: ZoneInfo, out: TextIO) -> None:
+    seen: set[tuple[str, str]] = set()
+    for r in rows:
+        if (r["device"], r["role"]) in seen:
+            continue
+        seen.add((r["device"], r["role"]))
+        print(
+            f"  ✘ NOT restored: {r['device']} {r['role']} {r['original']} -> {r['written']} since "
+            f"{_t(r['ts'], tz)} by {r['event_id'] or '-'}: dr-agent restore --device {r['device']}",
+            file=out,
+        )
 
 
 def _t(ts: float | None, tz: ZoneInfo) -> str:

@@ -514,6 +514,7 @@ async def check_modbus(
     for e in journal:
         shed.setdefault(e.device, []).append(e)
     running_daemon = daemon is not None
+    live_event = ((daemon or {}).get("live") or {}).get("event_id")
     daemon_devices = {d["name"]: d for d in (daemon or {}).get("devices", [])}
     out: list[Check] = []
     try:
@@ -549,7 +550,7 @@ async def check_modbus(
                         )
                     )
                     continue
-                out.append(_device_check(d, ok, shed.get(d.name, [])))
+                out.append(_device_check(d, ok, shed.get(d.name, []), live_event))
             if t.connected or first_ok:
                 out.insert(
                     len(out) - len(on_ep),
@@ -597,15 +598,22 @@ def _shed_text(entries: list[Any], tz: ZoneInfo | None = None) -> str:
     return f"SHED {e.role} {entries[0].original:g} -> {e.written:g} since {since} by {e.event_id or '-'}"
 
 
-def _device_check(d: Any, ok: bool, entries: list[Any]) -> Check:
+def _silent(error: str | None) -> bool:
+    """The transport's words for a unit that did not answer on a connected endpoint."""
+    e = error or ""
+    return "no response within" in e or "timeout" in e or "no response" in e
+
+
+def _device_check(d: Any, ok: bool, entries: list[Any], live_event: str | None = None) -> Check:
     diag = d.diagnostics()
     h = d.health
     name = f"device.{d.name}"
     if not ok:
         code = h.exception_code
         hint = MODBUS_HINTS.get(code or 0) or (
-            "check the device's power, unit_id and wiring; timeout_s for slow devices"
-            if "timeout" in (h.last_error or "")
+            f"unit {d.unit_id} not answering: check unit id/wiring (and the device's power); "
+            "timeout_s for slow devices"
+            if _silent(h.last_error)
             else f"endpoint {d.config.endpoint} unreachable: see modbus.{d.config.endpoint}"
         )
         detail = f"{d.kind} unit {d.unit_id}: {h.last_error}" + (
@@ -625,7 +633,23 @@ def _device_check(d: Any, ok: bool, entries: list[Any]) -> Check:
     if d.kind != "meter":
         detail += "; " + (_shed_text(entries, _TZ.get(d.name)) if entries else "not shed")
     diag["shed"] = [asdict(e) for e in entries]
+    if h.rejected:
+        # A value outside its plausible range is not a reading: the device is not fit to shed.
+        why = "; ".join(f"{n} {r}" for n, r in h.rejected.items())
+        hints = [d.profile.point(n).hint for n in h.rejected if d.profile.point(n).hint]
+        hint = hints[0] if hints else "check the device's scale and units against its profile"
+        return Check(name, "fail", f"{d.kind}: rejected {why}; not shed while so", hint, diag)
+    if entries and entries[-1].event_id != live_event:
+        return Check(
+            name, "fail", f"{detail}: NOT restored (journal row open)", _RESTORE_HINT.format(d.name), diag
+        )
     return Check(name, "ok", detail, "", diag)
+
+
+_RESTORE_HINT = (
+    "dr-agent restore -c CONFIG --device {0} writes the original back and closes the row "
+    "(--fixed-by-hand if put back on site)"
+)
 
 
 def _device_from_daemon(d: Any, st: dict[str, Any] | None, entries: list[Any]) -> Check:
@@ -640,6 +664,11 @@ def _device_from_daemon(d: Any, st: dict[str, Any] | None, entries: list[Any]) -
     shed = (
         "; " + (_shed_text(entries, _TZ.get(d.name)) if entries else "not shed") if d.kind != "meter" else ""
     )
+    if st is not None and st.get("rejected"):
+        why = "; ".join(f"{n} {r}" for n, r in st["rejected"].items())
+        return Check(
+            name, "fail", f"{d.kind}: rejected {why} (via the agent)", "check the device's scale", st
+        )
     power = "" if st.get("power_kw") is None else f"{st['power_kw']:.1f} kW, "
     if not st["available"]:
         code = st.get("exception_code")
@@ -849,6 +878,14 @@ async def _guard(what: str, coro: Any) -> tuple[list[Check], Any]:
         ], None
 
 
+def _first_hint(dev: Any, exc: Exception) -> str:
+    """The profile's hint for a rejected point named in the refusal, else how to look closer."""
+    for p in dev.profile.points:
+        if p.hint and p.name in str(exc):
+            return str(p.hint)
+    return "dr-agent diagnose shows the device's readings"
+
+
 # -- --test-shed ---------------------------------------------------------------------------------------
 
 
@@ -864,6 +901,7 @@ async def shed_test(
     from agent.actuator import Actuator
     from agent.daemon import build_devices
     from agent.store import AsyncStore
+    from drivers.device import WriteError
     from strategies.engine import NotApplicable, build_steps, shed_value
 
     name = f"test-shed.{device}"
@@ -891,6 +929,8 @@ async def shed_test(
         ]
     transports, devices = build_devices(cfg)
     dev = devices[device]
+    # Write the shed point only: the start-up writes (a charger's failsafe) are the daemon's to do.
+    dev.read_only = True
     steps = [s for strat in cfg.strategies for s in build_steps(strat, devices) if s.device == device]
     if not steps:
         return [Check(name, "fail", f"no strategy sheds {device}", "add it to a strategy stage first")]
@@ -917,7 +957,11 @@ async def shed_test(
                 )
             ]
         role = step.role
-        original = dev.reading(role)
+        try:
+            original: float | None = (await dev.snapshot(role)).value
+        except WriteError as exc:
+            # Never shed what could not be put back: say why, write nothing.
+            return [Check(name, "fail", f"refusing to shed {device}: {exc}", _first_hint(dev, exc), {})]
         power0 = dev.power_kw()
         try:
             value = shed_value(step, dev, original)
@@ -963,10 +1007,20 @@ async def shed_test(
                 )
             )
         finally:
+            writes = actuator.writes
+            journalled = bool(await store.journal_open(device, role))
             restored = await actuator.restore(device, role, "diagnose test-shed done", DIAG_EVENT_ID)
             await dev.poll()
             now = dev.reading(role)
-            if restored:
+            if restored and not journalled:
+                checks.append(
+                    Check(f"{name}.restore", "warn", f"nothing to restore: nothing was written; reads {now}")
+                )
+            elif restored and actuator.writes == writes:
+                checks.append(
+                    Check(f"{name}.restore", "warn", f"journal closed without a write; {role} reads {now}")
+                )
+            elif restored:
                 checks.append(Check(f"{name}.restore", "ok", f"{role} back to {original}, reads {now}"))
             else:
                 checks.append(
