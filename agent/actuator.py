@@ -17,6 +17,7 @@ flags), and a restore writes those back verbatim.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -31,6 +32,16 @@ log = logging.getLogger("dr_agent.actuator")
 
 class LimitViolation(Exception):
     """A write would breach a device's configured comfort/safety limit: never sent."""
+
+
+def fail_safe_of(dev: Device) -> str:
+    """What a device does on its own when the agent cannot put it back (its config and profile):
+    a charger's failsafe current, a battery's setpoint revert timer, a watchdog register."""
+    parts = [f"{role}={value:g}" for role, value in dev.setup_writes() if dev.point_for(role) is not None]
+    w = dev.profile.watchdog
+    if w is not None:
+        parts.append(f"watchdog {w.point} (falls back when no longer fed)")
+    return ", ".join(parts) if parts else "none: it keeps the shed value until restored by hand"
 
 
 class Actuator:
@@ -158,8 +169,12 @@ class Actuator:
         return True
 
     async def restore_all(self, reason: str) -> list[str]:
-        """Restore every open journal entry (shutdown, crash recovery). Returns what could not be restored."""
-        failed = []
+        """Restore every open journal entry (shutdown, crash recovery). Returns what could not be restored.
+
+        Each device left shed is logged and audited with its own fail-safe (fail_safe_of), so the
+        operator knows what it will do by itself and what needs a hand.
+        """
+        failed: list[tuple[str, str, str | None]] = []
         try:
             entries = await self.store.journal_open()
         except sqlite3.Error as exc:
@@ -168,14 +183,29 @@ class Actuator:
             )
             for device, role in list(self._originals):
                 if not await self._restore_from_memory(device, role, reason, None):
-                    failed.append(f"{device}.{role}")
-            return failed
-        seen: set[tuple[str, str]] = set()
-        for e in reversed(entries):
-            key = (e.device, e.role)
-            if key in seen:
-                continue
-            seen.add(key)
-            if not await self.restore(e.device, e.role, reason, e.event_id):
-                failed.append(f"{e.device}.{e.role}")
-        return failed
+                    failed.append((device, role, None))
+        else:
+            seen: set[tuple[str, str]] = set()
+            for e in reversed(entries):
+                key = (e.device, e.role)
+                if key in seen:
+                    continue
+                seen.add(key)
+                if not await self.restore(e.device, e.role, reason, e.event_id):
+                    failed.append((e.device, e.role, e.event_id))
+        for device, role, event_id in failed:
+            dev = self.devices.get(device)
+            fail_safe = fail_safe_of(dev) if dev is not None else "unknown (device not configured)"
+            log.critical(
+                "event_id=%s device=%s event=left_shed role=%s reason=%r fail_safe=%r",
+                event_id,
+                device,
+                role,
+                reason,
+                fail_safe,
+            )
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.audit(
+                    f"left shed {role} ({reason}); its own fail-safe: {fail_safe}", event_id, device
+                )
+        return [f"{device}.{role}" for device, role, _ in failed]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from collections.abc import Coroutine
@@ -15,8 +14,23 @@ from agent import __version__
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from agent.configload import ConfigError, load_site_config
+    from agent.configload import ConfigError, is_strategy_file, load_site_config, load_strategy_file
 
+    if is_strategy_file(args.config):
+        # A strategy file (strategy_files:) on its own: its structure is all there is to check.
+        try:
+            strategy = load_strategy_file(args.config)
+        except ConfigError as exc:
+            for line in exc.lines:
+                print(line, file=sys.stderr)
+            print(f"{args.config}: {len(exc.lines)} error(s)", file=sys.stderr)
+            return 1
+        actions = sum(len(stage.actions) for stage in strategy.stages)
+        print(
+            f"{args.config}: OK (strategy {strategy.name}, {len(strategy.stages)} stages, {actions} actions; "
+            "its device names are checked when you validate the site config that lists it under strategy_files:)"
+        )
+        return 0
     try:
         cfg, warnings = load_site_config(args.config)
     except ConfigError as exc:
@@ -35,14 +49,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     from agent.config import SiteConfig
+    from agent.configload import json_schema
     from strategies.model import Strategy
 
     # --strategy: the schema of a strategy file (strategy_files:), for its editor comment line.
-    model = Strategy if args.strategy else SiteConfig
-    schema = model.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "dr-agent strategy (version 1)" if args.strategy else "dr-agent site configuration (version 1)"
-    text = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    text = json_schema(Strategy if args.strategy else SiteConfig)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.yamlsource import FieldError, did_you_mean
 from drivers.device import DeviceConfigBase
 from drivers.registry import kinds
 from strategies.model import Program, Strategy, StrategySelection
@@ -43,7 +44,12 @@ class SiteInfo(_Model):
         try:
             ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown timezone {v!r}; use an IANA name like Asia/Shanghai") from None
+            from zoneinfo import available_timezones
+
+            hint = did_you_mean(v, available_timezones())
+            raise ValueError(
+                f"unknown timezone {v!r}; {hint + ' ' if hint else ''}use an IANA name like Asia/Shanghai"
+            ) from None
         return v
 
 
@@ -79,9 +85,10 @@ class MessageSecurity(_Model):
     @model_validator(mode="after")
     def _window(self) -> MessageSecurity:
         if self.replay_window_s < 2 * self.max_skew_s:
-            raise ValueError(
+            raise FieldError(
                 f"replay_window_s ({self.replay_window_s:g}) must be at least 2 x max_skew_s ({self.max_skew_s:g}),"
-                " or a replay could slip in after its nonce is forgotten"
+                " or a replay could slip in after its nonce is forgotten",
+                "replay_window_s",
             )
         return self
 
@@ -169,15 +176,18 @@ class ModbusConfig(_Model):
         """One connection per physical endpoint: two endpoints on the same address would interleave
         requests (or mix TCP and RTU framing) on one line."""
         seen: dict[str, str] = {}
-        for e in self.endpoints:
+        for i, e in enumerate(self.endpoints):
             if e.name in seen.values():
-                raise ValueError(f"endpoint name {e.name!r} is used twice")
+                raise FieldError(f"endpoint name {e.name!r} is used twice", "endpoints", i, "name")
             where = e.serial_port if e.protocol == "rtu" else f"{e.host}:{e.port}"
             assert where is not None
             if where in seen:
-                raise ValueError(
+                raise FieldError(
                     f"endpoints {seen[where]!r} and {e.name!r} both use {where}: one endpoint per line or "
-                    "gateway port, with one protocol; put every unit id on it under one endpoint"
+                    "gateway port, with one protocol; put every unit id on it under one endpoint",
+                    "endpoints",
+                    i,
+                    "serial_port" if e.protocol == "rtu" else "host",
                 )
             seen[where] = e.name
         return self
@@ -231,7 +241,7 @@ class ContractPeriod(_Model):
     @model_validator(mode="after")
     def _order(self) -> ContractPeriod:
         if self.end < self.start:
-            raise ValueError(f"contract period end {self.end} is before its start {self.start}")
+            raise FieldError(f"contract period end {self.end} is before its start {self.start}", "end")
         return self
 
 
@@ -287,8 +297,9 @@ class CalendarConfig(_Model):
     def _disjoint(self) -> CalendarConfig:
         both = sorted(set(self.holidays) & set(self.extra_working_days))
         if both:
-            raise ValueError(
-                f"dates listed both as holiday and as extra working day: {', '.join(map(str, both))}"
+            raise FieldError(
+                f"dates listed both as holiday and as extra working day: {', '.join(map(str, both))}",
+                "extra_working_days",
             )
         return self
 
@@ -367,13 +378,22 @@ class ContractConfig(_Model):
         from agent.baseline import METHODS
 
         if v not in METHODS:
-            raise ValueError(f"unknown baseline method {v!r}; known: {', '.join(sorted(METHODS))}")
+            hint = did_you_mean(v, METHODS)
+            raise ValueError(
+                f"unknown baseline method {v!r}; {hint + ' ' if hint else ''}known: {', '.join(sorted(METHODS))}"
+            )
         return v
 
     @field_validator("band_pct")
     @classmethod
     def _band(cls, v: tuple[float, float]) -> tuple[float, float]:
         lo, hi = v
+        if 0 < hi <= 1:
+            # 0.05 meant as 5 %: a band this narrow is a fraction, and would aim at a few kW.
+            raise ValueError(
+                f"band_pct [{lo:g}, {hi:g}] is under 1 % of peak; band_pct is in percent, not a fraction: "
+                f"did you mean [{lo * 100:g}, {hi * 100:g}]?"
+            )
         if not 0 <= lo < hi <= 100:
             raise ValueError(f"band_pct must be [min, max] with 0 <= min < max <= 100, got [{lo}, {hi}]")
         return v
@@ -465,6 +485,12 @@ else:
 
 
 class SiteConfig(_Model):
+    # Strategies come inline or from strategy_files (the loader merges them); the schema says
+    # "one of the two", so editors accept a config that only lists strategy files.
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["strategies"]}, {"required": ["strategy_files"]}]}
+    )
+
     version: Literal[1] = Field(description="Config format version; this agent reads version 1.")
     site: SiteInfo = Field(description="Who and where the site is.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The DR provider's MQTT broker.")
@@ -473,8 +499,10 @@ class SiteConfig(_Model):
     contract: ContractConfig = Field(description="The DR contract the site signed.")
     control: ControlConfig = Field(default_factory=ControlConfig, description="Control loop tuning.")
     strategies: list[Strategy] = Field(
+        default_factory=list,
         min_length=1,
-        description="Load-shedding strategies, inline (the loader appends those of strategy_files).",
+        description="Load-shedding strategies, inline (the loader appends those of strategy_files); "
+        "a site needs at least one, here or in strategy_files.",
     )
     strategy_files: list[str] = Field(
         default_factory=list,
@@ -494,31 +522,62 @@ class SiteConfig(_Model):
     )
 
     @model_validator(mode="after")
+    def _some_strategy(self) -> SiteConfig:
+        if not self.strategies:
+            raise FieldError(
+                "no strategy: write one under strategies: or list strategy files under strategy_files:",
+                "strategies",
+            )
+        return self
+
+    @model_validator(mode="after")
     def _temperature_device(self) -> SiteConfig:
         ot = self.outdoor_temperature
-        if ot is not None and ot.device not in {d.name for d in self.devices}:
-            raise ValueError(f"outdoor_temperature.device {ot.device!r} is not a device")
+        names = [d.name for d in self.devices]
+        if ot is not None and ot.device not in names:
+            hint = did_you_mean(ot.device, names)
+            raise FieldError(
+                f"{ot.device!r} is not a device; {hint + ' ' if hint else ''}devices: {', '.join(names)}",
+                "outdoor_temperature",
+                "device",
+            )
         return self
 
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
 
     @model_validator(mode="after")
     def _references(self) -> SiteConfig:
-        endpoints = {e.name for e in self.modbus.endpoints}
+        # Each error points at the value to fix (FieldError), not at the top of the file.
+        endpoints = [e.name for e in self.modbus.endpoints]
         names: set[str] = set()
-        for d in self.devices:
+        for i, d in enumerate(self.devices):
             if d.name in names:
-                raise ValueError(f"device name {d.name!r} is used twice")
+                raise FieldError(f"device name {d.name!r} is used twice", "devices", i, "name")
             names.add(d.name)
             if d.endpoint not in endpoints:
-                raise ValueError(
-                    f"device {d.name!r}: unknown endpoint {d.endpoint!r}; known: {', '.join(sorted(endpoints))}"
+                hint = did_you_mean(d.endpoint, endpoints)
+                raise FieldError(
+                    f"unknown endpoint {d.endpoint!r}; {hint + ' ' if hint else ''}"
+                    f"endpoints under modbus.endpoints: {', '.join(endpoints)}",
+                    "devices",
+                    i,
+                    "endpoint",
                 )
+        meters = [d.name for d in self.devices if d.kind == "meter"]
+        listed = f"meter devices: {', '.join(meters)}" if meters else "add a device of kind meter"
         if self.site.meter not in names:
-            raise ValueError(f"site.meter {self.site.meter!r} is not a device")
+            hint = did_you_mean(self.site.meter, names)
+            raise FieldError(
+                f"{self.site.meter!r} is not a device; {hint + ' ' if hint else ''}{listed}", "site", "meter"
+            )
         meter = next(d for d in self.devices if d.name == self.site.meter)
         if meter.kind != "meter":
-            raise ValueError(f"site.meter {self.site.meter!r} is a {meter.kind}, not a meter")
+            raise FieldError(
+                f"{self.site.meter!r} is a {meter.kind} device, not a meter; the site meter measures the "
+                f"whole site's load; {listed}",
+                "site",
+                "meter",
+            )
         return self
 
     @property

@@ -24,7 +24,7 @@ from agent.config import SiteConfig
 from agent.yamlsource import (
     ConfigFileError,
     LoadedYaml,
-    SourceLocation,
+    did_you_mean,
     expand_config_paths,
     format_error_line,
     format_path,
@@ -32,7 +32,7 @@ from agent.yamlsource import (
     load_yaml,
     load_yaml_files,
 )
-from drivers.profile import load_profile
+from drivers.profile import load_profile, shipped_profiles
 from drivers.registry import kinds
 from strategies.engine import ACTION_DEVICE_KIND, config_estimate_kw, effective_action
 from strategies.model import (
@@ -57,6 +57,27 @@ _BOUND_ERRORS = {
 }
 # A value this many times the device's limit is almost surely W written where kW is meant.
 _UNIT_FACTOR = 10.0
+
+# The unit of a field, read from its name's suffix: (how to say it, {unit a user may write: factor}).
+_SECONDS = {"ms": 0.001, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1}
+_SECONDS |= {"m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60}
+_SECONDS |= {"h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600, "d": 86400, "day": 86400}
+_SECONDS["days"] = 86400
+_FIELD_UNITS: dict[str, tuple[str, dict[str, float]]] = {
+    "_kw": ("kW", {"w": 0.001, "kw": 1, "mw": 1000}),
+    "_kwh": ("kWh", {"wh": 0.001, "kwh": 1, "mwh": 1000}),
+    "_s": ("seconds", _SECONDS),
+    "_ms": ("milliseconds", {k: v * 1000 for k, v in _SECONDS.items()}),
+    "_c": ("°C", {"c": 1, "°c": 1, "℃": 1, "degc": 1}),
+    "_pct": ("percent", {"%": 1, "pct": 1, "percent": 1}),
+    "_a": ("A", {"a": 1, "ma": 0.001}),
+    "_v": ("V", {"v": 1, "kv": 1000}),
+    "_days": ("days", {"d": 1, "day": 1, "days": 1, "w": 7, "week": 7, "weeks": 7}),
+}
+_FAHRENHEIT = {"f", "°f", "℉", "degf"}
+_WITH_UNIT = re.compile(r"\s*([-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|[-+]?\.\d+)\s*([^\d\s].*?)?\s*")
+# Percent fields where a value under 1 may well be meant (a 0.5 % deadband), so no fraction warning.
+_SMALL_PCT_OK = {"deadband_pct", "band_pct", "level_pct"}
 
 
 @dataclass
@@ -89,12 +110,7 @@ def _check_devices(
         try:
             profile = load_profile(d.profile)
         except FileNotFoundError:
-            errors.append(
-                (
-                    ("devices", i, "profile"),
-                    f"no profile {d.profile!r}; use a name under drivers/profiles/ or a path",
-                )
-            )
+            errors.append((("devices", i, "profile"), _no_profile(d.profile, d.kind)))
             continue
         except ValidationError as exc:
             errors.append(
@@ -130,6 +146,64 @@ def _check_devices(
             )
 
 
+def _no_profile(name: str, kind: str) -> str:
+    shipped = shipped_profiles()
+    same_kind = [p for p in shipped if load_profile(p).kind == kind]
+    hint = did_you_mean(name, shipped)
+    return (
+        f"no profile {name!r}; {hint + ' ' if hint else ''}shipped {kind} profiles: "
+        f"{', '.join(same_kind) or 'none'} (a name under drivers/profiles/, or a path to a .yaml file)"
+    )
+
+
+def _check_outdoor_temperature(cfg: SiteConfig, errors: list[tuple[Path_, str]]) -> None:
+    """The role must be mapped by the device's profile, or the baseline silently gets no temperature."""
+    ot = cfg.outdoor_temperature
+    if ot is None:
+        return
+    try:
+        profile = load_profile(cfg.device(ot.device).profile)
+    except (FileNotFoundError, ValidationError):
+        return  # reported with the device
+    if profile.by_role(ot.role) is None:
+        roles = sorted({p.role for p in profile.points if p.role})
+        hint = did_you_mean(ot.role, roles)
+        errors.append(
+            (
+                ("outdoor_temperature", "role"),
+                f"{ot.device!r} (profile {profile.name!r}) has no point with role {ot.role!r}; "
+                f"{hint + ' ' if hint else ''}its roles: {', '.join(roles)}",
+            )
+        )
+
+
+def _check_small_percentages(data: Any, path: Path_, warnings: list[tuple[Path_, str]]) -> None:
+    """Warn about a percent field under 1: 0.3 written for 30 %."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            here = (*path, key)
+            if (
+                isinstance(key, str)
+                and key.endswith("_pct")
+                and key not in _SMALL_PCT_OK
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and 0 < value < 1
+            ):
+                warnings.append(
+                    (
+                        here,
+                        f"{key} {value:g} is under 1 %; it is in percent, not a fraction "
+                        f"(write {value * 100:g} for {value * 100:g} %)",
+                    )
+                )
+            else:
+                _check_small_percentages(value, here, warnings)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            _check_small_percentages(value, (*path, i), warnings)
+
+
 def _check_action(
     a: Any,
     base: Path_,
@@ -145,10 +219,12 @@ def _check_action(
         dev = by_name.get(name)
         if dev is None:
             known = [n for n, d in by_name.items() if d.kind == want] or sorted(by_name)
+            hint = did_you_mean(name, known) or did_you_mean(name, by_name)
             errors.append(
                 (
                     (*base, "devices", di),
-                    f"unknown device {name!r}; {want} devices: {', '.join(known) or 'none'}",
+                    f"unknown device {name!r}; {hint + ' ' if hint else ''}{want} devices: "
+                    f"{', '.join(known) or 'none'}",
                 )
             )
         elif dev.kind != want:
@@ -164,8 +240,13 @@ def _check_action(
         zones = sorted({d.zone for d in cfg.devices if d.zone})
         members = [d for d in cfg.devices if d.zone == a.group]
         if not members:
+            hint = did_you_mean(a.group, zones)
             errors.append(
-                ((*base, "group"), f"no device has zone {a.group!r}; zones: {', '.join(zones) or 'none'}")
+                (
+                    (*base, "group"),
+                    f"no device has zone {a.group!r}; {hint + ' ' if hint else ''}zones: "
+                    f"{', '.join(zones) or 'none'}",
+                )
             )
         elif not any(d.kind == want for d in members):
             kinds_in = sorted({d.kind for d in members})
@@ -339,12 +420,20 @@ def _check_action_on_device(
             )
 
 
-def semantic_checks(cfg: SiteConfig) -> tuple[list[tuple[Path_, str]], list[tuple[Path_, str]]]:
-    """Cross-model problems as (path, message): (errors, warnings)."""
+def semantic_checks(
+    cfg: SiteConfig, data: Any = None
+) -> tuple[list[tuple[Path_, str]], list[tuple[Path_, str]]]:
+    """Cross-model problems as (path, message): (errors, warnings).
+
+    `data` is the YAML as written, for the checks that look at what the user typed.
+    """
     errors: list[tuple[Path_, str]] = []
     warnings: list[tuple[Path_, str]] = []
     by_name = {d.name: d for d in cfg.devices}
     _check_devices(cfg, errors, warnings)
+    _check_outdoor_temperature(cfg, errors)
+    if data is not None:
+        _check_small_percentages(data, (), warnings)
     band_lo = cfg.contract.band_kw()[0]
     for si, s in enumerate(cfg.strategies):
         expected = 0.0
@@ -387,8 +476,12 @@ def semantic_checks(cfg: SiteConfig) -> tuple[list[tuple[Path_, str]], list[tupl
     if cfg.strategy_select is not None:
         for key, name in cfg.strategy_select.named().items():
             if name not in names:
+                hint = did_you_mean(name, names)
                 errors.append(
-                    (("strategy_select", key), f"no strategy named {name!r}; strategies: {', '.join(names)}")
+                    (
+                        ("strategy_select", key),
+                        f"no strategy named {name!r}; {hint + ' ' if hint else ''}strategies: {', '.join(names)}",
+                    )
                 )
     else:
         programs = {p for s in cfg.strategies for p in s.programs}
@@ -455,19 +548,81 @@ def _relative_to_file(line: str, origin: dict[int, str]) -> str:
     return line
 
 
-def _with_input(lines: list[str], err: ValidationError) -> list[str]:
-    """pydantic's bound messages say what is allowed; add what was written."""
+def _field_unit(loc: tuple[int | str, ...]) -> tuple[str, str, dict[str, float]] | None:
+    """(field name, its unit, units a user may write) from the name's suffix, e.g. peak_kw -> kW."""
+    name = next((item for item in reversed(loc) if isinstance(item, str)), None)
+    if name is None:
+        return None
+    for suffix in sorted(_FIELD_UNITS, key=len, reverse=True):
+        if name.endswith(suffix):
+            unit, factors = _FIELD_UNITS[suffix]
+            return name, unit, factors
+    return None
+
+
+def _unit_hint(loc: tuple[int | str, ...], value: str) -> str | None:
+    """For '1 MW' where kW is meant: what to write instead, in the field's own unit."""
+    found = _field_unit(loc)
+    if found is None:
+        return None
+    name, unit, factors = found
+    match = _WITH_UNIT.fullmatch(value)
+    if match is None:
+        return f"{value!r} is not a number; {name} is a plain number in {unit}"
+    number = float(match.group(1).replace(",", ""))
+    written = (match.group(2) or "").strip().rstrip(".")
+    key = written.casefold().replace(" ", "")
+    if unit == "°C" and key in _FAHRENHEIT:
+        converted = round((number - 32) * 5 / 9, 1)
+    elif key in factors:
+        converted = number * factors[key]
+    else:
+        return f"{value!r} is not a number; {name} is a plain number in {unit}, without a unit"
+    write = f"{converted:.10g}" if isinstance(loc[-1], int) else f"{name}: {converted:.10g}"  # a list item
+    return f"{value!r} is not a plain number; {name} is in {unit}, so write {write}"
+
+
+def _bound_hint(loc: tuple[int | str, ...], etype: str, value: float) -> str:
+    """For a number out of range, the likely unit mix-up (°F for °C, W for kW), or ''."""
+    found = _field_unit(loc)
+    if found is None or etype not in ("less_than", "less_than_equal"):
+        return ""
+    _name, unit, _factors = found
+    if unit == "°C" and 32 < value <= 120:
+        return f"; in °C ({value:g} °F would be {(value - 32) * 5 / 9:.1f} °C)"
+    if unit == "kW":
+        return f"; in kW (W instead of kW? {value:g} W is {value / 1000:g} kW)"
+    if unit == "seconds" and value >= 1000:
+        return f"; in seconds ({value:g} s is {value / 3600:.3g} h)"
+    return ""
+
+
+def _explain(lines: list[str], err: ValidationError) -> list[str]:
+    """Add to pydantic's messages what a facility manager needs: the value written, and for a
+    number written with a unit ('1 MW', '30 min') the plain number the field wants."""
     out = []
     for line, e in zip(lines, err.errors(include_url=False), strict=False):
         value = e.get("input")
         if e["type"] in _BOUND_ERRORS and isinstance(value, int | float) and not isinstance(value, bool):
-            line += f", got {value:g}"
+            line += f", got {value:g}" + _bound_hint(e["loc"], e["type"], value)
+        elif e["type"] in ("float_parsing", "int_parsing") and isinstance(value, str):
+            hint = _unit_hint(e["loc"], value)
+            if hint and line.endswith(e["msg"]):
+                line = line.removesuffix(e["msg"]) + hint
         out.append(line)
     return out
 
 
 def _looks_like_strategy(data: dict[Any, Any]) -> bool:
     return "stages" in data and "site" not in data
+
+
+def is_strategy_file(path: str | Path) -> bool:
+    """Whether `path` holds a strategy (for strategy_files:) rather than a site config."""
+    try:
+        return _looks_like_strategy(load_yaml(path).data)
+    except ConfigFileError:
+        return False  # the site config loader reports what is wrong with the file
 
 
 def load_strategy_file(path: str | Path) -> Strategy:
@@ -479,7 +634,7 @@ def load_strategy_file(path: str | Path) -> Strategy:
     try:
         return Strategy.model_validate(source.data)
     except ValidationError as exc:
-        raise ConfigError(_with_input(format_validation_errors(exc, source, Strategy), exc)) from None
+        raise ConfigError(_explain(format_validation_errors(exc, source, Strategy), exc)) from None
 
 
 def load_site_config(path: str | Path) -> tuple[SiteConfig, list[str]]:
@@ -496,18 +651,17 @@ def load_site_config(path: str | Path) -> tuple[SiteConfig, list[str]]:
         load_strategy_file(main)  # its own errors first, at its own lines
         raise ConfigError(
             [
-                f"{SourceLocation(str(main), 1, 1)}: this is a strategy file, not a site config; it is valid "
-                "on its own. List it under strategy_files: in a site config and validate that to check its "
-                "device references"
+                f"{source.locate(())}: this is a strategy file, not a site config; it is valid on its own. "
+                "List it under strategy_files: in a site config and use that"
             ]
         )
     source, origin = _add_strategy_files(source, main)
     try:
         cfg = SiteConfig.model_validate(source.data)
     except ValidationError as exc:
-        lines = _with_input(format_validation_errors(exc, source, SiteConfig), exc)
+        lines = _explain(format_validation_errors(exc, source, SiteConfig), exc)
         raise ConfigError([_relative_to_file(line, origin) for line in lines]) from None
-    errors, warnings = semantic_checks(cfg)
+    errors, warnings = semantic_checks(cfg, source.data)
     fmt = [
         _relative_to_file(format_error_line(source.locate(p), format_path(p), m), origin) for p, m in errors
     ]

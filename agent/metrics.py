@@ -276,7 +276,6 @@ class AgentCollector(Collector):
             float(self.agent.outbox_pending),
         )
 
-
     def _components(self) -> Iterator[Metric]:
         sup = getattr(self.agent, "supervisor", None)
         health = dict(sup.health) if sup is not None else {}

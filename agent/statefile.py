@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent import __version__
+from agent import __version__, failpoints
 
 if TYPE_CHECKING:
     from agent.config import SiteConfig
@@ -178,6 +178,10 @@ async def snapshot(agent: Agent, state: str | None = None) -> dict[str, Any]:
             "last_cycle_ms": None if agent.last_cycle_s is None else round(agent.last_cycle_s * 1000, 3)
         },
         "live": agent.live_state(),
+        "components": {
+            name: {"restarts": h.restarts, "failing": h.failing, "last_error": h.last_error}
+            for name, h in sorted(getattr(getattr(agent, "supervisor", None), "health", {}).items())
+        },
         "events": events,
         "devices": devices,
     }
@@ -209,6 +213,7 @@ async def run_writer(agent: Agent, interval_s: float = WRITE_INTERVAL_S) -> None
     # Disk full or read-only: say so once; the agent keeps controlling.
     failures = FailureLog(log, "state_file", logging.ERROR, path=path)
     while True:
+        failpoints.hit("state")
         try:
             doc = await snapshot(agent)
             await asyncio.to_thread(write_atomic, path, doc)

@@ -10,6 +10,7 @@ silently) and a non-mapping top level are errors.
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -23,9 +24,11 @@ from pydantic.fields import FieldInfo
 
 __all__ = [
     "ConfigFileError",
+    "FieldError",
     "LoadedYaml",
     "SourceLocation",
     "YamlPath",
+    "did_you_mean",
     "expand_config_paths",
     "format_error_line",
     "format_path",
@@ -53,6 +56,46 @@ class SourceLocation:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
+
+
+class FieldError(ValueError):
+    """A validator's error about a field below the model it validates.
+
+    A model validator's plain ValueError is reported at the model's own key (at
+    the top level: the first line of the file); raising this instead points the
+    error at ``field_path`` (e.g. ``("devices", 2, "endpoint")``), relative to
+    that model, so ``validate`` shows the line to fix.
+    """
+
+    def __init__(self, message: str, *field_path: Hashable) -> None:
+        super().__init__(message)
+        self.field_path: YamlPath = field_path
+
+
+def did_you_mean(word: object, choices: Iterable[object]) -> str:
+    """``"did you mean 'x'?"`` for the choice closest to a misspelt ``word``, or ``""``."""
+    if not isinstance(word, str):
+        return ""
+    by_folded = {str(c).casefold(): str(c) for c in choices}
+    folded = word.casefold()
+    for close in difflib.get_close_matches(folded, list(by_folded), n=3, cutoff=0.6):
+        # Similar enough, or a slip of a key or two (bux for bus, tpc for tcp); not south for north.
+        similar = difflib.SequenceMatcher(None, folded, close).ratio() >= 0.75
+        if similar or _edits(folded, close) <= max(1, len(folded) // 4):
+            return f"did you mean {by_folded[close]!r}?"
+    return ""
+
+
+def _edits(a: str, b: str) -> int:
+    """Typing slips from a to b: insertions, deletions, substitutions, swapped neighbours."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[-1][-1]
 
 
 class ConfigFileError(Exception):
@@ -175,7 +218,8 @@ def _parse(text: str, name: str, file: Path) -> LoadedYaml:
         if not isinstance(data, dict):  # e.g. a top-level !!set
             at = _location(name, node.start_mark)
             raise ConfigFileError(f"{at}: yaml: the top level must be a plain mapping", at)
-        locations: dict[YamlPath, SourceLocation] = {(): SourceLocation(name, 1, 1)}
+        # The root is where its first key is, not 1:1, which is often a comment line.
+        locations: dict[YamlPath, SourceLocation] = {(): _location(name, node.start_mark)}
         _record_locations(loader, node, (), name, locations, set())
         return LoadedYaml(data, locations, (file,))
     except yaml.MarkedYAMLError as exc:
@@ -328,21 +372,27 @@ def format_validation_errors(
     """One ``file:line:col: path: message`` line per pydantic error, in pydantic's order.
 
     ``model`` (the model that was validated) is optional; with it, unknown-field errors
-    also list the allowed field names.
+    also list the allowed field names and suggest the closest one. A required field
+    reported missing next to an unknown key that is its misspelling is left out: the
+    misspelling is the one mistake to fix.
     """
-    lines = []
+    entries: list[tuple[YamlPath, str, str]] = []  # (path, message, what a typo was meant to be)
     for error in err.errors(include_url=False):
         etype = error["type"]
         path = _data_path(error["loc"], source.data, etype)
         message = error["msg"]
         ctx = error.get("ctx") or {}
+        meant = ""
         if etype in _MISSING_TYPES:
             message = "required field missing"
         elif etype == "extra_forbidden" and path:
             message = f"unknown field {path[-1]!r}"
             allowed = _allowed_fields(model, path[:-1], source.data) if model else None
             if allowed:
-                message += "; allowed: " + ", ".join(allowed)
+                hint = did_you_mean(path[-1], allowed)
+                meant = hint.split("'")[1] if hint else ""
+                message += f"; {hint} allowed: " if hint else "; allowed: "
+                message += ", ".join(allowed)
         elif etype in ("union_tag_invalid", "union_tag_not_found"):
             # Point at the discriminator key itself: that is the line to fix.
             tag_key = _unquote(str(ctx.get("discriminator", "")))
@@ -351,13 +401,28 @@ def format_validation_errors(
             if etype == "union_tag_not_found":
                 message = "required field missing"
             elif "tag" in ctx:
-                message = f"unknown value {ctx['tag']!r}; expected one of: {ctx.get('expected_tags')}"
+                expected = str(ctx.get("expected_tags"))
+                hint = did_you_mean(ctx["tag"], _quoted(expected))
+                message = (
+                    f"unknown value {ctx['tag']!r}; {hint + ' ' if hint else ''}expected one of: {expected}"
+                )
         elif etype in _MESSAGE_PREFIXES:
             message = message.removeprefix(_MESSAGE_PREFIXES[etype])
+            cause = ctx.get("error")
+            if isinstance(cause, FieldError):
+                path = (*path, *cause.field_path)
         elif etype in ("literal_error", "enum") and _is_plain_scalar(error.get("input")):
             message += f", got {error['input']!r}"
-        lines.append(format_error_line(source.locate(path), format_path(path), message))
-    return lines
+            hint = did_you_mean(error.get("input"), _quoted(str(ctx.get("expected", ""))))
+            if hint:
+                message += f"; {hint}"
+        entries.append((path, message, meant))
+    typos = {(*p[:-1], meant) for p, _m, meant in entries if meant}
+    return [
+        format_error_line(source.locate(path), format_path(path), message)
+        for path, message, _meant in entries
+        if not (message == "required field missing" and path in typos)
+    ]
 
 
 def _data_path(loc: tuple[int | str, ...], data: Any, etype: str) -> YamlPath:
@@ -386,6 +451,11 @@ def _data_path(loc: tuple[int | str, ...], data: Any, etype: str) -> YamlPath:
 def _unquote(text: str) -> str:
     match = re.fullmatch(r"'([^']*)'", text)
     return match.group(1) if match else ""
+
+
+def _quoted(text: str) -> list[str]:
+    """The quoted names in pydantic's ``'a', 'b' or 'c'``."""
+    return re.findall(r"'([^']*)'", text)
 
 
 def _is_plain_scalar(value: Any) -> bool:

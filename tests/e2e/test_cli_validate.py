@@ -27,7 +27,7 @@ EXPECTED: dict[str, tuple[str | None, int, int, str, str]] = {
         25,
         40,
         "strategies[0].stages[0].actions[0].devices[0]",
-        "unknown device 'lights-9'; lighting devices: lights-1",
+        "unknown device 'lights-9'; did you mean 'lights-1'? lighting devices: lights-1",
     ),
     "02-unknown-group": (
         None,
@@ -76,7 +76,7 @@ EXPECTED: dict[str, tuple[str | None, int, int, str, str]] = {
         25,
         51,
         "strategies[0].stages[0].actions[0].level_pc",
-        "unknown field 'level_pc'; allowed: ",
+        "unknown field 'level_pc'; did you mean 'level_pct'? allowed: ",
     ),
     "09-missing-field": (
         None,
@@ -153,7 +153,7 @@ EXPECTED: dict[str, tuple[str | None, int, int, str, str]] = {
         20,
         19,
         "strategy_select.contracted",
-        "no strategy named 'offices'; strategies: office",
+        "no strategy named 'offices'; did you mean 'office'? strategies: office",
     ),
     "20-error-in-strategy-file": (
         "tests/data/broken/strategies/bad.strategy.yaml",
@@ -162,7 +162,129 @@ EXPECTED: dict[str, tuple[str | None, int, int, str, str]] = {
         "stages[0].actions[1].cooldown_s",
         "greater than or equal to 0, got -5",
     ),
-    "21-version-missing": (None, 1, 1, "version", "required field missing"),
+    # A missing top-level key: at the first key of the file, not on the comment line above it.
+    "21-version-missing": (None, 2, 1, "version", "required field missing"),
+    "22-band-as-fractions": (
+        None,
+        19,
+        3,
+        "contract.band_pct",
+        "band_pct is in percent, not a fraction: did you mean [5, 20]?",
+    ),
+    "23-peak-in-megawatts": (
+        None,
+        18,
+        3,
+        "contract.peak_kw",
+        "'1 MW' is not a plain number; peak_kw is in kW, so write peak_kw: 1000",
+    ),
+    "24-misspelt-setpoint-offset": (
+        None,
+        31,
+        44,
+        "strategies[0].stages[1].actions[1].setpoint_offest_c",
+        "unknown field 'setpoint_offest_c'; did you mean 'setpoint_offset_c'? allowed: ",
+    ),
+    "25-unknown-endpoint": (
+        None,
+        9,
+        31,
+        "devices[1].endpoint",
+        "unknown endpoint 'bux'; did you mean 'bus'? endpoints under modbus.endpoints: bus",
+    ),
+    "26-meter-not-a-device": (
+        None,
+        3,
+        45,
+        "site.meter",
+        "'metr' is not a device; did you mean 'meter'? meter devices: meter",
+    ),
+    "27-meter-is-not-a-meter": (
+        None,
+        3,
+        45,
+        "site.meter",
+        "'ahu-1' is a hvac device, not a meter; the site meter measures the whole site's load",
+    ),
+    "28-misspelt-device-kind": (
+        None,
+        9,
+        19,
+        "devices[1].kind",
+        "unknown value 'hvca'; did you mean 'hvac'? expected one of: ",
+    ),
+    "29-misspelt-profile": (
+        None,
+        9,
+        58,
+        "devices[1].profile",
+        "no profile 'generic_hvca'; did you mean 'generic_hvac'? shipped hvac profiles: generic_hvac,",
+    ),
+    "30-hold-in-minutes": (
+        None,
+        31,
+        66,
+        "strategies[0].stages[1].actions[1].min_hold_s",
+        "'10 min' is not a plain number; min_hold_s is in seconds, so write min_hold_s: 600",
+    ),
+    "31-setpoint-in-fahrenheit": (
+        None,
+        31,
+        44,
+        "strategies[0].stages[1].actions[1].setpoint_c",
+        "less than or equal to 40, got 75; in °C (75 °F would be 23.9 °C)",
+    ),
+    "32-charger-power-in-watts": (
+        None,
+        30,
+        49,
+        "strategies[0].stages[1].actions[0].power_kw",
+        "got 7400; in kW (W instead of kW? 7400 W is 7.4 kW)",
+    ),
+    # One error, not two: the misspelt key, not also "contract: required field missing".
+    "33-misspelt-section": (None, 17, 1, "contrat", "unknown field 'contrat'; did you mean 'contract'?"),
+    "34-misspelt-zone": (
+        None,
+        31,
+        26,
+        "strategies[0].stages[1].actions[1].group",
+        "no device has zone 'nrth'; did you mean 'north'? zones: north",
+    ),
+    "35-misspelt-timezone": (
+        None,
+        3,
+        20,
+        "site.timezone",
+        "unknown timezone 'Asia/Shangai'; did you mean 'Asia/Shanghai'?",
+    ),
+    "36-percent-sign": (
+        None,
+        25,
+        51,
+        "strategies[0].stages[0].actions[0].level_pct",
+        "'50%' is not a plain number; level_pct is in percent, so write level_pct: 50",
+    ),
+    "37-endpoint-address-twice": (
+        None,
+        7,
+        42,
+        "modbus.endpoints[1].host",
+        "endpoints 'bus' and 'gw' both use 127.0.0.1:15999",
+    ),
+    "38-no-strategy": (
+        None,
+        2,
+        1,
+        "strategies",
+        "no strategy: write one under strategies: or list strategy files under strategy_files:",
+    ),
+    "39-outdoor-temperature-role": (
+        None,
+        17,
+        38,
+        "outdoor_temperature.role",
+        "has no point with role 'outdoor_temp'; did you mean 'outdoor_temp_c'?",
+    ),
 }
 
 
@@ -195,19 +317,27 @@ def test_broken_file_fails_at_its_line(name: str) -> None:
     assert words in hits[0], hits[0]
     # Exactly one mistake per file: no collateral errors that would confuse the reader.
     assert proc.stderr.strip().splitlines()[-1].endswith(": 1 error(s)")
+    # Every file starts with a comment: an error at 1:1 would point at no line to fix.
+    assert f"{file}:1:1:" not in proc.stderr
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_examples_validate(path: Path) -> None:
     proc = validate(path)
-    if path.name.endswith(".strategy.yaml"):
-        # A strategy file on its own: structure checked, then told to validate the site config.
-        assert proc.returncode == 1
-        assert "this is a strategy file" in proc.stderr and "strategy_files" in proc.stderr
-        assert proc.stderr.startswith(f"{path.relative_to(REPO)}:1:1: this is a strategy file")
-        return
     assert proc.returncode == 0, proc.stderr
-    assert "OK" in proc.stdout
+    assert proc.stdout.startswith(f"{path.relative_to(REPO)}: OK (")
+    if path.name.endswith(".strategy.yaml"):
+        # On its own a strategy file is checked for structure; its devices come with the site config.
+        assert "strategy_files" in proc.stdout and not proc.stderr
+
+
+def test_a_broken_strategy_file_on_its_own_fails_at_its_line() -> None:
+    path = BROKEN / "strategies" / "bad.strategy.yaml"
+    proc = validate(path)
+    assert proc.returncode == 1
+    rel = path.relative_to(REPO)
+    assert proc.stderr.startswith(f"{rel}:8:62: stages[0].actions[1].cooldown_s: "), proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"{rel}: 1 error(s)"
 
 
 def test_suspicious_values_warn_but_pass(tmp_path: Path) -> None:

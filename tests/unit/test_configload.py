@@ -82,7 +82,8 @@ def test_unknown_device_in_strategy_file_points_into_that_file(tmp_path: Path) -
     with pytest.raises(ConfigError) as err:
         load_site_config(cfg_path)
     assert err.value.lines == [
-        f"{strategy}:8:32: stages[0].actions[1].devices[0]: unknown device 'ahu-9'; hvac devices: ahu"
+        f"{strategy}:8:32: stages[0].actions[1].devices[0]: unknown device 'ahu-9'; did you mean 'ahu'? "
+        "hvac devices: ahu"
     ]
 
 
@@ -128,3 +129,57 @@ def test_the_docs_complete_example_is_valid(tmp_path: Path) -> None:
     assert block is not None
     cfg, warnings = load_site_config(write(tmp_path, "site.yaml", block.group(1)))
     assert cfg.strategy_for("contracted").name == "office" and warnings == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "where", "message"),
+    [
+        ("peak_kw: 1000", "peak_kw: 1000000 W", "10:12: contract.peak_kw", "so write peak_kw: 1000"),
+        ("peak_kw: 1000", "peak_kw: 1.2 MW", "10:12: contract.peak_kw", "so write peak_kw: 1200"),
+        ("peak_kw: 1000", "peak_kw: lots", "10:12: contract.peak_kw", "peak_kw is a plain number in kW"),
+        ("band_pct: [5, 20]", "band_pct: [5 %, 20]", "10:38: contract.band_pct[0]", "in percent, so write 5"),
+        (
+            "port: 15999}]",
+            "port: 15999}]\n  poll_interval_s: 500 ms",
+            "5:3: modbus.poll_interval_s",
+            "write poll_interval_s: 0.5",
+        ),
+        (
+            "200, zone: north}",
+            "200, zone: north, setpoint_max_c: 80 °F}",
+            "7:107: devices[1].setpoint_max_c",
+            "°C, so write setpoint_max_c: 26.7",
+        ),
+        ("rated_kw: 200", "rated_kw: 200 kW", "7:79: devices[1].rated_kw", "in kW, so write rated_kw: 200"),
+    ],
+)
+def test_a_number_with_a_unit_says_what_to_write(
+    tmp_path: Path, old: str, new: str, where: str, message: str
+) -> None:
+    write(tmp_path, "s/a.yaml", STRATEGY.format(name="n", program="contracted"))
+    assert SITE.count(old) == 1
+    cfg_path = write(tmp_path, "site.yaml", SITE.replace(old, new) + "strategy_files: [s/a.yaml]\n")
+    with pytest.raises(ConfigError) as err:
+        load_site_config(cfg_path)
+    (line,) = [ln for ln in err.value.lines if "Input should be" not in ln or "got" in ln]
+    assert line.startswith(f"{cfg_path}:{where}: "), line
+    assert message in line, line
+
+
+def test_band_as_fractions_suggests_percent(tmp_path: Path) -> None:
+    write(tmp_path, "s/a.yaml", STRATEGY.format(name="n", program="contracted"))
+    text = SITE.replace("band_pct: [5, 20]", "band_pct: [0.1, 0.25]")
+    with pytest.raises(ConfigError) as err:
+        load_site_config(write(tmp_path, "site.yaml", text + "strategy_files: [s/a.yaml]\n"))
+    (line,) = err.value.lines
+    assert ":10:27: contract.band_pct: " in line and line.endswith("did you mean [10, 25]?"), line
+
+
+def test_a_small_percentage_warns_that_it_is_percent(tmp_path: Path) -> None:
+    write(tmp_path, "s/a.yaml", STRATEGY.format(name="n", program="contracted"))
+    text = SITE.replace("     zone: north}", "     zone: north, min_level_pct: 0.4}")
+    cfg, warnings = load_site_config(write(tmp_path, "site.yaml", text + "strategy_files: [s/a.yaml]\n"))
+    assert cfg.devices[2].min_level_pct == 0.4
+    (warning,) = [w for w in warnings if "min_level_pct" in w]
+    assert ":9:19: devices[2].min_level_pct: warning: min_level_pct 0.4 is under 1 %" in warning
+    assert warning.endswith("it is in percent, not a fraction (write 40 for 40 %)")

@@ -1,14 +1,21 @@
-"""The committed JSON Schemas are what `dr-agent schema` generates, and every field explains itself."""
+"""The committed JSON Schemas are what `dr-agent schema` generates, every field explains itself,
+and an editor checking a shipped example against the schema agrees with `dr-agent validate`."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
+import yaml
 
+from agent.config import SiteConfig
+from agent.configload import is_strategy_file, json_schema, load_site_config, load_strategy_file
+from strategies.model import Strategy
 from tests.helpers import dr_agent
 
 REPO = Path(__file__).resolve().parents[2]
@@ -64,3 +71,62 @@ def test_examples_point_editors_at_the_schema() -> None:
         name = "strategy" if path.name.endswith(".strategy.yaml") else "site-config"
         assert first == f"# yaml-language-server: $schema=../../config/schemas/{name}.schema.json", path
         assert (path.parent / first.split("=", 1)[1]).resolve().is_file()
+
+
+# Every YAML file the project ships as an example: site configs and strategy files.
+SHIPPED = sorted([*(REPO / "config").glob("*.yaml"), *(REPO / "strategies" / "examples").glob("*.yaml")])
+
+
+def _as_json(value: Any) -> Any:
+    """YAML data as an editor's schema checker sees it: dates are strings in JSON."""
+    if isinstance(value, dict):
+        return {str(k): _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _schema_errors(schema: dict[str, Any], data: Any) -> list[str]:
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(_as_json(data))]
+
+
+def test_every_shipped_example_is_checked() -> None:
+    names = {p.name for p in SHIPPED}
+    assert {"site.example.yaml", "demo-site.yaml", "office.yaml", "office-fast.strategy.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_schema_and_validate_agree_on_shipped_examples(path: Path) -> None:
+    strategy = path.name.endswith(".strategy.yaml")
+    assert is_strategy_file(path) == strategy
+    # validate accepts it ...
+    if strategy:
+        load_strategy_file(path)
+    else:
+        load_site_config(path)
+    # ... and so does the schema an editor uses: generated now, and the committed file.
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    generated = json.loads(json_schema(Strategy if strategy else SiteConfig))
+    committed = json.loads(
+        (REPO / "config" / "schemas" / ("strategy" if strategy else "site-config"))
+        .with_suffix(".schema.json")
+        .read_text(encoding="utf-8")
+    )
+    assert _schema_errors(generated, data) == []
+    assert _schema_errors(committed, data) == []
+
+
+def test_schema_refuses_what_validate_refuses() -> None:
+    """The schema is no rubber stamp: a misspelt key and a missing section fail it too."""
+    schema = json.loads(json_schema(SiteConfig))
+    data = yaml.safe_load((REPO / "tests" / "data" / "broken" / "33-misspelt-section.yaml").read_text())
+    errors = _schema_errors(schema, data)
+    assert any("'contrat' was unexpected" in e for e in errors), errors
+    assert any("'contract' is a required property" in e for e in errors), errors
+    no_strategy = yaml.safe_load((REPO / "tests" / "data" / "broken" / "38-no-strategy.yaml").read_text())
+    assert _schema_errors(schema, no_strategy), "a config with no strategy at all must fail the schema"

@@ -13,9 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agent.yamlsource import (
     ConfigFileError,
+    FieldError,
     LoadedYaml,
     SourceLocation,
     YamlPath,
+    did_you_mean,
     expand_config_paths,
     format_error_line,
     format_path,
@@ -343,8 +345,10 @@ def test_extra_field_lists_allowed_names(tmp_path: Path) -> None:
         """,
     )
     assert errors_for(path) == [
-        f"{path}:6:33: devices[0].registers.cnt: unknown field 'cnt'; allowed: address, count",
-        f"{path}:2:1: intervall_s: unknown field 'intervall_s'; allowed: devices, interval_s, version",
+        f"{path}:6:33: devices[0].registers.cnt: unknown field 'cnt'; did you mean 'count'? "
+        "allowed: address, count",
+        f"{path}:2:1: intervall_s: unknown field 'intervall_s'; did you mean 'interval_s'? "
+        "allowed: devices, interval_s, version",
     ]
 
 
@@ -466,3 +470,78 @@ def test_locate_accepts_any_iterable() -> None:
     }
     src = LoadedYaml({"a": [1]}, where, ())
     assert str(src.locate(["a", 0])) == "f:2:1"
+
+
+def test_did_you_mean() -> None:
+    assert did_you_mean("setpoint_offest_c", ["setpoint_c", "setpoint_offset_c"]) == (
+        "did you mean 'setpoint_offset_c'?"
+    )
+    assert did_you_mean("HVAC", ["hvac", "meter"]) == "did you mean 'hvac'?"  # case alone
+    assert did_you_mean("colour", ["devices", "version"]) == ""  # nothing close: no guess
+    assert did_you_mean(7, ["7"]) == ""
+
+
+def test_misspelt_required_field_is_one_error_not_two(tmp_path: Path) -> None:
+    path = write(tmp_path, "config.yaml", "# a comment first\nversoin: 1\n")
+    assert errors_for(path) == [
+        f"{path}:2:1: versoin: unknown field 'versoin'; did you mean 'version'? "
+        "allowed: devices, interval_s, version"
+    ]
+
+
+def test_missing_top_level_field_points_at_the_first_key_not_a_comment(tmp_path: Path) -> None:
+    path = write(tmp_path, "config.yaml", "# site A\n\ninterval_s: 2\n")
+    assert errors_for(path) == [f"{path}:3:1: version: required field missing"]
+
+
+def test_literal_and_tag_errors_suggest_the_closest_value(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "config.yaml",
+        """
+        version: 1
+        devices:
+          - {kind: hvca, name: a}
+          - {kind: meter, name: b, phases: x}
+        """,
+    )
+    assert errors_for(path) == [
+        f"{path}:3:6: devices[0].kind: unknown value 'hvca'; did you mean 'hvac'? "
+        "expected one of: 'meter', 'hvac'",
+        f"{path}:4:28: devices[1].phases: Input should be 1 or 3, got 'x'",
+    ]
+
+
+class Bus(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    endpoints: list[str]
+    devices: list[dict[str, str]]
+
+    @field_validator("devices")
+    @classmethod
+    def _known(cls, v: list[dict[str, str]]) -> list[dict[str, str]]:
+        for i, d in enumerate(v):
+            if d.get("endpoint") != "bus":
+                raise FieldError(f"unknown endpoint {d.get('endpoint')!r}", i, "endpoint")
+        return v
+
+
+def test_field_error_points_below_the_validated_value(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "config.yaml",
+        """
+        endpoints: [bus]
+        devices:
+          - name: a
+            endpoint: bus
+          - name: b
+            endpoint: bux
+        """,
+    )
+    src = load_yaml(path)
+    with pytest.raises(ValidationError) as info:
+        Bus.model_validate(src.data)
+    assert format_validation_errors(info.value, src, Bus) == [
+        f"{path}:6:5: devices[1].endpoint: unknown endpoint 'bux'"
+    ]
