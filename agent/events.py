@@ -541,11 +541,18 @@ class ReloadOutcome(BaseModel):
 
 
 class Status(BaseModel):
-    """{root}/status (retained): availability; `offline` is the last will."""
+    """{root}/status (retained): availability; `offline` is the last will, `failed` a stop on a fault."""
 
     model_config = ConfigDict(extra="allow")
 
-    state: Literal["online", "offline", "stopped"] = Field(description="Availability.")
+    state: Literal["online", "offline", "stopped", "failed"] = Field(
+        description="Availability: online; stopped (clean stop, devices restored); failed (stopped on a "
+        "fault, devices restored unless `reason` says otherwise); offline (the last will: connection lost)."
+    )
+    reason: str | None = Field(
+        default=None,
+        description="With `failed`: why the agent stopped, and any device it could not restore.",
+    )
     config: ReloadOutcome | None = Field(default=None, description="Outcome of the last reload, if any.")
 
 
