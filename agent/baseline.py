@@ -35,6 +35,7 @@ __all__ = [
     "Energy",
     "EventWindow",
     "LoadSeries",
+    "RealtimeBaseline",
     "beijing_5of10",
     "caiso_10in10",
     "compute_all",
@@ -43,6 +44,7 @@ __all__ = [
     "pjm_high4of5",
     "realtime_15min",
     "realtime_15min_from_samples",
+    "realtime_baseline",
     "regression",
 ]
 
@@ -463,21 +465,50 @@ def realtime_15min(
     )
 
 
-def realtime_15min_from_samples(
-    samples: Sequence[tuple[float, float]],
+#: Share of the 15 minutes before control start that must be covered for a real-time baseline
+#: (below it, control runs on the current load and the settlement says so).
+REALTIME_MIN_COVERAGE = 0.5
+#: A poll holds for at most this long in the real-time baseline (a stalled meter is not extrapolated).
+REALTIME_MAX_HOLD_S = 60.0
+#: Readings from this long before control start are enough to compute the real-time baseline.
+REALTIME_LOOKBACK_S = 900.0 + REALTIME_MAX_HOLD_S
+
+
+@dataclass(frozen=True)
+class RealtimeBaseline:
+    """The real-time baseline from raw polls: what control steers on and the settlement checks."""
+
+    kw: float | None  # None: less than `min_coverage` of the window covered
+    covered_s: float
+    window_s: float
+
+    @property
+    def coverage(self) -> float:
+        return self.covered_s / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def quality(self) -> str:
+        if self.kw is None:
+            return f"too little history ({self.covered_s:.0f} s of {self.window_s:.0f} s)"
+        return "ok" if self.coverage >= 0.9 else f"partial: {self.covered_s:.0f} s of history"
+
+
+def realtime_baseline(
+    samples: Iterable[tuple[float, float]],
     control_start_ts: float,
-    window_s: float = 900,
+    window_s: float = 900.0,
     *,
-    max_hold_s: float = 60.0,
-    min_coverage: float = 0.5,
-) -> float | None:
+    max_hold_s: float = REALTIME_MAX_HOLD_S,
+    min_coverage: float = REALTIME_MIN_COVERAGE,
+) -> RealtimeBaseline:
     """Time-weighted mean kW over ``[control_start - window_s, control_start)`` from raw polls.
 
-    For the live control loop: ``samples`` are (epoch_s, kW) readings at any
+    The one real-time baseline: the live control loop computes it from its
+    recent polls when control starts, the settlement from the same polls as
+    stored, so both agree to the watt. ``samples`` are (epoch_s, kW) at any
     spacing, in any order. Each reading holds until the next one, but at most
-    ``max_hold_s`` (a stalled meter must not be extrapolated); the reading in
-    force at the window start counts too. Returns None when less than
-    ``min_coverage`` of the window is covered.
+    ``max_hold_s``; the reading in force at the window start counts too.
+    ``kw`` is None when less than ``min_coverage`` of the window is covered.
     """
     t0, t1 = control_start_ts - window_s, control_start_ts
     pts = sorted(s for s in samples if s[0] < t1)
@@ -496,8 +527,22 @@ def realtime_15min_from_samples(
             acc += kw * (b - a)
             covered += b - a
     if covered <= 0 or covered < min_coverage * window_s:
-        return None
-    return acc / covered
+        return RealtimeBaseline(None, covered, window_s)
+    return RealtimeBaseline(acc / covered, covered, window_s)
+
+
+def realtime_15min_from_samples(
+    samples: Sequence[tuple[float, float]],
+    control_start_ts: float,
+    window_s: float = 900,
+    *,
+    max_hold_s: float = REALTIME_MAX_HOLD_S,
+    min_coverage: float = REALTIME_MIN_COVERAGE,
+) -> float | None:
+    """`realtime_baseline()`'s kW alone."""
+    return realtime_baseline(
+        samples, control_start_ts, window_s, max_hold_s=max_hold_s, min_coverage=min_coverage
+    ).kw
 
 
 def beijing_5of10(

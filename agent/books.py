@@ -1,9 +1,12 @@
 """The books: each event's settlement from the metering history, and the money side of the year.
 
-`settle_event` is the settlement step of the event lifecycle: it reads the
-event window's meter readings and ten weeks of 1-minute history from the
-store (on the store's thread), runs every baseline method, settles on the
-contract's official one and lists the others beside it. `year_books` adds
+`settle_event` computes an event's whole settlement record, in this module
+only: it reads the event window's meter readings and ten weeks of 1-minute
+history from the store (on the store's thread), runs every baseline method
+(the real-time one by `agent.baseline.realtime_baseline`, the function
+control started on), settles on the contract's official one, lists the
+others beside it and adds the control figures. The lifecycle only stores
+and publishes the record. `year_books` adds
 what the ledger (`agent/ledger.py`: events, hours, days, participation)
 does not know: verified kW and the estimated incentive, year to date, with
 the participation rule applied (Jiangsu: fewer than 10 responses pays pro
@@ -21,26 +24,29 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from agent.baseline import (
+    REALTIME_LOOKBACK_S,
     BaselineResult,
     EventWindow,
     compute_all,
-    realtime_15min_from_samples,
+    realtime_baseline,
 )
 from agent.calendar import Calendar
-from agent.config import ContractConfig
+from agent.config import ContractConfig, SiteConfig
+from agent.events import DrEvent, Settlement, State
 from agent.history import LOOKBACK_DAYS, TEMPERATURE_KEY, load_series
 from agent.ledger import Ledger, LedgerEntry
 from agent.settlement import settle
-from agent.store import Store
+from agent.store import AsyncStore, Store
 
 if TYPE_CHECKING:
-    from agent.daemon import Agent
-    from agent.lifecycle import EventRecord
+    from agent.control import EventControl
 
 log = logging.getLogger("dr_agent")
 
 #: Event states whose day is not a normal day any more (never a look-back day of a baseline).
-RAN_STATES = {"active", "completed", "completed_unsettled"}
+RAN_STATES = {State.ACTIVE, State.COMPLETED}
+#: The real-time baselines of control and settlement differ by more than this: the settlement says so.
+AGREE_KW = 0.0005
 
 
 def incentive_rate(contract: ContractConfig, program: str, notice_s: float | None) -> tuple[float, str]:
@@ -120,8 +126,8 @@ def history_baselines(
     results = compute_all(
         series, window, calendar, official, excluded_dates=frozenset(excluded), params=params
     )
-    pre = store.readings(meter, control_start - 960, control_start)
-    raw = realtime_15min_from_samples(pre, control_start)
+    pre = store.readings(meter, control_start - REALTIME_LOOKBACK_S, control_start)
+    raw = realtime_baseline(pre, control_start).kw
     rt = results["realtime_15min"]
     if raw is None and live_baseline_kw is not None and math.isfinite(live_baseline_kw):
         raw = live_baseline_kw
@@ -159,8 +165,9 @@ def excluded_dates(store: Store, tz: ZoneInfo, exclude_event: str) -> set[date]:
 
 
 def published(body: dict[str, Any]) -> dict[str, Any]:
-    """The settlement as published over MQTT: without the per-minute baseline curves (kept in the store)."""
-    return {k: v for k, v in body.items() if k != "curves"}
+    """The settlement as published over MQTT, checked by its model: without the per-minute baseline
+    curves (kept in the store)."""
+    return Settlement.model_validate({k: v for k, v in body.items() if k != "curves"}).model_dump(mode="json")
 
 
 def _received_ts(store: Store, event_id: str, start_ts: float) -> float | None:
@@ -172,59 +179,79 @@ def _received_ts(store: Store, event_id: str, start_ts: float) -> float | None:
     return ts if start_ts - 30 * 86400 <= ts <= start_ts else None
 
 
-async def settle_event(
-    agent: Agent,
-    rec: EventRecord,
-    *,
-    end: float,
-    baseline_kw: float | None = None,
-    extra: dict[str, Any] | None = None,
-    **_as_for_settle: Any,
-) -> dict[str, Any]:
-    """The settlement record of `rec` over [its start, `end`), with every baseline method; not yet stored.
+@dataclass(frozen=True)
+class EventRun:
+    """What the settlement needs to know of one event and how it ran (the lifecycle fills it in)."""
 
-    `baseline_kw` is the real-time baseline control ran on (used when the
-    stored readings before control start are too few); `extra` is added to
-    the record. It accepts `settlement.settle()`'s other keyword arguments
-    and ignores them: the window, contract and readings come from `rec`,
-    the config and the store, so the lifecycle's call site reads as before.
+    event: DrEvent
+    state: str
+    committed_kw: float | None
+    #: The control state, when control ran in this process (metrics, actuations, skipped steps).
+    control: EventControl | None
+    #: When control started: the real-time baseline's window ends here.
+    control_start: float
+    #: The real-time baseline control ran on (kept across a restart), if it ran.
+    control_baseline_kw: float | None = None
+    resumed: bool = False
+    #: When the event first arrived (agent clock), if known in this process.
+    received_ts: float | None = None
+
+
+async def settle_event(
+    store: AsyncStore, cfg: SiteConfig, run: EventRun, *, meter: str, end: float | None = None
+) -> dict[str, Any]:
+    """The settlement record of `run` over [its start, `end` or its end), with every baseline method.
+
+    Not yet stored or published: the lifecycle does that. The real-time
+    baseline is recomputed from the stored polls with the function control
+    started on; when too few polls are stored, the value control ran on is
+    used (and said so); when both exist and differ, a note says by how much.
     """
-    a = agent
-    ev = rec.event
-    c = rec.control
-    stop = end
-    contract = a.cfg.contract
-    calendar = a.cfg.calendar.calendar(a.cfg.site.timezone)
-    control_start = c.control_start if c is not None else rec.control_start
-    live = baseline_kw if baseline_kw is not None else (c.baseline_kw if c is not None else None)
-    received: float | None = getattr(rec, "received_ts", None)
+    ev, c = run.event, run.control
+    stop = min(end if end is not None else ev.end_ts, ev.end_ts)
+    contract = cfg.contract
+    calendar = cfg.calendar.calendar(cfg.site.timezone)
+    live = run.control_baseline_kw
+    received = run.received_ts
     if received is None:
-        received = await a.store.call(_received_ts, a.store.sync, ev.event_id, ev.start_ts)
+        received = await store.call(_received_ts, store.sync, ev.event_id, ev.start_ts)
     notice_s = ev.start_ts - received if received is not None else None
     notice_date = calendar.local_date(received) if received is not None else None
 
-    def work(store: Store) -> HistoryBaselines:
-        excluded = excluded_dates(store, calendar.zone, ev.event_id)
-        return history_baselines(
-            store,
-            meter=a.meter.name,
+    def work(st: Store) -> tuple[HistoryBaselines, list[tuple[float, float]]]:
+        excluded = excluded_dates(st, calendar.zone, ev.event_id)
+        hb = history_baselines(
+            st,
+            meter=meter,
             calendar=calendar,
             official=contract.official_baseline,
             start=ev.start_ts,
             stop=stop,
-            control_start=control_start,
+            control_start=run.control_start,
             notice_date=notice_date,
             excluded=excluded,
             live_baseline_kw=live,
-            temperature=a.cfg.outdoor_temperature is not None,
+            temperature=cfg.outdoor_temperature is not None,
         )
+        post: list[tuple[float, float]] = []
+        if c is not None:
+            post = st.readings(meter, ev.end_ts, ev.end_ts + _recovery_s(ev, c))
+        return hb, post
 
-    hb: HistoryBaselines = await a.store.call(work, a.store.sync)
+    hb, post = await store.call(work, store.sync)
+    control: dict[str, Any] | None = None
+    if c is not None:
+        control = c.settlement_metrics(post, _recovery_s(ev, c), contract.peak_kw)
     rate, rate_rule = incentive_rate(contract, ev.program, notice_s)
     rt = hb.results["realtime_15min"]
     fallback_kw = (
         rt.mean_kw if rt.available and rt.mean_kw is not None else (live if live is not None else math.nan)
     )
+    notes = list(hb.notes)
+    if live is not None and rt.available and rt.mean_kw is not None and abs(rt.mean_kw - live) > AGREE_KW:
+        notes.append(
+            f"control ran on a real-time baseline of {live:.3f} kW; the stored polls give {rt.mean_kw:.3f} kW"
+        )
     body = settle(
         event_id=ev.event_id,
         samples=hb.samples,
@@ -234,37 +261,44 @@ async def settle_event(
         baseline_method="realtime_15min",
         peak_kw=contract.peak_kw,
         band_pct=contract.band_pct,
-        committed_kw=rec.opt.committed_kw,
+        committed_kw=run.committed_kw,
         incentive_cny_per_kw=0.0 if ev.test_event else rate,
         baselines=hb.results,
         official_baseline=contract.official_baseline,
-        max_hold_s=max(30.0, 3 * a.cfg.modbus.poll_interval_s),
-        stale_after_s=a.cfg.control.meter_stale_s,
+        max_hold_s=max(30.0, 3 * cfg.modbus.poll_interval_s),
+        stale_after_s=cfg.control.meter_stale_s,
         extra={
-            "site_id": a.cfg.site.id,
+            "site_id": cfg.site.id,
             "program": ev.program,
             "test_event": ev.test_event,
-            "state": rec.state,
+            "state": str(run.state),
             "actuations": c.actuations if c else 0,
             "steps_skipped": c.skipped if c else {},
-            **(extra or {}),
-            "control_start": control_start,
+            "resumed_after_restart": run.resumed,
+            "control": control,
+            "control_baseline_kw": None if live is None else round(live, 3),
+            "control_start": run.control_start,
             "local_date": calendar.local_date(ev.start_ts).isoformat(),
-            "meter": a.meter.name,
-            "timezone": a.cfg.site.timezone,
+            "meter": meter,
+            "timezone": cfg.site.timezone,
             "peak_kw": contract.peak_kw,
             "notice_s": None if notice_s is None else round(notice_s, 1),
             "incentive_rule": "test event: no incentive" if ev.test_event else rate_rule,
         },
     )
-    if hb.notes:
-        body.setdefault("notes", []).extend(hb.notes)
+    if notes:
+        body.setdefault("notes", []).extend(notes)
     body["curves"] = {
         "start": hb.window_start,
         "step_s": 60,
         "kw": {m: [round(v, 2) for v in r.curve_kw] for m, r in hb.results.items() if r.available},
     }
     return body
+
+
+def _recovery_s(ev: DrEvent, c: EventControl) -> float:
+    """The recovery window after the end: the event's own, else the strategy's rebound window."""
+    return ev.recovery_s if ev.recovery_s > 0 else c.restore_policy.rebound_window_s
 
 
 # -- the money side of the year ---------------------------------------------------------
@@ -283,8 +317,6 @@ def ledger_entries(rows: Sequence[dict[str, Any]], settled: dict[str, dict[str, 
         s = settled.get(row["event_id"])
         if state in ("far", "near"):
             state = "planned"
-        elif state == "completed_unsettled":
-            state = "completed"
         elif state == "cancelled":
             if s is None:
                 continue  # cancelled before it began: it never counted
@@ -396,18 +428,18 @@ def year_books(
     return out
 
 
-async def publish_year(agent: Agent) -> None:
-    """The year to date, retained on <root>/out/ledger after every settlement."""
-    a = agent
-    now = a.clock.now()
-    year = datetime.fromtimestamp(now, a.tz).year
+async def year_to_date(
+    store: AsyncStore, contract: ContractConfig | None, tz: ZoneInfo, now: float
+) -> dict[str, Any]:
+    """The year to date (what <root>/out/ledger carries after every settlement)."""
+    year = datetime.fromtimestamp(now, tz).year
 
-    def work(store: Store) -> dict[str, Any]:
-        return year_books(a.cfg.contract, a.tz, year, now, store.events(), store.settlements(10000))
+    def work(st: Store) -> dict[str, Any]:
+        return year_books(contract, tz, year, now, st.events(), st.settlements(10000))
 
-    body = await a.store.call(work, a.store.sync)
+    body = await store.call(work, store.sync)
     body["ts"] = now
-    await a._send(f"{a.topics.root}/out/ledger", body, retain=True)
+    return body
 
 
 def local_day_bounds(tz: ZoneInfo, day: date) -> tuple[float, float]:

@@ -159,6 +159,7 @@ def decide(
     last_release: float | None,
     held: Sequence[Held],
     options: Sequence[Option],
+    urgent: bool = False,
 ) -> list[Decision]:
     """The decisions of one cycle. `options` are in strategy order; `held` in the order they were added.
 
@@ -170,7 +171,8 @@ def decide(
     keeps curtailment at or above aim - deadband — unless above the band's
     top, when something must go. After an add, no release for `settle_s`
     (and vice versa) unless the band itself is at stake: that is the
-    hysteresis that stops flapping.
+    hysteresis that stops flapping. `urgent` (a new target not reached yet) fills the gap as a new
+    event's first entry does: fast actuators first whatever their stage, continuous ones deepened.
     """
     if predicted_kw is None:
         return [Decision("hold", "meter unknown: holding, not adding or releasing blind")]
@@ -182,7 +184,7 @@ def decide(
             return [Decision("hold", "settling after a release")]
         gap = aim - predicted_kw
         room = top - predicted_kw
-        at_stake = predicted_kw < lo + deadband_kw
+        at_stake = predicted_kw < lo + deadband_kw or urgent
 
         def deepen() -> None:
             nonlocal gap, room
@@ -464,6 +466,8 @@ class EventControl:
     start: float | None = None
     quality: QualityTracker | None = None
     last_committed: float | None = None
+    #: A new target (modification, signal interval) not reached yet: control fills the gap as on entry.
+    retargeting: bool = False
     rebound_held_s: float = 0.0
     restore_steps: int | None = None
     #: The settlement's control figures, once settled.
@@ -694,8 +698,10 @@ class Controller:
                 ev.last_committed,
                 ev.committed_kw,
             )
-            # A new target is acted on at once, not after the anti-flap settle time.
+            # A new target is acted on at once, not after the anti-flap settle time, and reached
+            # the way the event's first target was: fast actuators first, whatever their stage.
             ev.last_add = ev.last_release = None
+            ev.retargeting = True
         ev.last_committed = ev.committed_kw
         await self._learn(ev, now)
         # A step past its max_shed_s comes back whatever the band says.
@@ -705,6 +711,9 @@ class Controller:
                 await self._release(ev, a, now, f"max_shed_s {limit:g} s reached")
                 return Decision("release", "max_shed_s reached", a.step)
         db = self.deadband_kw(peak_kw)
+        aim = aim_kw(ev.committed_kw, ev.band, db)
+        if ev.retargeting and realized is not None and abs(realized - aim) <= db:
+            ev.retargeting = False  # reached on the meter: strategy order again
         predicted = None if realized is None else realized + ev.pending_kw(now)
         ev.predicted_kw = predicted
         cands = self.candidates(ev, now) if predicted is not None else []
@@ -718,7 +727,7 @@ class Controller:
         decisions = decide(
             now=now,
             predicted_kw=predicted,
-            aim=aim_kw(ev.committed_kw, ev.band, db),
+            aim=aim,
             band=ev.band,
             deadband_kw=db,
             settle_s=self.cfg.settle_s,
@@ -726,6 +735,7 @@ class Controller:
             last_release=ev.last_release,
             held=self._held(ev, now) if predicted is not None else [],
             options=options,
+            urgent=ev.retargeting,
         )
         ev.last_decision = "; ".join(d.reason for d in decisions[:3])
         for d in decisions:

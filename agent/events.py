@@ -14,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -332,16 +333,21 @@ def _validate(model: type[M], data: dict[str, Any], id_field: str) -> M:
 def response(
     event: DrEvent, opt: Literal["in", "out"], code: str, reason: str, **extra: Any
 ) -> dict[str, Any]:
-    """The oadrCreatedEvent-shaped answer to an event."""
-    body: dict[str, Any] = {
-        "event_id": event.event_id,
-        "modification_number": event.modification_number,
-        "opt": opt,
-        "code": code,
-        "reason": reason,
-    }
-    body.update(extra)
-    return body
+    """The oadrCreatedEvent-shaped answer to an event, built and checked by `EventResponse`.
+
+    `extra` holds the model's optional fields (committed_kw, partial, ...);
+    an unknown one is an error, so the payload cannot drift from its schema.
+    """
+    body = EventResponse(
+        status="ok",
+        event_id=event.event_id,
+        modification_number=event.modification_number,
+        opt=opt,
+        code=code,
+        reason=reason,
+        **extra,
+    )
+    return body.model_dump(mode="json", exclude_none=True)
 
 
 # -- price signals (in) -----------------------------------------------------------------
@@ -415,6 +421,22 @@ ERROR_CODES: dict[str, str] = {
 }
 
 
+class State(StrEnum):
+    """An event's lifecycle state, as published on {root}/out/event/<event_id> and stored."""
+
+    FAR = "far"
+    NEAR = "near"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    OPTED_OUT = "opted_out"
+    SUPERSEDED = "superseded"
+
+
+#: States an event never leaves.
+FINAL_STATES = frozenset({State.COMPLETED, State.CANCELLED, State.OPTED_OUT, State.SUPERSEDED})
+
+
 class EventResponse(BaseModel):
     """{root}/out/response: the agent's answer to an event (oadrCreatedEvent)."""
 
@@ -454,9 +476,7 @@ class EventState(BaseModel):
 
     event_id: str = Field(description="The event.")
     modification_number: int = Field(description="The modification in force.")
-    state: Literal["far", "near", "active", "completed", "cancelled", "opted_out", "superseded"] = Field(
-        description="Lifecycle state."
-    )
+    state: State = Field(description="Lifecycle state.")
     opt: Literal["in", "out"] = Field(description="The agent's decision.")
     code: str = Field(description="The decision's code.")
     reason: str = Field(description="The decision's reason.")
@@ -484,21 +504,38 @@ class ErrorReply(BaseModel):
     error: str = Field(description="What is wrong and where, for people.")
 
 
-class LiveReport(BaseModel):
-    """{root}/out/report: live progress during an event, every control.report_interval_s."""
+class LiveState(BaseModel):
+    """A live report without its sequence number: what the lifecycle builds every report interval."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
-    seq: int = Field(description="Increases by one per report, across restarts; dedupe on it.")
     ts: float = Field(description="Time of the report, epoch s.")
     event_id: str = Field(description="The running event.")
+    state: State = Field(description="The event's lifecycle state.")
+    phase: Literal["armed", "shedding", "restoring", "recovering", "done"] = Field(
+        description="Control phase: shedding during the event, restoring after its end."
+    )
     measured_kw: float | None = Field(description="Filtered site load, kW (null when the meter is unknown).")
-    baseline_kw: float = Field(description="Baseline, kW.")
+    baseline_kw: float = Field(description="Real-time baseline control runs on, kW.")
     realized_kw: float | None = Field(description="Baseline minus load, kW.")
-    committed_kw: float = Field(description="kW committed now.")
+    realized_pct_of_peak: float | None = Field(description="Realized curtailment, % of the contract peak.")
+    committed_kw: float = Field(description="kW committed now (after any modification or interval change).")
     band_kw: list[float] = Field(description="The contract band, kW [min, max].")
+    band_pct: list[float] = Field(description="The contract band, % of peak [min, max].")
+    target_kw: list[float] = Field(
+        description="Where control holds realized curtailment now, kW [min, max]: the commitment "
+        "(kept a margin inside the band) plus or minus the deadband."
+    )
     in_band: bool | None = Field(description="Realized curtailment within the band.")
     active_steps: list[str] = Field(description="Shed steps in force.")
+    degraded: bool = Field(description="True while the meter is unknown and control holds blind.")
+    last_decision: str = Field(description="The controller's last decision, for people.")
+
+
+class LiveReport(LiveState):
+    """{root}/out/report: live progress during an event, every control.report_interval_s."""
+
+    seq: int = Field(description="Increases by one per report, across restarts; dedupe on it.")
 
 
 class Settlement(BaseModel):

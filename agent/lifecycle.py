@@ -16,21 +16,28 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from agent.books import publish_year, published, settle_event
+from agent.baseline import realtime_baseline
+from agent.books import EventRun, published, settle_event, year_to_date
 from agent.contract import Decision as OptDecision
 from agent.contract import commit_kw
 from agent.contract import decide as decide_opt
-from agent.control import ActiveStep, EventControl
+from agent.control import ActiveStep, EventControl, aim_kw
 from agent.events import (
+    FINAL_STATES,
     MAX_AHEAD_S,
     DrEvent,
     EventError,
+    EventState,
     Interval,
+    LiveState,
+    PriceReading,
     PriceSignal,
+    State,
     Target,
     load_json,
     parse_event,
@@ -47,9 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dr_agent")
 
-BASELINE_WINDOW_S = 900.0
-#: States an event never leaves.
-FINAL_STATES = {"completed", "cancelled", "opted_out", "superseded"}
 #: Final states re-published on reconnect for this long after the event's end (the broker may have lost them).
 REPUBLISH_FINAL_S = 86400.0
 
@@ -58,7 +62,7 @@ REPUBLISH_FINAL_S = 86400.0
 class EventRecord:
     event: DrEvent
     opt: OptDecision
-    state: str
+    state: State
     effective_start: float
     control: EventControl | None = None
     settled: bool = False
@@ -70,6 +74,8 @@ class EventRecord:
     runtime: dict[str, Any] | None = None
     #: When the event first arrived (agent clock): its notice time sets some incentive rates.
     received_ts: float | None = None
+    #: Completed (devices back) while the agent was down or in its recovery window: settle next tick.
+    settle_pending: bool = False
 
     @property
     def control_start(self) -> float:
@@ -161,14 +167,14 @@ class EventLifecycle:
             )
             if r.opt.opt != "in" and not ran:
                 continue
-            if r.state == "cancelled" and not ran:
+            if r.state == State.CANCELLED and not ran:
                 continue
-            if r.state in ("far", "near"):
+            if r.state in (State.FAR, State.NEAR):
                 state = "planned"
-            elif r.state in ("cancelled", "superseded", "opted_out"):
+            elif r.state in (State.CANCELLED, State.SUPERSEDED, State.OPTED_OUT):
                 state = "cancelled"
             else:
-                state = r.state if r.state in ("active", "completed") else "completed"
+                state = str(r.state)
             end = r.ended_ts if r.ended_ts is not None else r.event.end_ts
             entries.append(
                 LedgerEntry(
@@ -199,7 +205,7 @@ class EventLifecycle:
                 # Same number: an idempotent re-acknowledgement.
                 await a._send(a.topics.response, self.response(known))
                 return
-            if known.state in ("completed", "cancelled", "superseded"):
+            if known.state in (State.COMPLETED, State.CANCELLED, State.SUPERSEDED):
                 await a._send(
                     a.topics.error,
                     EventError(
@@ -240,13 +246,15 @@ class EventLifecycle:
             if opt.opt == "out":
                 if was_running:
                     await self._stop_early(rec, now, "opted out after a modification")
-                rec.state = "opted_out"
+                rec.state = State.OPTED_OUT
             else:
                 if was_running and rec.control is not None:
                     rec.control.end = ev.end_ts
-                    rec.interval = None  # re-evaluated on the next tick
-                elif rec.state == "opted_out":
-                    rec.state = "far"
+                    # A new target at once: the state, the response and the next live report carry it,
+                    # and the controller acts on it this cycle.
+                    self._retarget(rec, now)
+                elif rec.state == State.OPTED_OUT:
+                    rec.state = State.FAR
             log.info(
                 "event_id=%s event=modified n=%d opt=%s code=%s",
                 ev.event_id,
@@ -256,7 +264,9 @@ class EventLifecycle:
             )
         else:
             jitter = self._rng.uniform(0, ev.start_after_s) if ev.start_after_s else 0.0
-            rec = EventRecord(ev, opt, "far" if opt.opt == "in" else "opted_out", ev.start_ts + jitter)
+            rec = EventRecord(
+                ev, opt, State.FAR if opt.opt == "in" else State.OPTED_OUT, ev.start_ts + jitter
+            )
             rec.received_ts = now
             self.events[ev.event_id] = rec
             log.info(
@@ -281,7 +291,7 @@ class EventLifecycle:
         a.wake.set()
 
     def response(self, rec: EventRecord, **more: Any) -> dict[str, Any]:
-        extra: dict[str, Any] = {"status": "ok"}
+        extra: dict[str, Any] = {}
         if rec.opt.committed_kw is not None:
             extra["committed_kw"] = round(rec.opt.committed_kw, 3)
         if rec.opt.partial:
@@ -315,7 +325,7 @@ class EventLifecycle:
             f"than this one ({rec.event.priority})"
         )
         rec.opt = OptDecision("out", "superseded", reason)
-        rec.state = "superseded"
+        rec.state = State.SUPERSEDED
         await self._stop_early(rec, now, "superseded by a higher-priority event")
         await self._persist(rec)
         log.info("event_id=%s event=superseded by=%s", rec.event.event_id, by.event.event_id)
@@ -326,7 +336,7 @@ class EventLifecycle:
         a = self.agent
         rec.event = ev
         was_running = rec.control is not None and rec.control.phase in ("shedding", "restoring")
-        rec.state = "cancelled"
+        rec.state = State.CANCELLED
         if rec.opt.opt == "in":
             rec.opt = OptDecision(
                 "in", "cancelled", "cancelled by the provider", rec.opt.committed_kw, rec.opt.partial
@@ -334,10 +344,7 @@ class EventLifecycle:
         await self._stop_early(rec, now, "event cancelled")
         await self._persist(rec)
         log.info("event_id=%s event=cancelled was_running=%s", ev.event_id, was_running)
-        await a._send(
-            a.topics.response,
-            response(ev, rec.opt.opt, "cancelled", "cancelled by the provider", status="ok"),
-        )
+        await a._send(a.topics.response, response(ev, rec.opt.opt, "cancelled", "cancelled by the provider"))
         await self.publish_state(rec)
 
     async def _persist(self, rec: EventRecord) -> None:
@@ -377,35 +384,67 @@ class EventLifecycle:
         rec.runtime = runtime
         await a.store.set_event_runtime(ev.event_id, runtime)
 
-    async def _set_state(self, rec: EventRecord, state: str) -> None:
+    async def _set_state(self, rec: EventRecord, state: State) -> None:
         rec.state = state
-        await self.agent.store.set_event_state(rec.event.event_id, state)
+        await self.agent.store.set_event_state(rec.event.event_id, state.value)
         await self.publish_state(rec)
 
-    async def publish_state(self, rec: EventRecord) -> None:
+    def state_payload(self, rec: EventRecord) -> dict[str, Any]:
+        """The retained state of `rec`: the commitment in force now (after a modification or interval)."""
         a = self.agent
         ev = rec.event
         committed = rec.control.committed_kw if rec.control is not None else rec.opt.committed_kw
-        await a._send(
-            a.topics.event_state(ev.event_id),
-            {
-                "event_id": ev.event_id,
-                "modification_number": ev.modification_number,
-                "state": rec.state,
-                "opt": rec.opt.opt,
-                "code": rec.opt.code,
-                "reason": rec.opt.reason,
-                "program": ev.program,
-                "priority": ev.priority,
-                "start": ev.start.isoformat(),
-                "effective_start": datetime.fromtimestamp(rec.effective_start, a.tz).isoformat(),
-                "end": datetime.fromtimestamp(ev.end_ts, a.tz).isoformat(),
-                "interval": rec.interval,
-                "committed_kw": None if committed is None else round(committed, 3),
-                "ts": a.clock.now(),
-            },
-            retain=True,
+        return EventState(
+            event_id=ev.event_id,
+            modification_number=ev.modification_number,
+            state=rec.state,
+            opt=rec.opt.opt,
+            code=rec.opt.code,
+            reason=rec.opt.reason,
+            program=ev.program,
+            priority=ev.priority,
+            start=ev.start.isoformat(),
+            effective_start=datetime.fromtimestamp(rec.effective_start, a.tz).isoformat(),
+            end=datetime.fromtimestamp(ev.end_ts, a.tz).isoformat(),
+            interval=rec.interval,
+            committed_kw=None if committed is None else round(committed, 3),
+            ts=a.clock.now(),
+        ).model_dump(mode="json")
+
+    async def publish_state(self, rec: EventRecord) -> None:
+        await self.agent._send(
+            self.agent.topics.event_state(rec.event.event_id), self.state_payload(rec), retain=True
         )
+
+    def live_report(self, load_kw: float | None, now: float) -> dict[str, Any] | None:
+        """The live report of the running event (without its sequence number), or None."""
+        rec = self.running()
+        if rec is None or rec.control is None:
+            return None
+        c = rec.control
+        realized = None if load_kw is None else c.baseline_kw - load_kw
+        lo, hi = c.band
+        peak = c.peak_kw or self.agent.cfg.contract.peak_kw  # the event's own contract, even after a reload
+        db = self.agent.controller.deadband_kw(peak)
+        aim = aim_kw(c.committed_kw, c.band, db)
+        return LiveState(
+            ts=now,
+            event_id=rec.event.event_id,
+            state=rec.state,
+            phase=c.phase,
+            measured_kw=None if load_kw is None else round(load_kw, 3),
+            baseline_kw=round(c.baseline_kw, 3),
+            realized_kw=None if realized is None else round(realized, 3),
+            realized_pct_of_peak=None if realized is None else round(realized / peak * 100, 3),
+            committed_kw=round(c.committed_kw, 3),
+            band_kw=[round(lo, 3), round(hi, 3)],
+            band_pct=[round(lo / peak * 100, 3), round(hi / peak * 100, 3)],
+            target_kw=[round(aim - db, 3), round(aim + db, 3)],
+            in_band=None if realized is None else lo <= realized <= hi,
+            active_steps=[x.step.id for x in c.active],
+            degraded=load_kw is None,
+            last_decision=c.last_decision,
+        ).model_dump(mode="json")
 
     async def on_connected(self) -> None:
         """Re-publish every current state on each (re)connect: late subscribers, a broker that lost them."""
@@ -504,18 +543,15 @@ class EventLifecycle:
             len(price.intervals),
             len(wanted),
         )
-        await a._send(
-            a.topics.price_state,
-            {
-                "price_id": price.price_id,
-                "revision": price.revision,
-                "kind": price.kind,
-                "max_price": max(i.price for i in price.intervals),
-                "events": sorted(wanted_ids),
-                "ts": now,
-            },
-            retain=True,
+        reading = PriceReading(
+            price_id=price.price_id,
+            revision=price.revision,
+            kind=price.kind,
+            max_price=max(i.price for i in price.intervals),
+            events=sorted(wanted_ids),
+            ts=now,
         )
+        await a._send(a.topics.price_state, reading.model_dump(mode="json"), retain=True)
         for ev in wanted:
             await self.handle_event(ev)
 
@@ -526,16 +562,16 @@ class EventLifecycle:
         a = self.agent
         load = a.site_load_kw()
         for rec in list(self.events.values()):
+            if rec.settle_pending:
+                await self.settle(rec)
+                continue
             recovering = rec.control is not None and rec.control.phase == "recovering"
             if rec.opt.opt != "in" or (rec.state in FINAL_STATES and not recovering):
                 continue
             ev = rec.event
-            if rec.state == "completed_unsettled":
-                await self.settle(rec)
-                continue
             if now >= ev.end_ts:
                 if rec.control is None:
-                    await self._set_state(rec, "completed")
+                    await self._set_state(rec, State.COMPLETED)
                     continue
                 c = rec.control
                 if c.phase == "shedding":
@@ -547,7 +583,7 @@ class EventLifecycle:
                     if done:
                         # Devices are back; the settlement waits out the recovery window (it reports the rebound).
                         c.phase = "recovering"
-                        await self._set_state(rec, "completed")
+                        await self._set_state(rec, State.COMPLETED)
                 if c.phase == "recovering" and now >= ev.end_ts + recovery:
                     c.phase = "done"
                     await self.settle(rec)
@@ -559,26 +595,35 @@ class EventLifecycle:
                 await self._follow_intervals(rec, now)
             else:
                 await precool(a, rec, now)
-                if now >= ev.start_ts - ev.notification_s and rec.state == "far":
-                    await self._set_state(rec, "near")
+                if now >= ev.start_ts - ev.notification_s and rec.state == State.FAR:
+                    await self._set_state(rec, State.NEAR)
 
     async def _follow_intervals(self, rec: EventRecord, now: float) -> None:
         """Take the target of the signal interval in force; the change shows in reports and the state."""
         c = rec.control
         if c is None or c.phase != "shedding":
             return
-        n, target = rec.event.target_at(max(now, rec.event.start_ts))
+        n, _target = rec.event.target_at(max(now, rec.event.start_ts))
         if n == rec.interval:
             return
-        _asked, kw = commit_kw(target, self.agent.cfg.contract, c.baseline_kw)
         changed = rec.interval is not None
+        self._retarget(rec, now)
+        if changed or rec.event.intervals:
+            log.info(
+                "event_id=%s event=interval n=%d committed_kw=%.1f", rec.event.event_id, n, c.committed_kw
+            )
+            await self.publish_state(rec)
+
+    def _retarget(self, rec: EventRecord, now: float) -> None:
+        """Set control's commitment to the event's target in force now (interval change or modification)."""
+        c = rec.control
+        if c is None:
+            return
+        n, target = rec.event.target_at(max(now, rec.event.start_ts))
+        _asked, kw = commit_kw(target, self.agent.cfg.contract, c.baseline_kw)
         rec.interval = n
         if abs(kw - c.committed_kw) > 1e-9:
-            c.committed_kw = kw
-            c.last_change = None  # act on the new target at once rather than wait out the settle time
-        if changed or rec.event.intervals:
-            log.info("event_id=%s event=interval n=%d committed_kw=%.1f", rec.event.event_id, n, kw)
-            await self.publish_state(rec)
+            c.committed_kw = kw  # the controller sees the change on its next cycle and acts at once
 
     def owning_event_ids(self) -> set[str]:
         """Events that may hold journalled sheds now: not final, or still restoring/recovering."""
@@ -594,7 +639,7 @@ class EventLifecycle:
         return [
             r
             for r in self.events.values()
-            if r.control is not None and r.control.phase == "shedding" and r.state == "active"
+            if r.control is not None and r.control.phase == "shedding" and r.state == State.ACTIVE
         ]
 
     def running(self) -> EventRecord | None:
@@ -603,15 +648,14 @@ class EventLifecycle:
                 return rec
         return None
 
-    def baseline(self, control_start: float) -> tuple[float, str]:
-        recent = self.agent.recent
-        window = [kw for ts, kw in recent if control_start - BASELINE_WINDOW_S <= ts < control_start]
-        if window:
-            covered = recent[-1][0] - recent[0][0] if len(recent) > 1 else 0.0
-            quality = "ok" if covered >= BASELINE_WINDOW_S * 0.9 else f"partial: {covered:.0f} s of history"
-            return sum(window) / len(window), quality
+    def baseline(self, samples: Iterable[tuple[float, float]], control_start: float) -> tuple[float, str]:
+        """The real-time baseline control starts on: `realtime_baseline()` over the recent meter polls,
+        the same function and polls (as stored) the settlement uses; else the current load."""
+        rt = realtime_baseline(samples, control_start)
+        if rt.kw is not None:
+            return rt.kw, rt.quality
         if self.agent.filter.value is not None:
-            return self.agent.filter.value, "no history: current load"
+            return self.agent.filter.value, f"{rt.quality}: current load"
         return float("nan"), "no meter data"
 
     def _control(
@@ -638,12 +682,13 @@ class EventLifecycle:
     async def begin(self, rec: EventRecord, now: float) -> None:
         a = self.agent
         ev = rec.event
-        baseline, quality = self.baseline(rec.control_start)
+        # The baseline's window ends when control starts, here and in the settlement (c.control_start).
+        baseline, quality = self.baseline(a.recent, now)
         _n, target = ev.target_at(max(now, ev.start_ts))
         _asked, committed = commit_kw(target, a.cfg.contract, baseline)
         rec.control = self._control(rec, baseline, committed, now)
         rec.control.baseline_quality = quality
-        rec.state = "active"
+        rec.state = State.ACTIVE
         await self._persist(rec)
         await self.publish_state(rec)
         log.info(
@@ -657,56 +702,32 @@ class EventLifecycle:
         )
 
     async def settle(self, rec: EventRecord, end: float | None = None) -> None:
+        """Settle `rec` (agent/books.py computes the record), store it and publish it with the year to date."""
         if rec.settled:
             return
         a = self.agent
         ev = rec.event
-        if rec.state == "completed_unsettled":
-            # Ended while the agent was down; the devices are back (restored on start-up).
-            await self._set_state(rec, "completed")
+        if rec.settle_pending:
+            # Ended while the agent was down (or restarted in its recovery window); the devices are back.
+            rec.settle_pending = False
+            await self._set_state(rec, State.COMPLETED)
         await a._flush()
-        stop = min(end or ev.end_ts, ev.end_ts)
-        samples = await a.store.readings(a.meter.name, ev.start_ts, stop)
         c = rec.control
         rt = rec.runtime or {}
-        if c is not None:
-            baseline = c.baseline_kw
-        elif rt.get("baseline_kw") is not None:
-            baseline = float(rt["baseline_kw"])  # resumed after a restart: the baseline it ran on
-        else:
-            pre = await a.store.readings(a.meter.name, ev.start_ts - BASELINE_WINDOW_S, ev.start_ts)
-            baseline = sum(kw for _t, kw in pre) / len(pre) if pre else float("nan")
-        contract = a.cfg.contract
-        control: dict[str, Any] | None = None
-        if c is not None:
-            window = ev.recovery_s if ev.recovery_s > 0 else c.restore_policy.rebound_window_s
-            post = await a.store.readings(a.meter.name, ev.end_ts, ev.end_ts + window)
-            control = c.settlement_metrics(post, window, contract.peak_kw)
-        # Every baseline method over the stored history; the contract's official one settles (agent/books.py).
-        body = await settle_event(
-            a,
-            rec,
-            event_id=ev.event_id,
-            samples=samples,
-            start=ev.start_ts,
-            end=stop,
-            baseline_kw=baseline,
-            baseline_method="realtime_15min",
-            peak_kw=contract.peak_kw,
-            band_pct=contract.band_pct,
+        kept = rt.get("baseline_kw")
+        run = EventRun(
+            event=ev,
+            state=rec.state,
             committed_kw=rec.opt.committed_kw,
-            incentive_cny_per_kw=contract.incentive_cny_per_kw,
-            extra={
-                "site_id": a.cfg.site.id,
-                "program": ev.program,
-                "test_event": ev.test_event,
-                "state": rec.state,
-                "actuations": c.actuations if c else 0,
-                "steps_skipped": c.skipped if c else {},
-                "resumed_after_restart": bool(rt.get("resumed")),
-                "control": control,
-            },
+            control=c,
+            control_start=c.control_start
+            if c is not None
+            else float(rt.get("control_start") or rec.control_start),
+            control_baseline_kw=c.baseline_kw if c is not None else (None if kept is None else float(kept)),
+            resumed=bool(rt.get("resumed")),
+            received_ts=rec.received_ts,
         )
+        body = await settle_event(a.store, a.cfg, run, meter=a.meter.name, end=end)
         rec.settled = True
         await a.store.save_settlement(ev.event_id, body)
         await a._send(a.topics.settlement(ev.event_id), published(body), retain=True)
@@ -719,8 +740,11 @@ class EventLifecycle:
             body["in_band_fraction"],
             body["data_quality"]["status"],
         )
-        await publish_year(a)
-        p = self.ledger().participation(a.clock.now())
+        now = a.clock.now()
+        await a._send(
+            f"{a.topics.root}/out/ledger", await year_to_date(a.store, a.cfg.contract, a.tz, now), retain=True
+        )
+        p = self.ledger().participation(now)
         if p.warning and p.warning != self.participation_warning:
             log.warning("event=participation %s", p.warning)
         self.participation_warning = p.warning
@@ -746,7 +770,14 @@ class EventLifecycle:
                 None if ikw is None else tuple(ikw),
                 tuple(rt.get("supersedes") or ()),
             )
-            rec = EventRecord(ev, opt, row["state"], row["effective_start"] or ev.start_ts)
+            try:
+                state = State(row["state"])
+            except ValueError:
+                log.warning(
+                    "event_id=%s event=unknown_stored_state state=%r skipped", ev.event_id, row["state"]
+                )
+                continue
+            rec = EventRecord(ev, opt, state, row["effective_start"] or ev.start_ts)
             rec.runtime = rt or None
             rec.ended_ts = rt.get("ended_ts")
             rec.settled = await a.store.settlement(ev.event_id) is not None
@@ -760,7 +791,7 @@ class EventLifecycle:
         resumable = [
             r
             for r in self.events.values()
-            if r.state == "active"
+            if r.state == State.ACTIVE
             and r.opt.opt == "in"
             and r.event.end_ts > now
             and (r.runtime or {}).get("baseline_kw") is not None
@@ -792,17 +823,17 @@ class EventLifecycle:
                 ",".join(failed) or "none",
             )
         for rec in self.events.values():
-            if rec.state == "active" and rec.control is None:
+            if rec.state == State.ACTIVE and rec.control is None:
                 # It ended (or cannot be resumed) while the agent was down: devices are back; settle it.
-                rec.state = "completed_unsettled"
+                rec.state, rec.settle_pending = State.COMPLETED, True
             elif (
-                rec.state == "completed"
+                rec.state == State.COMPLETED
                 and rec.opt.opt == "in"
                 and not rec.settled
                 and (rec.runtime or {}).get("baseline_kw") is not None
             ):
                 # Restarted inside the recovery window (devices back, settlement pending): settle now.
-                rec.state = "completed_unsettled"
+                rec.settle_pending = True
 
     async def _resume(self, rec: EventRecord, now: float, entries: list[Any]) -> set[tuple[str, str]]:
         """Carry on a running event: stored baseline and commitment, shed steps from the revert journal."""
