@@ -1,27 +1,34 @@
-"""The agent daemon: supervised component tasks around one control cycle.
+"""The agent daemon: supervised components around one control cycle, and the shell that owns them.
 
-Tasks (one TaskGroup): `poll` reads every device once a period, endpoints in
-parallel and devices on an endpoint one at a time; `control` runs the event
-lifecycle and the control cycle and feeds the systemd watchdog; `mqtt`
-receives events and drains the outbox; `flush` writes readings to SQLite in
-batches; `report` publishes live reports. SIGTERM ends them, then every
-touched device is restored and `stopped` is published.
+Components (one TaskGroup, each under agent/supervisor.py, which restarts it
+on failure with the shared backoff): `poll[<endpoint>]` reads the devices of
+one endpoint every poll interval, one at a time, independently of every other
+endpoint, into the process image (each device's latest values with their
+time, the meter's series); `control` runs the event lifecycle and the control
+cycle on that image and feeds the systemd watchdog; `mqtt` receives events
+and drains the outbox; `flush` writes readings to SQLite in batches; `report`
+publishes live reports; `state` writes the state file; `metrics` serves
+/metrics. SIGTERM ends them, then every touched device is restored and
+`stopped` is published. Any other way out (the control path given up, an
+exception, cancellation) passes through the same `finally:` in `run()`:
+restore every journalled shed, publish `failed` with the reason, exit non-zero.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent import __version__, statefile
+from agent import __version__, failpoints, statefile
 from agent.actuator import Actuator
 from agent.clock import Clock, SystemClock
 from agent.config import SiteConfig
@@ -33,6 +40,7 @@ from agent.logs import FailureLog
 from agent.mqtt import MqttLink, Topics
 from agent.sdnotify import Notifier
 from agent.store import AsyncStore, Store
+from agent.supervisor import Component, Supervisor, describe
 from drivers.device import Device, Transport
 from drivers.modbus import ModbusTransport
 from drivers.profile import load_profile
@@ -45,6 +53,13 @@ MAX_PENDING_READINGS = 100_000
 # A journalled shed no live event owns is restored after this long (wall seconds): long enough
 # for a `diagnose --test-shed` run beside the daemon, short enough that nothing stays shed.
 ORPHAN_GRACE_S = 600.0
+#: The control path failing this many times in a row (no healthy run between) stops the agent
+#: safely: without control nothing would ever end a shed.
+CONTROL_MAX_FAILURES = 5
+
+
+class AgentFailed(Exception):
+    """The agent stopped because it could not go on safely (the reason is in the message); exit 1."""
 
 
 @dataclass
@@ -129,51 +144,122 @@ class Agent:
         self.cycle_lock = asyncio.Lock()
         #: Config path, digest and last reload, for the state file (set by agent/reload.py).
         self.config_status: dict[str, Any] = {}
+        self.supervisor = Supervisor(self.clock.sleep, self._give_up)
+        #: How the MQTT link waits out its reconnect backoff (tests patch it to run hours of outage fast).
+        self.mqtt_sleep: Callable[[float], Awaitable[None]] = self.clock.sleep
+        self._stop: asyncio.Event | None = None
+        self._polled: set[str] = set()
+        self._restored = False
+        #: device.role entries that could not be put back at the last stop.
+        self.unrestored: list[str] = []
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set, then restore devices and say `stopped`."""
-        cfg = self.cfg
-        self.report_seq = int(await self.store.meta_get("report_seq") or 0)
-        await self._recover()
-        if self._metrics:
-            from agent.metrics import serve_metrics
+    def _components(self, metrics: Any) -> list[Component]:
+        assert self.mqtt is not None
+        out = [
+            Component("poll", self._poll_loop),
+            Component("control", self._control_loop, max_failures=CONTROL_MAX_FAILURES),
+            Component("mqtt", self.mqtt.run),
+            Component("flush", self._flush_loop),
+            Component("report", self._report_loop),
+            Component("state", lambda: statefile.run_writer(self)),
+            Component("ready", self._ready_when_up),
+        ]
+        if metrics is not None:
+            out.append(Component("metrics", metrics.run))
+        return out
 
-            _reg, self.metrics_port = serve_metrics(self, cfg.metrics.host, cfg.metrics.port)
-        self.mqtt = MqttLink(
-            cfg.mqtt,
-            self.topics,
-            self.store,
-            cfg.mqtt.client_id or f"dr-agent-{cfg.site.id}",
-            self.on_message,
-            self._on_connected,
-        )
-        log.info("event=starting site=%s version=%s devices=%d", cfg.site.id, __version__, len(self.devices))
+    def _give_up(self, reason: str) -> None:
+        """A component failed past its bound (agent/supervisor.py): stop safely, say why."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the supervised components until `stop` is set or the control path gives up.
+
+        Every way out passes through one `finally:` that restores each journalled shed and
+        tells the broker (`stopped` on a clean stop, `failed` with the reason otherwise).
+        Raises AgentFailed (the CLI exits 1) when the control path gave up or a device could
+        not be restored; re-raises whatever else ended the run.
+        """
+        cfg = self.cfg
+        self._stop = stop
+        reason: str | None = None
+        clean = False
         try:
+            self.report_seq = int(await self.store.meta_get("report_seq") or 0)
+            await self._recover()
+            metrics = None
+            if self._metrics:
+                from agent.metrics import MetricsServer
+
+                metrics = MetricsServer(self, cfg.metrics.host, cfg.metrics.port)
+                self.metrics_port = metrics.start()
+            self.mqtt = MqttLink(
+                cfg.mqtt,
+                self.topics,
+                self.store,
+                cfg.mqtt.client_id or f"dr-agent-{cfg.site.id}",
+                self.on_message,
+                self._on_connected,
+                sleep=self.mqtt_sleep,
+            )
+            log.info(
+                "event=starting site=%s version=%s devices=%d", cfg.site.id, __version__, len(self.devices)
+            )
             async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self._poll_loop(), name="poll"),
-                    tg.create_task(self._control_loop(), name="control"),
-                    tg.create_task(self.mqtt.run(), name="mqtt"),
-                    tg.create_task(self._flush_loop(), name="flush"),
-                    tg.create_task(self._report_loop(), name="report"),
-                    tg.create_task(self._ready_when_up(), name="ready"),
-                    tg.create_task(statefile.run_writer(self), name="state"),
-                ]
+                tasks = {
+                    c.name: tg.create_task(self.supervisor.supervise(c), name=c.name)
+                    for c in self._components(metrics)
+                }
                 await stop.wait()
                 self.notifier.stopping()
-                for t in tasks:
-                    if t.get_name() != "mqtt":
+                for name, t in tasks.items():
+                    if name != "mqtt":
                         t.cancel()
-                await self.shutdown()
+                reason = self.supervisor.fatal
+                # The link stays up for this: restores produce states to publish, then the status.
+                await self.shutdown(reason)
                 await statefile.write_final(self)
-                tasks[2].cancel()
+                tasks["mqtt"].cancel()
+            clean = True
+        except asyncio.CancelledError:
+            reason = reason or "cancelled"
+            raise
+        except BaseException as exc:
+            reason = reason or describe(exc)
+            log.critical("event=agent_failed error=%r", reason, exc_info=exc)
+            raise
         finally:
-            await self._flush()
+            if not clean:
+                await self._fail_safe(reason or "stopped abnormally")
+            with contextlib.suppress(sqlite3.Error):
+                await self._flush()
             for t in self.transports.values():
-                await t.close()
+                with contextlib.suppress(Exception):
+                    await t.close()
             await self.store.close()
+        if self.supervisor.fatal or self.unrestored:
+            raise AgentFailed(self._failure_text(self.supervisor.fatal))
+
+    def _failure_text(self, reason: str | None) -> str:
+        parts = [reason] if reason else []
+        if self.unrestored:
+            parts.append("not restored: " + ", ".join(self.unrestored))
+        return "; ".join(parts)
+
+    async def _fail_safe(self, reason: str) -> None:
+        """The way out of a run that did not stop cleanly: restore, then publish `failed`."""
+        if not self._restored:
+            try:
+                self.unrestored = await self.actuator.restore_all(f"agent failing: {reason}")
+                self._restored = True
+            except Exception as exc:  # the journal and its in-memory mirror both gone: say so
+                log.critical("event=restore_impossible error=%r", describe(exc))
+                self.unrestored = ["(journal unreadable)"]
+        if self.mqtt is not None:
+            await self.mqtt.publish_status("failed", reason=self._failure_text(reason))
 
     async def _ready_when_up(self) -> None:
         """READY once devices were polled and the broker answered (or a grace period passed)."""
@@ -184,30 +270,48 @@ class Agent:
         self.notifier.ready(f"site {self.cfg.site.id}: {len(self.devices)} devices")
         log.info("event=ready mqtt_connected=%s", self.mqtt.connected.is_set())
 
-    async def shutdown(self) -> None:
-        """Restore every touched device, record it, publish the final state and `stopped`."""
+    async def shutdown(self, reason: str | None = None) -> None:
+        """Restore every touched device, record it, publish the final state and the status.
+
+        `reason` (the agent is giving up) restores even with `restore_on_stop: false` and
+        publishes `failed`; so does a device that could not be put back.
+        """
         now = self.clock.now()
-        if self.cfg.control.restore_on_stop:
+        why = "agent stopping" if reason is None else f"agent failing: {reason}"
+        if self.cfg.control.restore_on_stop or reason is not None:
             for rec in self.events.values():
                 if rec.control and rec.control.active:
-                    await self.controller.release_all(rec.control, now, "agent stopping")
-            failed = await self.actuator.restore_all("agent stopping")
-            if failed:
-                log.error("event=restore_incomplete devices=%s", ",".join(failed))
+                    try:
+                        await self.controller.release_all(rec.control, now, why)
+                    except Exception as exc:  # restore_all below puts back whatever this left
+                        log.error(
+                            "event_id=%s event=release_failed error=%r", rec.event.event_id, describe(exc)
+                        )
+            self.unrestored = await self.actuator.restore_all(why)
+            self._restored = True
         if self.mqtt is not None:
             # Give the outbox a moment to drain what the restore produced.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(3):
                     while self.mqtt.connected.is_set() and await self.store.outbox_pending(1):  # noqa: ASYNC110
                         await asyncio.sleep(0.05)
-            await self.mqtt.publish_status("stopped")
-        log.info("event=stopped")
+            if reason is None and not self.unrestored:
+                await self.mqtt.publish_status("stopped")
+            else:
+                await self.mqtt.publish_status("failed", reason=self._failure_text(reason))
+        log.info("event=stopped failed=%s", "no" if reason is None and not self.unrestored else "yes")
 
     async def _recover(self) -> None:
         """After a restart: resume an event still running; put back anything else left shed by a crash."""
         await self.lifecycle.recover(self.clock.now())
 
-    # -- polling -------------------------------------------------------------------
+    # -- polling: one loop per endpoint into the process image ---------------------------
+
+    def _by_endpoint(self) -> dict[str, list[Device]]:
+        by_ep: dict[str, list[Device]] = {}
+        for d in self.devices.values():
+            by_ep.setdefault(d.transport.name, []).append(d)
+        return by_ep
 
     async def _poll_endpoint(self, devices: list[Device]) -> None:
         """Devices on one endpoint in turn: healthy ones first, so a silent unit delays nobody this
@@ -219,33 +323,56 @@ class Agent:
         for d in devices:
             await d.maintain(now)
 
+    def _take_readings(self, devices: list[Device], now: float) -> None:
+        """One endpoint's fresh readings into the process image: the meter's series (filter,
+        real-time baseline) with its time, and every device's power to store. A device that
+        failed its poll has no values, so nothing stale is taken."""
+        for d in devices:
+            kw = d.power_kw()
+            if kw is None:
+                continue
+            if d is self.meter:
+                self.meter_ts = now
+                self.filter.update(now, kw)
+                self.recent.append((now, kw))
+            self.pending.rows.append((d.name, now, kw))
+        ot = self.cfg.outdoor_temperature
+        if ot is not None:
+            dev = self.devices.get(ot.device)
+            if dev is not None and dev in devices and (t := dev.reading(ot.role)) is not None:
+                self.pending.rows.append((TEMPERATURE_KEY, now, t))  # °C, stored like a device's kW
+
     async def _poll_all(self) -> None:
-        by_ep: dict[str, list[Device]] = {}
-        for d in self.devices.values():
-            by_ep.setdefault(d.transport.name, []).append(d)
+        """Every endpoint once, in parallel (start-up recovery and the simulation's stepped time)."""
+        by_ep = self._by_endpoint()
         await asyncio.gather(*(self._poll_endpoint(ds) for ds in by_ep.values()))
         now = self.clock.now()
-        kw = self.meter.power_kw()
-        if kw is not None:
-            self.meter_ts = now
-            self.filter.update(now, kw)
-            self.recent.append((now, kw))
-            self.pending.rows.append((self.meter.name, now, kw))
-        for d in self.devices.values():
-            if d is not self.meter:
-                p = d.power_kw()
-                if p is not None:
-                    self.pending.rows.append((d.name, now, p))
-        ot = self.cfg.outdoor_temperature
-        if ot is not None and (t := self.devices[ot.device].reading(ot.role)) is not None:
-            self.pending.rows.append((TEMPERATURE_KEY, now, t))  # °C, stored like a device's kW
+        for ds in by_ep.values():
+            self._take_readings(ds, now)
+
+    async def _endpoint_loop(self, name: str) -> None:
+        """Poll one endpoint every poll interval, on its own: a silent device costs its endpoint
+        only. Ends when a reload leaves the endpoint without devices."""
+        while devices := self._by_endpoint().get(name):
+            t0 = self.clock.now()
+            failpoints.hit(f"poll[{name}]")
+            await self._poll_endpoint(devices)
+            self._take_readings(devices, self.clock.now())
+            self._polled.add(name)
+            if self._polled >= self._by_endpoint().keys():
+                self.polled_once.set()
+            await self.clock.sleep(max(0.0, self.cfg.modbus.poll_interval_s - (self.clock.now() - t0)))
 
     async def _poll_loop(self) -> None:
-        while True:
-            t0 = self.clock.now()
-            await self._poll_all()
-            self.polled_once.set()
-            await self.clock.sleep(max(0.0, self.cfg.modbus.poll_interval_s - (self.clock.now() - t0)))
+        """One supervised `poll[<endpoint>]` loop per endpoint; an endpoint a reload adds gets its own."""
+        running: dict[str, asyncio.Task[None]] = {}
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                for name in self._by_endpoint():
+                    if name not in running or running[name].done():
+                        c = Component(f"poll[{name}]", functools.partial(self._endpoint_loop, name))
+                        running[name] = tg.create_task(self.supervisor.supervise(c), name=c.name)
+                await self.clock.sleep(max(1.0, self.cfg.modbus.poll_interval_s))
 
     def site_load_kw(self) -> float | None:
         """Filtered site load, or None when the meter is stale or down (the controller then holds)."""
@@ -275,6 +402,7 @@ class Agent:
         pruner = Pruner()  # the metering history's retention, applied once an hour
         while True:
             await asyncio.sleep(2.0)
+            failpoints.hit("flush")
             await self._flush()
             with contextlib.suppress(sqlite3.Error):
                 self.outbox_pending = len(await self.store.outbox_pending(1000))
@@ -315,6 +443,7 @@ class Agent:
         while True:
             t0 = time.perf_counter()
             now = self.clock.now()
+            failpoints.hit("control")
             try:
                 async with self.cycle_lock:
                     await self.control_cycle(now)
@@ -397,6 +526,7 @@ class Agent:
     async def _report_loop(self) -> None:
         while True:
             await self.clock.sleep(self.cfg.control.report_interval_s)
+            failpoints.hit("report")
             state = self.live_state()
             if "event_id" not in state:
                 continue
