@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -96,7 +97,8 @@ def event_for(sc: Scenario, tz: ZoneInfo) -> DrEvent:
             "status": "far",
             "program": e.program,
             "priority": 1,
-            "start": sc.ts(e.start, tz),
+            # Events carry RFC 3339 times, as on the wire.
+            "start": datetime.fromtimestamp(sc.ts(e.start, tz), tz).isoformat(),
             "duration_s": e.duration_s,
             "ramp_up_s": e.ramp_up_s,
             "target": {"reduce_pct_of_peak": e.target_pct},
