@@ -277,13 +277,33 @@ async def serve(r: Rehearsal, out: TextIO) -> int:
 
 
 def _print_writes(plant: Any, clock: Any, tz: ZoneInfo, out: TextIO) -> None:
-    """Print every point a client writes, after the device model has taken it."""
+    """Print each point a client writes, after the device model has taken it.
+
+    Heartbeats (a watchdog's counter or constant) and a value written again unchanged (a
+    watchdog's rewrite) are left out: a trainee sees what the agent changes, not it keeping alive.
+    """
     for name, bank in plant.banks.items():
         inner = bank.on_write
+        w = bank.source_profile.watchdog
+        quiet: set[str] = set()
+        if w is not None and w.mode in ("counter", "constant") and bank.has(w.point):
+            hb = bank.point(w.point)
+            quiet = {hb.name, hb.role or hb.name}
+        last: dict[str, Any] = {}
 
-        def hook(key: str, value: Any, name: str = name, inner: Any = inner) -> None:
+        def hook(
+            key: str,
+            value: Any,
+            name: str = name,
+            inner: Any = inner,
+            quiet: set[str] = quiet,
+            last: Any = last,
+        ) -> None:
             if inner is not None:
                 inner(key, value)
+            if key in quiet or last.get(key, object()) == value:
+                return
+            last[key] = value
             shown = f"{value:g}" if isinstance(value, float) else str(value)
             when = datetime.fromtimestamp(clock.now(), tz)
             print(f"{when:%H:%M:%S} write {name} {key} = {shown}", file=out, flush=True)

@@ -1,0 +1,141 @@
+"""A rehearsal with the real daemon: `dr-agent sim` serves the site, `dr-agent run` runs against it.
+
+`dr-agent sim` is started as a process on the demo site (time compressed 60x,
+the simulated day at 10:30); the `dr-agent run` command it prints is run
+as printed against a real Mosquitto; an event is sent over MQTT. A device
+is read back over Modbus while the event is active (its shed value) and after
+the end (its original value), and the settlement arrives on MQTT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+
+from agent.clock import ScaledClock
+from agent.configload import load_site_config
+from agent.daemon import build_devices
+from tests.conftest import Mosquitto
+from tests.helpers import Observer, dr_agent, event_payload
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SITE = REPO / "config" / "demo-site.yaml"
+
+
+def open_log(path: Path) -> BinaryIO:
+    return path.open("wb")
+
+
+async def read_level(cfg: Any, device: str, role: str) -> float | None:
+    """One read-only poll of a device over Modbus TCP, as a technician's tool would."""
+    transports, devices = build_devices(cfg)
+    dev = devices[device]
+    dev.read_only = True
+    try:
+        if not await dev.poll():
+            return None
+        value = dev.reading(role)
+        return None if value is None else float(value)
+    finally:
+        for t in transports.values():
+            await t.close()
+
+
+async def wait_level(cfg: Any, device: str, role: str, want: float, timeout: float) -> float | None:
+    """Poll until the device reads `want` (or the time is up); the last value read."""
+    seen = None
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                seen = await read_level(cfg, device, role)
+                if seen is not None and abs(seen - want) < 1e-6:
+                    return seen
+                await asyncio.sleep(0.2)
+    return seen
+
+
+async def test_rehearse_an_event_against_the_simulated_site(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    overlay = tmp_path / "rehearsal.yaml"
+    sim = await asyncio.create_subprocess_exec(
+        *dr_agent(),
+        "sim",
+        "-c",
+        str(SITE),
+        "--overlay",
+        str(overlay),
+        "--mqtt",
+        f"127.0.0.1:{mosquitto.port}",
+        "--speed",
+        "60",
+        "--at",
+        "10:30",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    agent: asyncio.subprocess.Process | None = None
+    log = open_log(tmp_path / "agent.log")  # a file, not a pipe: a full pipe would stall the agent
+    banner: list[str] = []
+    try:
+        assert sim.stdout is not None
+        # The banner ends with the command to run; take it as printed.
+        async with asyncio.timeout(30):
+            while not (banner and banner[-1].startswith("  dr-agent run -c")):
+                line = (await sim.stdout.readline()).decode()
+                assert line, f"dr-agent sim exited early: {banner}"
+                banner.append(line.rstrip("\n"))
+        command = shlex.split(banner[-1])
+        assert command[:4] == ["dr-agent", "run", "-c", str(overlay)] and command[4] == "--clock"
+        assert any("site-meter (unit 1, meter)" in line for line in banner), banner
+        clock = ScaledClock.from_spec(command[5])
+
+        cfg, _ = load_site_config(overlay)
+        assert cfg.mqtt.port == mosquitto.port and cfg.storage.path == str(tmp_path / "rehearsal.sqlite")
+        original = await read_level(cfg, "lights-warehouse", "level_pct")
+        assert original == 100.0
+
+        agent = await asyncio.create_subprocess_exec(*dr_agent(), *command[1:], stdout=log, stderr=log)
+        async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
+            await obs.wait_online(30)
+            start = clock.now() + 180  # 3 simulated minutes of meter history for the baseline
+            await obs.publish("in/event", event_payload("rehearsal-1", start, 300, cfg.site.timezone))
+            resp = await obs.wait_for(lambda t, b: t.endswith("/out/response"), 15)
+            assert resp["opt"] == "in", resp
+            await obs.wait_for(
+                lambda t, b: t.endswith("/out/event/rehearsal-1") and b["state"] == "active", 30
+            )
+
+            # Shed: the strategy's first step dims the warehouse to 50 %, read back over Modbus.
+            assert await wait_level(cfg, "lights-warehouse", "level_pct", 50.0, 30) == 50.0
+
+            settlement = await obs.wait_for(lambda t, b: t.endswith("/out/settlement/rehearsal-1"), 90)
+            assert settlement["event_id"] == "rehearsal-1" and settlement["actuations"] > 0, settlement
+            lo, hi = settlement["band_pct"]
+            assert lo <= settlement["verified_reduction_pct_of_peak"] <= hi, settlement
+
+            # Restored: back at exactly the value it had.
+            assert await wait_level(cfg, "lights-warehouse", "level_pct", original, 30) == original
+    finally:
+        if agent is not None:
+            if agent.returncode is None:
+                agent.terminate()
+            await asyncio.wait_for(agent.wait(), 20)
+        log.close()
+        if sim.returncode is None:
+            sim.terminate()
+        out, err = await asyncio.wait_for(sim.communicate(), 20)
+    assert agent is not None and agent.returncode == 0, (tmp_path / "agent.log").read_text()[-3000:]
+    assert sim.returncode == 0, err.decode()
+    # The simulator printed what the agent did to the plant: the shed and the restore.
+    printed = out.decode()
+    assert (
+        "write lights-warehouse level_pct = 50" in printed
+        and "write lights-warehouse level_pct = 100" in printed
+    )
+    assert "dr-agent sim: stopped" in printed
