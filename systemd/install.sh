@@ -4,9 +4,10 @@
 #   install.sh [--prefix ROOT] [--source DIR | --wheel FILE] [--no-systemctl]
 #              install | upgrade | uninstall [--purge]
 #
-# install    venv in /opt/dr-agent/venv, the unit, sysusers and tmpfiles
-#            snippets, the dr-agent user, /etc/dr-agent with an example config
-#            (never overwritten); then daemon-reload and enable. Idempotent.
+# install    venv in /opt/dr-agent/venv with dr-agent linked into
+#            /usr/local/bin, the unit, sysusers and tmpfiles snippets, the
+#            dr-agent user, /etc/dr-agent with an example config (never
+#            overwritten); then daemon-reload and enable. Idempotent.
 # upgrade    reinstall the package, refresh the unit; keep config and state;
 #            restart the service if it is running.
 # uninstall  remove the venv, unit and snippets; keep /etc/dr-agent and
@@ -98,6 +99,9 @@ ETC=$R/etc/dr-agent
 STATE=$R/var/lib/dr-agent
 CONFIG=$ETC/config.yaml
 CREDENTIAL=$ETC/credentials/mqtt-password
+# `dr-agent` on the PATH (sudo's secure_path too), as the docs write it.
+LINK=$R/usr/local/bin/dr-agent
+LINK_TARGET=/opt/dr-agent/venv/bin/dr-agent
 
 # Path as seen on the target system, for messages.
 show() { echo "${1#"$R"}"; }
@@ -187,6 +191,21 @@ install_package() {
     fi
     [ -x "$VENV/bin/dr-agent" ] || die "pip did not install the dr-agent command"
     did "installed dr-agent from $what into the venv"
+}
+
+link_command() {
+    if [ "$(readlink "$LINK" 2>/dev/null)" = "$LINK_TARGET" ]; then
+        skip "$(show "$LINK") links the venv's dr-agent"
+        return
+    fi
+    # Replace a link (an older install, a developer's checkout), never a program.
+    if [ -e "$LINK" ] && [ ! -L "$LINK" ]; then
+        skip "$(show "$LINK") is not a link: kept; the command is $LINK_TARGET"
+        return
+    fi
+    mkdir -p "$(dirname "$LINK")"
+    ln -sfn "$LINK_TARGET" "$LINK"
+    did "linked $(show "$LINK") -> $LINK_TARGET"
 }
 
 install_units() {
@@ -297,6 +316,7 @@ systemctl_reload_enable() {
 do_install() {
     make_venv
     install_package new
+    link_command
     install_units
     create_user
     make_dirs
@@ -307,6 +327,7 @@ do_install() {
 do_upgrade() {
     make_venv
     install_package upgrade
+    link_command
     install_units
     create_user
     make_dirs
@@ -342,6 +363,7 @@ do_uninstall() {
     fi
     remove "$VENV"
     rmdir "$OPT" 2>/dev/null || true
+    if [ "$(readlink "$LINK" 2>/dev/null)" = "$LINK_TARGET" ]; then remove "$LINK"; fi
     remove "$UNIT_DST"
     remove "$SYSUSERS_DST"
     remove "$TMPFILES_DST"

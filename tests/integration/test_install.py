@@ -93,6 +93,8 @@ def test_install_lays_out_the_tree(root: Path) -> None:
         check=True,
     )
     assert probe.stdout.startswith(str(REPO))
+    # `dr-agent` on the PATH, as the docs write the commands (a link as seen on the target).
+    assert os.readlink(root / "usr/local/bin/dr-agent") == "/opt/dr-agent/venv/bin/dr-agent"
 
     unit = root / "etc/systemd/system/dr-agent.service"
     assert unit.read_bytes() == (REPO / "systemd/dr-agent.service").read_bytes()
@@ -171,6 +173,7 @@ def test_uninstall_keeps_config_and_state_unless_purged(root: Path) -> None:
     run(root, "uninstall")
 
     assert not (root / "opt/dr-agent").exists()
+    assert not (root / "usr/local/bin/dr-agent").is_symlink()
     assert not (root / "etc/systemd/system/dr-agent.service").exists()
     assert not (root / "usr/lib/sysusers.d/dr-agent.conf").exists()
     assert not (root / "usr/lib/tmpfiles.d/dr-agent.conf").exists()
