@@ -53,6 +53,11 @@ def _max_shed_s(strategy: Any, step_id: str) -> float | None:
     return None
 
 
+def _reason(state: dict[str, Any]) -> str:
+    """The controller's reason for a tick, each distinct reason once (several steps added at once share one)."""
+    return "; ".join(dict.fromkeys(r for r in state.get("last_decision", "").split("; ") if r))
+
+
 def actions_from_timeline(timeline: list[dict[str, Any]], strategy: Any = None) -> list[dict[str, Any]]:
     """Each step shed or released, from the active steps of consecutive ticks."""
     out: list[dict[str, Any]] = []
@@ -65,12 +70,10 @@ def actions_from_timeline(timeline: list[dict[str, Any]], strategy: Any = None) 
         for step in now:
             if step not in before:
                 shed_at[step] = state["ts"]
-                out.append(
-                    {"ts": state["ts"], "op": "shed", "step": step, "why": state.get("last_decision", "")}
-                )
+                out.append({"ts": state["ts"], "op": "shed", "step": step, "why": _reason(state)})
         for step in before:
             if step not in now:
-                why = state.get("last_decision", "")
+                why = _reason(state)
                 limit = _max_shed_s(strategy, step)
                 if state.get("phase") in ("restoring", "done", None):
                     why = "event ended: staggered restore"

@@ -81,6 +81,13 @@ def test_human_timeline_names_steps_and_settlement(tmp_path: Path) -> None:
     assert "+ lighting/1:lights-yard" in text or "+ lighting/2:lights-hall" in text
     assert "event ended: staggered restore" in text
     assert "settlement: verified" in text and "limit violations 0" in text
+    # Steps added in one tick share one reason, printed once, not once per step.
+    for line in text.splitlines():
+        if " + " in line:
+            parts = line.split("   ")[-1].strip().split("; ")
+            assert len(parts) == len(set(parts)), line
+    # A rehearsal is quiet: nothing on stderr.
+    assert proc.stderr == ""
 
 
 def test_png_without_matplotlib_says_how_to_install(
