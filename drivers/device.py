@@ -165,7 +165,7 @@ class Device:
         self._blocks = plan_reads(
             [p for p in profile.points if p.access != "w"],
             max_block=profile.max_block,
-            max_gap=profile.max_gap,
+            max_gap=profile.read_gap,
         )
         self._role_point = {p.role: p for p in profile.points if p.role}
 
@@ -229,7 +229,9 @@ class Device:
             except SunSpecError as exc2:
                 problems.append(str(exc2))
             if problems:
-                raise SunSpecError(f"device {self.name}: {exc}; fallback {fallback}: {'; '.join(problems)}") from exc
+                raise SunSpecError(
+                    f"device {self.name}: {exc}; fallback {fallback}: {'; '.join(problems)}"
+                ) from exc
             log.info("device=%s event=sunspec_fallback profile=%s because=%r", self.name, fallback, str(exc))
             return alt
 
@@ -251,8 +253,19 @@ class Device:
         try:
             if not self._set_up:
                 await self.setup()
-            for block in self._blocks:
-                regs = await self.transport.read(self.unit_id, block.function, block.address, block.count)
+            for block in list(self._blocks):
+                try:
+                    regs = await self.transport.read(self.unit_id, block.function, block.address, block.count)
+                except ModbusIOError as exc:
+                    if exc.exception_code != 2 or len(block.points) == 1:
+                        raise
+                    # A strict device refuses a read across registers it lacks: split it, for good.
+                    for single in self._split(block):
+                        regs = await self.transport.read(
+                            self.unit_id, single.function, single.address, single.count
+                        )
+                        raw.update(decode_block(single, regs))
+                    continue
                 raw.update(decode_block(block, regs))
         except ModbusIOError as exc:
             self._failed(str(exc), exc.exception_code, t0)
@@ -282,6 +295,22 @@ class Device:
         h.consecutive_failures = 0
         h.available = True
         return True
+
+    def _split(self, block: ReadBlock) -> list[ReadBlock]:
+        """Replace a coalesced read the device refused (exception 02) by one read per point; remembered."""
+        singles = [ReadBlock(block.function, p.addr, p.count, (p,)) for p in block.points]
+        i = self._blocks.index(block)
+        self._blocks[i : i + 1] = singles
+        log.warning(
+            "device=%s event=read_split function=%s address=%d count=%d into=%d reason=%r",
+            self.name,
+            block.function,
+            block.address,
+            block.count,
+            len(singles),
+            "exception 2: the device refuses reads across registers it does not have",
+        )
+        return singles
 
     def _failed(self, error: str, code: int | None, t0: float) -> None:
         h = self.health

@@ -29,6 +29,30 @@ log = logging.getLogger("dr_agent.modbus")
 # tracking reports failures once, loudly, so keep pymodbus quiet.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
+
+class _UndecodableFrames(logging.Filter):
+    """Turn pymodbus's frame-decode tracebacks into a count the transport reports as one clear line.
+
+    A reply pymodbus cannot decode (a wrong byte count) raises inside its
+    protocol callback, which asyncio logs at ERROR with a 20-line traceback,
+    once per retry; the request itself then just times out.
+    """
+
+    count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ModbusException) and "data_received" in record.getMessage():
+            _UndecodableFrames.count += 1
+            return False
+        return True
+
+
+logging.getLogger("asyncio").addFilter(_UndecodableFrames())
+
+#: Function code of each read, to check the reply is an answer to it.
+READ_FC = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
+
 Protocol_ = Literal["tcp", "rtu", "rtu_over_tcp"]
 
 EXCEPTION_NAMES = {
@@ -183,6 +207,7 @@ class ModbusTransport:
                     await asyncio.sleep(wait)
             t0 = time.monotonic()
             self.stats.requests += 1
+            undecodable = _UndecodableFrames.count
             try:
                 # pymodbus times out first (timeout_s); ours is a guard against a wedged client.
                 async with asyncio.timeout(self.timeout_s + 0.5):
@@ -193,6 +218,11 @@ class ModbusTransport:
                 self._client.close()
                 raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from None
             except ModbusIOException as exc:
+                if _UndecodableFrames.count != undecodable:
+                    # An answer came but could not be decoded (byte count and length disagree).
+                    self._failed("bad reply: undecodable frame (byte count does not match the data)")
+                    self._client.close()
+                    raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from None
                 # No (valid) answer in time: the unit is silent, the line may still be fine.
                 self._failed(f"no response within {self.timeout_s:g} s", timeout=True)
                 if self.framer is FramerType.RTU:
@@ -220,20 +250,34 @@ class ModbusTransport:
         self.stats.last_error = error
 
     async def read(self, unit: int, function: Function, address: int, count: int) -> list[int] | list[bool]:
-        """Read `count` registers or bits from `function`'s table on `unit`."""
+        """Read `count` registers or bits from `function`'s table on `unit`; the reply is checked."""
         c = self._client
         what = f"read {function} {address}+{count} unit {unit}"
         if function == "holding_register":
             r = await self._call(what, lambda: c.read_holding_registers(address, count=count, device_id=unit))
-            return list(r.registers[:count])
-        if function == "input_register":
+        elif function == "input_register":
             r = await self._call(what, lambda: c.read_input_registers(address, count=count, device_id=unit))
-            return list(r.registers[:count])
-        if function == "coil":
+        elif function == "coil":
             r = await self._call(what, lambda: c.read_coils(address, count=count, device_id=unit))
+        else:
+            r = await self._call(what, lambda: c.read_discrete_inputs(address, count=count, device_id=unit))
+        fc = getattr(r, "function_code", READ_FC[function])
+        if fc != READ_FC[function]:
+            self._bad_reply(what, f"function code {fc} in the answer to function {READ_FC[function]}")
+        if function in ("coil", "discrete_input"):
+            # Bits come padded to whole bytes: more than `count` is normal, fewer is not.
+            if len(r.bits) < count or len(r.bits) >= count + 8:
+                self._bad_reply(what, f"{len(r.bits)} bits for a read of {count}")
             return [bool(b) for b in r.bits[:count]]
-        r = await self._call(what, lambda: c.read_discrete_inputs(address, count=count, device_id=unit))
-        return [bool(b) for b in r.bits[:count]]
+        if len(r.registers) != count:
+            self._bad_reply(what, f"{len(r.registers)} registers for a read of {count}")
+        return list(r.registers)
+
+    def _bad_reply(self, what: str, why: str) -> None:
+        self._failed(f"bad reply: {why}")
+        if self.framer is FramerType.RTU:
+            self._client.close()  # framing may be off: start clean
+        raise ModbusIOError(self.name, f"{what}: bad reply: {why}")
 
     async def write_registers(self, unit: int, address: int, values: Sequence[int]) -> None:
         c = self._client

@@ -101,6 +101,11 @@ class Point(BaseModel):
         default=None,
         description="What to check when a reading is rejected (e.g. the unit's scale: DIP switch / register 7).",
     )
+    true_from: float | None = Field(
+        default=None,
+        description="For yes/no roles read from an enumeration: the reading means yes from this value up "
+        "(e.g. a charger's cable state 2 = cable at vehicle).",
+    )
     nodata: tuple[int, ...] = Field(
         default=(), description="Raw values meaning 'no data / not initialised' (e.g. -32768)."
     )
@@ -229,7 +234,16 @@ class Profile(BaseModel):
         description="Most registers the device answers in one read.",
     )
     max_gap: int = Field(
-        default=8, ge=0, description="Unused registers a coalesced read may span between points."
+        default=8,
+        ge=0,
+        description="Unused registers a coalesced read may span between points, when `reads_unmapped` "
+        "says the device allows it.",
+    )
+    reads_unmapped: bool = Field(
+        default=False,
+        description="The device answers reads that span registers this profile does not map. Without it "
+        "(strict devices answer exception 02) only adjacent points share a read. SunSpec chains count as "
+        "mapped throughout.",
     )
     sunspec: SunSpecSettings | None = Field(
         default=None, description="Set for SunSpec devices: points are model-relative, found by discovery."
@@ -314,6 +328,11 @@ class Profile(BaseModel):
             if p.role == role:
                 return p
         return None
+
+    @property
+    def read_gap(self) -> int:
+        """Unmapped registers a coalesced read may cross on this device."""
+        return self.max_gap if self.reads_unmapped or self.sunspec is not None else 0
 
     @property
     def needs_resolution(self) -> bool:
@@ -488,7 +507,9 @@ def _published(raw: dict[str, object]) -> dict[str, object]:
     out = dict(raw)
     for key, published in given.items():
         if key in raw and raw[key] != published:
-            raise ValueError(f"{where}: {key} {raw[key]!r} disagrees with the published model ({published!r})")
+            raise ValueError(
+                f"{where}: {key} {raw[key]!r} disagrees with the published model ({published!r})"
+            )
         out[key] = published
     access = "rw" if d.access == "RW" else "r"
     if access == "r" and raw.get("access", "r") != "r":

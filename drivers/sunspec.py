@@ -29,6 +29,7 @@ MARKER = (0x5375, 0x6E53)  # 'SunS'
 END_ID = 0xFFFF
 MAX_MODELS = 64
 
+
 class ReadTransport(Protocol):
     async def read(
         self, unit: int, function: Function, address: int, count: int

@@ -83,6 +83,15 @@ class EvCharger(Device):
     def current_limit_a(self) -> float | None:
         return self.reading("current_limit_a")
 
+    def vehicle_connected(self) -> bool | None:
+        """Whether a vehicle is plugged in (None when the profile does not say or it is unknown)."""
+        v = self.reading("vehicle_connected")
+        if v is None:
+            return None
+        p = self.point_for("vehicle_connected")
+        threshold = p.true_from if p is not None and p.true_from is not None else 1
+        return v >= threshold
+
     def current_range_a(self) -> tuple[float, float]:
         c = self._cfg()
         return c.min_current_a, c.max_current_a

@@ -74,6 +74,14 @@ class RegisterBank:
         self.fail_with: int | None = None
         #: When True the device is "off the bus": requests get no answer at all.
         self.offline = False
+        #: When True, a read touching any register the profile does not map answers exception 02
+        #: (a SunSpec chain counts as mapped from its marker to its end), as strict devices do.
+        self.strict = False
+        self._mapped: dict[str, set[int]] = {f: set() for f in size}
+        for p in profile.points:
+            self._mapped[p.function].update(range(p.addr, p.addr + p.count))
+        if header:
+            self._mapped["holding_register"].update(range(sunspec_base, sunspec_base + len(header)))
         #: Client writes received (requests, not registers): a rehearsal must leave this at 0.
         self.writes = 0
         for name in profile.scale_factor_names():
@@ -132,6 +140,8 @@ class RegisterBank:
         return p.to_engineering(self.get_raw(key), self._sf(p))
 
     def read(self, function: Function, address: int, count: int) -> list[int] | list[bool]:
+        if self.strict and not self._mapped[function].issuperset(range(address, address + count)):
+            raise IndexError("illegal data address")
         if function in BIT_FUNCTIONS:
             table_b = self.bits[function]
             if address + count > len(table_b):

@@ -489,7 +489,9 @@ class EvChargerModel(DeviceModel):
     def _publish(self) -> None:
         self.show("power_kw", round(self.power_kw, 3))
         if self.bank.has("vehicle_connected"):
-            self.show("vehicle_connected", self.connected)
+            # An enumerated cable state (Vestel: 2 = cable at vehicle) or a plain bit.
+            yes = self.bank.point("vehicle_connected").true_from
+            self.show("vehicle_connected", self.connected if yes is None else (yes if self.connected else 0))
 
     def load_kw(self) -> float:
         return self.power_kw

@@ -37,6 +37,7 @@ class ServedBank(Protocol):
 
     def write(self, function: Function, address: int, values: Sequence[int] | Sequence[bool]) -> None: ...
 
+
 _FC_TABLE: dict[int, Function] = {
     1: "coil",
     5: "coil",
