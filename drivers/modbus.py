@@ -70,9 +70,18 @@ EXCEPTION_NAMES = {
 class ModbusIOError(Exception):
     """A request failed: no connection, timeout, or a Modbus exception response."""
 
-    def __init__(self, endpoint: str, message: str, exception_code: int | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        message: str,
+        exception_code: int | None = None,
+        *,
+        retry_in_s: float | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.exception_code = exception_code
+        #: Set when the endpoint itself is backing off: it retries the connection in this many seconds.
+        self.retry_in_s = retry_in_s
         super().__init__(f"{endpoint}: {message}")
 
 
@@ -162,9 +171,8 @@ class ModbusTransport:
             return
         now = time.monotonic()
         if now < self._backoff.not_before:
-            raise ModbusIOError(
-                self.name, f"not connected (retrying in {self._backoff.not_before - now:.1f} s)"
-            )
+            wait = self._backoff.not_before - now
+            raise ModbusIOError(self.name, f"not connected (retrying in {wait:.1f} s)", retry_in_s=wait)
         error = "connect failed"
         try:
             async with asyncio.timeout(self.timeout_s * 2):
@@ -180,7 +188,9 @@ class ModbusTransport:
                 )
             self.stats.connected = False
             self.stats.last_error = error
-            raise ModbusIOError(self.name, f"cannot connect to {self.address} (next try in {delay:.1f} s)")
+            raise ModbusIOError(
+                self.name, f"cannot connect to {self.address} (next try in {delay:.1f} s)", retry_in_s=delay
+            )
         if self._backoff.attempt:
             log.warning(
                 "endpoint=%s event=connected address=%s after=%d_failures",
