@@ -311,7 +311,10 @@ def _validate(model: type[M], data: dict[str, Any], id_field: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        errors = exc.errors()
+        if "target" not in data:  # a target copied from intervals[0]: name the field that was sent
+            errors.sort(key=lambda e: bool(e["loc"]) and e["loc"][0] == "target")
+        first = errors[0]
         field = _loc(tuple(first["loc"])) or None
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "missing":
@@ -325,8 +328,8 @@ def _validate(model: type[M], data: dict[str, Any], id_field: str) -> M:
             if first["type"].endswith("_type"):  # strict: say what came instead
                 msg += f" (got {_json_type(first['input'])})"
             code, msg = "invalid_field", f"{field}: {msg}" if field else msg
-        if len(exc.errors()) > 1:
-            msg += f" (and {len(exc.errors()) - 1} more)"
+        if len(errors) > 1:
+            msg += f" (and {len(errors) - 1} more)"
         raise EventError(code, msg, event_id=event_id, field=field) from None
 
 

@@ -41,6 +41,8 @@ YamlPath = tuple[Hashable, ...]
 """A path into the loaded data: mapping keys and list indices, e.g. ``("devices", 2, "name")``."""
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: Keys and items a config may hold once aliases are expanded; more is an alias bomb, not a site.
+_MAX_NODES = 100_000
 # pydantic error types whose last loc item names a field that is absent from the input.
 _MISSING_TYPES = frozenset({"missing", "missing_argument", "missing_keyword_argument"})
 _MESSAGE_PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
@@ -214,7 +216,10 @@ def _parse(text: str, name: str, file: Path) -> LoadedYaml:
                 at,
             )
         _check_duplicate_keys(loader, node, name)
-        data = loader.construct_document(node)
+        try:
+            data = loader.construct_document(node)
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise ConfigFileError(f"{name}: yaml: {exc}") from exc
         if not isinstance(data, dict):  # e.g. a top-level !!set
             at = _location(name, node.start_mark)
             raise ConfigFileError(f"{at}: yaml: the top level must be a plain mapping", at)
@@ -225,6 +230,9 @@ def _parse(text: str, name: str, file: Path) -> LoadedYaml:
     except yaml.MarkedYAMLError as exc:
         mark_at, message = _describe_yaml_error(exc, name)
         raise ConfigFileError(message, mark_at) from exc
+    except RecursionError:  # the parser and the walks below recurse once per level
+        at = _location(name, loader.get_mark())  # how far the reader got: at or past the deep part
+        raise ConfigFileError(f"{at}: yaml: nested too deeply", at) from None
     finally:
         loader.dispose()
 
@@ -295,6 +303,14 @@ def _check_duplicate_keys(loader: yaml.SafeLoader, root: yaml.Node, name: str) -
             stack.extend((item, (*path, i)) for i, item in enumerate(node.value))
 
 
+def _check_size(out: dict[YamlPath, SourceLocation], last: YamlPath) -> None:
+    if len(out) > _MAX_NODES:  # aliases expand: ten lists of ten aliases of ... is a billion nodes
+        at = out[last]
+        raise ConfigFileError(
+            f"{at}: yaml: more than {_MAX_NODES} keys and items once aliases are expanded", at
+        )
+
+
 def _record_locations(
     loader: yaml.SafeLoader,
     node: yaml.Node,
@@ -317,11 +333,13 @@ def _record_locations(
         for key, (key_node, value_node) in entries.items():
             child = (*path, key)
             out[child] = _location(name, key_node.start_mark)
+            _check_size(out, child)
             _record_locations(loader, value_node, child, name, out, active)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             child = (*path, i)
             out[child] = _location(name, item.start_mark)
+            _check_size(out, child)
             _record_locations(loader, item, child, name, out, active)
     active.discard(id(node))
 

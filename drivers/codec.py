@@ -67,7 +67,9 @@ def decode(
     byte_order: Order = "big",
     word_order: Order = "big",
 ) -> Value:
-    """Decode raw registers into a Python value (no scaling)."""
+    """Decode raw registers into a Python value (no scaling). Raises ValueError for too few registers."""
+    if not registers:  # a truncated response: say so rather than IndexError
+        raise ValueError(f"{dtype} needs at least one register, got none")
     if dtype == "bool":
         return bool(registers[0])
     if dtype == "string":
