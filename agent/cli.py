@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="keep the demo's SQLite database here, to try `dr-agent report --db PATH` afterwards",
     )
+    d.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the event keep the simulated site and the agent running until Ctrl-C, and print the "
+        "diagnose/status/report commands to run against them from a second terminal",
+    )
     d.set_defaults(func=_cmd_demo)
     import importlib
 
