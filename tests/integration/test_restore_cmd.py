@@ -139,3 +139,37 @@ async def test_restore_command_writes_the_exact_original_back(
     assert open_rows(cfg) == []
     r = await cli("restore", "-c", str(path), "--device", AC, "--yes")
     assert r.returncode == 0 and "nothing to restore" in r.stdout
+
+
+async def test_silent_unit_on_a_connected_endpoint_gets_the_unit_hint(
+    site: tuple[SiteConfig, SimulatedPlant, Path],
+) -> None:
+    cfg, plant, _ = site
+    plant.banks["ev-2"].offline = True  # the gateway answers; unit 2 behind it does not
+    by_name = {c.name: c for c in await check_modbus(cfg, [], None, 1.0)}
+    assert by_name["modbus.carpark"].status == "ok"
+    c = by_name["device.ev-2"]
+    assert c.status == "fail" and "no response within" in c.detail
+    assert c.hint.startswith("unit 2 not answering: check unit id/wiring"), c.hint
+
+
+async def test_test_shed_writes_only_the_shed_point(site: tuple[SiteConfig, SimulatedPlant, Path]) -> None:
+    cfg, plant, _ = site
+    bank = plant.banks["ev-1"]  # vestel_evc04; the site config sets a failsafe current for start-up
+    bank.set("failsafe_current_a", 13.0)
+    bank.set("current_limit_a", 32.0)
+    writes: list[str] = []
+    inner = bank.on_write
+
+    def spy(key: str, value: object) -> None:
+        writes.append(key)
+        if inner:
+            inner(key, value)  # type: ignore[arg-type]
+
+    bank.on_write = spy
+    checks = await shed_test(cfg, "ev-1", 0.1, lambda _q: True, timeout_s=1.0)
+    assert [c.status for c in checks] == ["ok", "ok", "ok"], checks
+    assert set(writes) == {"current_limit_a"}, writes
+    assert bank.get("failsafe_current_a") == pytest.approx(13.0)
+    assert bank.get("current_limit_a") == pytest.approx(32.0)
+    assert open_rows(cfg) == []
