@@ -27,13 +27,14 @@ from drivers.profile import (
     Point,
     Profile,
     ReadBlock,
+    check_write,
     decode_block,
     decode_raw,
     encode_write,
     load_profile,
     plan_reads,
 )
-from drivers.sunspec import SunSpecError, check_chain, discover, model_starts
+from drivers.sunspec import MissingModel, SunSpecError, check_chain, discover, model_starts
 
 log = logging.getLogger("dr_agent.device")
 
@@ -219,10 +220,14 @@ class Device:
             check_chain(prof, chain)
             return prof
         except SunSpecError as exc:
-            fallback = prof.sunspec.fallback if prof.sunspec else None
+            # Only a missing model falls back: a model laid out otherwise than published is refused.
+            fallback = prof.sunspec.fallback if prof.sunspec and isinstance(exc, MissingModel) else None
             if fallback is None:
                 raise SunSpecError(f"device {self.name}: {exc}") from exc
-            alt = load_profile(fallback)
+            try:
+                alt = load_profile(fallback)
+            except (OSError, ValueError) as exc2:
+                raise SunSpecError(f"device {self.name}: {exc}; fallback {fallback}: {exc2}") from exc
             problems = self.check_profile(alt)
             try:
                 check_chain(alt, chain)
@@ -373,8 +378,17 @@ class Device:
             raise WriteError(f"device {self.name}: scale factor {p.scale_factor} is unusable ({sf})")
         return sf
 
+    def _ref(self, p: Point) -> float | None:
+        """The value of the point `p` is a percentage of (its 100 %), or None if `p` is no percentage."""
+        if p.percent_of is None:
+            return None
+        v = self.values.get(p.percent_of)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise WriteError(f"device {self.name}: {p.percent_of} (100 % of {p.name}) is unknown")
+        return float(v)
+
     async def _send(self, p: Point, value: float | bool, sf: int) -> None:
-        encoded = encode_write(p, value, sf)
+        encoded = encode_write(p, value, sf, self._ref(p))
         if isinstance(encoded, bool):
             await self.transport.write_coil(self.unit_id, p.addr, encoded)
         else:
@@ -395,9 +409,10 @@ class Device:
 
     async def write_point(self, p: Point, value: float | bool) -> float:
         try:
-            encode_write(p, value)  # the range check, before anything goes on the bus
+            check_write(p, value)  # the range check, before anything goes on the bus
         except ValueError as exc:
             raise WriteError(f"device {self.name}: {exc}") from exc
+        ref = self._ref(p)
         try:
             sf = await self._scale_factor(p)
             await self._send(p, value, sf)
@@ -409,10 +424,10 @@ class Device:
             raise WriteError(f"device {self.name}: write {p.name}={value}: {exc}") from exc
         except ValueError as exc:
             raise WriteError(f"device {self.name}: {exc}") from exc
-        back = p.to_engineering(decode_raw(p, regs), sf)
+        back = p.to_engineering(decode_raw(p, regs), sf, ref)
         if isinstance(back, str):
             raise WriteError(f"device {self.name}: point {p.name!r} is a string")
-        tolerance = p.resolution(sf) * 0.51 + 1e-6 * max(1.0, abs(float(value)))
+        tolerance = p.resolution(sf, ref) * 0.51 + 1e-6 * max(1.0, abs(float(value)))
         if not math.isfinite(float(back)) or abs(float(back) - float(value)) > tolerance:
             raise WriteError(f"device {self.name}: wrote {p.name}={value} but read back {back}")
         self.values[p.name] = back
@@ -451,6 +466,12 @@ class Device:
         decoded = {p.name: decode_raw(p, _as_regs(raw[p.name]))}
         if p.scale_factor is not None:
             decoded[p.scale_factor] = sf
+        if p.percent_of is not None:
+            # Its 100 % as last polled (with that point's own scale factor).
+            q = self.profile.point(p.percent_of)
+            for ref_name in (q.name, q.scale_factor):
+                if ref_name is not None and ref_name in self._raw:
+                    decoded[ref_name] = self._raw[ref_name]
         values, rejected = self.profile.engineering(decoded)
         if p.name in rejected:
             raise WriteError(f"device {self.name}: current {p.name} {rejected[p.name]}{self._hint(p.name)}")
@@ -458,7 +479,7 @@ class Device:
         if not isinstance(v, (int, float)):
             raise WriteError(f"device {self.name}: current {p.name} is not a number ({v!r})")
         try:
-            encode_write(p, v, sf)
+            encode_write(p, v, sf, self._ref(p))
         except ValueError as exc:
             raise WriteError(
                 f"device {self.name}: current {p.name} could not be written back ({exc}){self._hint(p.name)}"
@@ -490,7 +511,10 @@ class Device:
             value = decode_raw(q, _as_regs(regs))
             if not isinstance(value, str):
                 sf = 0 if q.scale_factor is None else await self._scale_factor(q)
-                eng = q.to_engineering(value, sf)
+                try:
+                    eng = q.to_engineering(value, sf, None if q.percent_of is None else self._ref(q))
+                except (ValueError, WriteError):
+                    continue  # its 100 % is unknown: the next poll reads it
                 if not isinstance(eng, str):
                     self.values[name] = eng
                     if name in self._commanded:

@@ -101,6 +101,11 @@ class Point(BaseModel):
         default=None,
         description="What to check when a reading is rejected (e.g. the unit's scale: DIP switch / register 7).",
     )
+    percent_of: str | None = Field(
+        default=None,
+        description="The register holds a percentage of this other point's value (SunSpec 124 OutWRte: % of "
+        "WChaMax); engineering = percentage / 100 x that value.",
+    )
     true_from: float | None = Field(
         default=None,
         description="For yes/no roles read from an enumeration: the reading means yes from this value up "
@@ -154,27 +159,39 @@ class Point(BaseModel):
     def writable(self) -> bool:
         return self.access in ("rw", "w") and self.function in ("coil", "holding_register")
 
-    def to_engineering(self, raw: Value, sf: int = 0) -> Value:
+    def _factor(self, sf: int, ref: float | None) -> float:
+        factor = self.scale * (10.0**sf) if sf else self.scale
+        if self.percent_of is not None:
+            if ref is None:
+                raise ValueError(f"point {self.name!r}: {self.percent_of} (its 100 %) is unknown")
+            factor *= ref / 100.0
+        return factor
+
+    def to_engineering(self, raw: Value, sf: int = 0, ref: float | None = None) -> Value:
+        """`ref`: the value of the `percent_of` point, for percentages of it."""
         if isinstance(raw, (str, bool)):
             return raw
-        if self.scale == 1.0 and self.offset == 0.0 and sf == 0:
+        if self.scale == 1.0 and self.offset == 0.0 and sf == 0 and self.percent_of is None:
             return raw
-        factor = self.scale * (10.0**sf) if sf else self.scale
-        return raw * factor + self.offset
+        return raw * self._factor(sf, ref) + self.offset
 
-    def to_raw(self, value: float | bool | str, sf: int = 0) -> float | bool | str:
+    def to_raw(self, value: float | bool | str, sf: int = 0, ref: float | None = None) -> float | bool | str:
         if isinstance(value, (str, bool)):
             return value
-        if self.scale == 1.0 and self.offset == 0.0 and sf == 0:
+        if self.scale == 1.0 and self.offset == 0.0 and sf == 0 and self.percent_of is None:
             return value
-        factor = self.scale * (10.0**sf) if sf else self.scale
+        factor = self._factor(sf, ref)
+        if factor == 0:
+            raise ValueError(f"point {self.name!r}: {self.percent_of} is 0, no percentage of it sets {value}")
         return (value - self.offset) / factor
 
-    def resolution(self, sf: int = 0) -> float:
+    def resolution(self, sf: int = 0, ref: float | None = None) -> float:
         """Smallest engineering step the register can express (for read-back comparison)."""
         if self.type.startswith("float"):
             return 0.0
-        return abs(self.scale) * (10.0**sf)
+        if self.percent_of is not None and ref is None:
+            return 0.0
+        return abs(self._factor(sf, ref))
 
 
 class SunSpecSettings(BaseModel):
@@ -274,6 +291,10 @@ class Profile(BaseModel):
                     raise ValueError(f"point {p.name!r}: scale_factor {p.scale_factor!r} is not a point")
                 if sf.type != "int16" or sf.function != p.function:
                     raise ValueError(f"scale factor {sf.name!r} must be an int16 in the same table")
+            if p.percent_of is not None:
+                ref = seen.get(p.percent_of)
+                if ref is None or ref.percent_of is not None:
+                    raise ValueError(f"point {p.name!r}: percent_of {p.percent_of!r} is not a plain point")
             for other in p.then_write:
                 q = seen.get(other)
                 if q is None or not q.writable:
@@ -375,7 +396,8 @@ class Profile(BaseModel):
         values: dict[str, Value] = {}
         rejected: dict[str, str] = {}
         nodata_default = SUNSPEC_NODATA if self.sunspec is not None else {}
-        for p in self.points:
+        # Percentages of another point after that point.
+        for p in sorted(self.points, key=lambda q: q.percent_of is not None):
             if p.name not in raw:
                 continue
             r = raw[p.name]
@@ -393,7 +415,14 @@ class Profile(BaseModel):
                     rejected[p.name] = f"scale factor {p.scale_factor} unusable ({s})"
                     continue
                 sf = s
-            v = p.to_engineering(r, sf)
+            ref = None
+            if p.percent_of is not None:
+                ref_v = values.get(p.percent_of)
+                if not isinstance(ref_v, (int, float)) or isinstance(ref_v, bool):
+                    rejected[p.name] = f"{p.percent_of} (its 100 %) unknown"
+                    continue
+                ref = float(ref_v)
+            v = p.to_engineering(r, sf, ref)
             assert isinstance(v, (int, float))
             if not math.isfinite(v):
                 rejected[p.name] = f"not a finite number ({v})"
@@ -521,7 +550,9 @@ def _published(raw: dict[str, object]) -> dict[str, object]:
     return out
 
 
-def encode_write(point: Point, value: float | bool | str, sf: int = 0) -> list[int] | bool:
+def encode_write(
+    point: Point, value: float | bool | str, sf: int = 0, ref: float | None = None
+) -> list[int] | bool:
     """Registers (or the coil state) that set `point` to `value`, after checking the range.
 
     Raises ValueError naming the point, the value and what is allowed, or when
@@ -530,7 +561,7 @@ def encode_write(point: Point, value: float | bool | str, sf: int = 0) -> list[i
     check_write(point, value)
     if point.function == "coil":
         return bool(value)
-    raw = point.to_raw(value, sf)
+    raw = point.to_raw(value, sf, ref)
     try:
         return encode(
             raw,

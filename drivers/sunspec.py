@@ -40,6 +40,10 @@ class SunSpecError(Exception):
     """The device shows no SunSpec marker, or its model chain is broken."""
 
 
+class MissingModel(SunSpecError):
+    """The device lacks a model the profile uses (a fallback profile may fit)."""
+
+
 @dataclass(frozen=True)
 class ModelHeader:
     id: int
@@ -101,7 +105,7 @@ def check_chain(profile: Profile, chain: list[ModelHeader]) -> None:
         lengths.setdefault(m.id, m.length)
     for mid in sorted({p.model for p in profile.points if p.model is not None}):
         if mid not in lengths:
-            raise SunSpecError(f"device has no SunSpec model {mid}")
+            raise MissingModel(f"device has no SunSpec model {mid}")
         d = sunspec_models.model(mid)
         have = lengths[mid]
         if have != d.length if d.fixed else have < d.length:

@@ -120,7 +120,7 @@ class RegisterBank:
         if p.function in BIT_FUNCTIONS:
             self.bits[p.function][p.addr] = bool(value)
             return
-        raw = p.to_raw(value, self._sf(p)) if not isinstance(value, (str, bool)) else value
+        raw = p.to_raw(value, self._sf(p), self._ref(p)) if not isinstance(value, (str, bool)) else value
         self.set_raw(p.name, raw)
 
     def set_raw(self, key: str, raw: Value) -> None:
@@ -137,7 +137,13 @@ class RegisterBank:
 
     def get(self, key: str) -> Value:
         p = self._point(key)
-        return p.to_engineering(self.get_raw(key), self._sf(p))
+        return p.to_engineering(self.get_raw(key), self._sf(p), self._ref(p))
+
+    def _ref(self, p: Point) -> float | None:
+        if p.percent_of is None:
+            return None
+        v = self.get(p.percent_of)
+        return float(v) if isinstance(v, (int, float)) else None
 
     def read(self, function: Function, address: int, count: int) -> list[int] | list[bool]:
         if self.strict and not self._mapped[function].issuperset(range(address, address + count)):

@@ -92,7 +92,8 @@ def expected_values(bank: RegisterBank) -> dict[str, Value]:
 
 def resolution(q: Point, bank: RegisterBank) -> float:
     sf = bank.get_raw(q.scale_factor) if q.scale_factor else 0
-    return q.resolution(int(sf)) or 0.5
+    ref = bank.get(q.percent_of) if q.percent_of else None  # a percentage of another point
+    return q.resolution(int(sf), float(ref) if isinstance(ref, (int, float)) else None) or 0.5
 
 
 def write_value(q: Point, step: float) -> float:

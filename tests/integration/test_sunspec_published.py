@@ -111,3 +111,35 @@ async def test_a_chain_not_laid_out_as_published_is_refused() -> None:
     finally:
         await transport.close()
         await server.stop()
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["lenient", "strict"])
+async def test_a_battery_with_only_model_124_is_controlled_through_it(strict: bool, tmp_path: Path) -> None:
+    """No model 704: the profile's fallback drives 124 (StorCtl_Mod discharge bit, OutWRte % of WChaMax)."""
+    batt = PublishedSunSpecBattery(models=(1, 103, 124), strict=strict, soc_pct=60.0, max_w=50_000)
+    server = SimServer({1: batt})
+    port = await server.start()
+    transport = ModbusTransport("bess-ep", host="127.0.0.1", port=port, timeout_s=1.0)
+    dev = storage(transport, setpoint_revert_s=60)
+    store = AsyncStore(Store(tmp_path / "agent.sqlite"))
+    act = Actuator({"bess": dev}, store)
+    try:
+        assert await dev.poll(), dev.health.last_error
+        assert dev.profile.name == "sunspec_storage_124"
+        assert batt.get(124, "InOutWRte_RvrtTms") == 60
+        assert dev.reading("soc_pct") == pytest.approx(60.0)
+        assert await act.shed("bess", "power_setpoint_kw", 25.0, "ev-1", "discharge") == pytest.approx(25.0)
+        # 25 kW of a 50 kW WChaMax: OutWRte 50 %, the DISCHARGE bit set, read over Modbus.
+        assert await read_back(transport, batt, 124, "OutWRte") == 50
+        assert await read_back(transport, batt, 124, "StorCtl_Mod") == 2
+        assert await dev.poll()
+        assert dev.reading("power_kw") == pytest.approx(25.0)
+        assert await act.restore("bess", "power_setpoint_kw", "event ended", "ev-1")
+        assert await read_back(transport, batt, 124, "OutWRte") == 0
+        assert await read_back(transport, batt, 124, "StorCtl_Mod") == 0
+        assert await dev.poll()
+        assert dev.reading("power_kw") == pytest.approx(0.0)
+        assert await store.journal_open() == []
+    finally:
+        await transport.close()
+        await server.stop()
