@@ -43,6 +43,9 @@ YamlPath = tuple[Hashable, ...]
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 #: Keys and items a config may hold once aliases are expanded; more is an alias bomb, not a site.
 _MAX_NODES = 100_000
+#: Deepest [ ] / { } nesting read; PyYAML's scanner slows with the square of it (3,000 deep: seconds).
+_MAX_FLOW_DEPTH = 100
+_FLOW = re.compile(r"[\[\]{}]")
 # pydantic error types whose last loc item names a field that is absent from the input.
 _MISSING_TYPES = frozenset({"missing", "missing_argument", "missing_keyword_argument"})
 _MESSAGE_PREFIXES = {"value_error": "Value error, ", "assertion_error": "Assertion failed, "}
@@ -194,8 +197,22 @@ def expand_config_paths(main: Path) -> list[Path]:
     return [main, *extra]
 
 
+def _flow_too_deep(text: str) -> int | None:
+    """Offset where [ and { nest past _MAX_FLOW_DEPTH, counted roughly (quotes not skipped), or None."""
+    depth = 0
+    for m in _FLOW.finditer(text):
+        depth = depth + 1 if m.group() in "[{" else max(0, depth - 1)
+        if depth > _MAX_FLOW_DEPTH:
+            return m.start()
+    return None
+
+
 def _parse(text: str, name: str, file: Path) -> LoadedYaml:
     """Compose, check and construct one document; see `load_yaml`."""
+    deep = _flow_too_deep(text)
+    if deep is not None:
+        where = _location_of_offset(name, text, deep)
+        raise ConfigFileError(f"{where}: yaml: [ ] and {{ }} nested more than {_MAX_FLOW_DEPTH} deep", where)
     try:
         loader = yaml.SafeLoader(text)
     except yaml.reader.ReaderError as exc:  # the reader vets the whole text up front

@@ -241,7 +241,7 @@ BOMB = "a: &a [x,x,x,x,x,x,x,x,x,x]\n" + "".join(
 
 CONFIG_CASES: list[tuple[str, str, str]] = [
     # (label, file text, what the error says)
-    ("flow nesting 2000 deep", "site: " + nested(2000) + "\n", "nested too deeply"),
+    ("flow nesting 2000 deep", "site: " + nested(2000) + "\n", "nested more than 100 deep"),
     ("block nesting 3000 deep", "".join("  " * i + "a:\n" for i in range(3000)), "nested too deeply"),
     ("alias bomb (10**8 items)", BOMB, "once aliases are expanded"),
     ("5000-digit number", DEMO.replace("peak_kw: 1000", "peak_kw: 1" + "0" * 5000), "4300 digits"),
