@@ -357,6 +357,10 @@ class Agent:
             t0 = self.clock.now()
             failpoints.hit(f"poll[{name}]")
             await self._poll_endpoint(devices)
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                # pymodbus turns a cancellation mid-request into an I/O error the device absorbs:
+                # stop anyway, or the task group would wait for this loop for ever.
+                raise asyncio.CancelledError
             self._take_readings(devices, self.clock.now())
             self._polled.add(name)
             if self._polled >= self._by_endpoint().keys():

@@ -326,7 +326,8 @@ class MetricsServer:
 
     async def run(self) -> None:
         try:
-            self.agent.metrics_port = self.start()
+            # In a thread: binding looks up the host name (getfqdn), which may wait on DNS.
+            self.agent.metrics_port = await asyncio.to_thread(self.start)
             while True:
                 await asyncio.sleep(self.CHECK_S)
                 failpoints.hit("metrics")
