@@ -123,14 +123,23 @@ async def test_rehearse_an_event_against_the_simulated_site(mosquitto: Mosquitto
             # Restored: back at exactly the value it had.
             assert await wait_level(cfg, "lights-warehouse", "level_pct", original, 60) == original
     finally:
+        # Never leave a process behind: one that does not stop on SIGTERM is killed (and the test fails).
         if agent is not None:
             if agent.returncode is None:
                 agent.terminate()
-            await asyncio.wait_for(agent.wait(), 60)
+            try:
+                await asyncio.wait_for(agent.wait(), 60)
+            except TimeoutError:
+                agent.kill()
+                await agent.wait()
         log.close()
         if sim.returncode is None:
             sim.terminate()
-        out, err = await asyncio.wait_for(sim.communicate(), 60)
+        try:
+            out, err = await asyncio.wait_for(sim.communicate(), 60)
+        except TimeoutError:
+            sim.kill()
+            out, err = await sim.communicate()
         print("agent log (tail):", (tmp_path / "agent.log").read_text()[-4000:])  # shown if the test fails
     assert agent is not None and agent.returncode == 0, (tmp_path / "agent.log").read_text()[-3000:]
     assert sim.returncode == 0, err.decode()
