@@ -53,6 +53,8 @@ class Actuator:
         #: (device, role) -> the original journalled for it, mirrored for when the database fails.
         self._originals: dict[tuple[str, str], float | None] = {}
         self._raw_originals: dict[tuple[str, str], RawRegisters] = {}
+        #: (device, role) -> event id of a restore that failed (device unreachable): retried when it answers.
+        self.failed_restores: dict[tuple[str, str], str | None] = {}
 
     async def original(self, device: str, role: str) -> float | None:
         """The pre-event value: the open journal entry's original if shed, else the latest reading."""
@@ -83,7 +85,14 @@ class Actuator:
             original = entries[0].original
             await self.store.journal_record(device, role, original, float(value), event_id, step)
         self._originals.setdefault((device, role), original)
-        back = await dev.write_role(role, value)
+        try:
+            back = await dev.write_role(role, value)
+        except WriteError:
+            if not entries:
+                # The write may have reached the device (its answer lost with the connection):
+                # put the original back now, or as soon as the device answers (failed_restores).
+                await self.restore(device, role, "shed write failed: undone", event_id)
+            raise
         self.writes += 1
         log.info("event_id=%s device=%s step=%s action=shed %s=%s", event_id, device, step, role, value)
         return back
@@ -114,9 +123,11 @@ class Actuator:
             await self._put_back(dev, role, original, entries[0].original_raw)
         except WriteError as exc:
             log.error("event_id=%s device=%s action=restore_failed error=%r", event_id, device, str(exc))
+            self.failed_restores[key] = event_id
             await self.store.audit(f"restore {role}={original} failed: {exc}", event_id, device)
             return False
         self.writes += 1
+        self.failed_restores.pop(key, None)
         self._originals.pop(key, None)
         self._raw_originals.pop(key, None)
         try:
@@ -149,8 +160,10 @@ class Actuator:
             await self._put_back(dev, role, original, None if raw is None else json.dumps(raw))
         except WriteError as exc:
             log.error("event_id=%s device=%s action=restore_failed error=%r", event_id, device, str(exc))
+            self.failed_restores[(device, role)] = event_id
             return False
         self.writes += 1
+        self.failed_restores.pop((device, role), None)
         self._originals.pop((device, role), None)
         self._raw_originals.pop((device, role), None)
         log.warning(
@@ -167,6 +180,24 @@ class Actuator:
         except sqlite3.Error:
             pass
         return True
+
+    async def retry_failed_restores(self, held: set[tuple[str, str]]) -> list[str]:
+        """Restore again what failed to restore (unreachable at the event's end, a shed write in
+        doubt) once the device answers: a healed endpoint must not leave a device shed until the
+        next restart. A (device, role) a live event's step `held` again is that event's to
+        restore. Returns the device.role names restored."""
+        done = []
+        for (device, role), event_id in list(self.failed_restores.items()):
+            dev = self.devices.get(device)
+            if (device, role) in held:
+                self.failed_restores.pop((device, role), None)
+                continue
+            if dev is None or not dev.health.available:
+                continue  # the poll loop finds out when it answers again; no write into a timeout
+            if await self.restore(device, role, "restore retried: the device answers again", event_id):
+                log.warning("event_id=%s device=%s event=restore_recovered role=%s", event_id, device, role)
+                done.append(f"{device}.{role}")
+        return done
 
     async def restore_all(self, reason: str) -> list[str]:
         """Restore every open journal entry (shutdown, crash recovery). Returns what could not be restored.

@@ -561,6 +561,14 @@ class EventLifecycle:
         """Advance every opted-in event: far → near → active; after the end, restore and settle."""
         a = self.agent
         load = a.site_load_kw()
+        if a.actuator.failed_restores:
+            held = {
+                (s.step.device, s.step.role)
+                for r in self.events.values()
+                if r.control is not None and r.control.phase in ("shedding", "restoring", "recovering")
+                for s in r.control.active
+            }
+            await a.actuator.retry_failed_restores(held)
         for rec in list(self.events.values()):
             if rec.settle_pending:
                 await self.settle(rec)

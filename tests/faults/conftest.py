@@ -130,6 +130,7 @@ class Site:
             if not self.shed():
                 return
             await asyncio.sleep(0.02)  # polling the simulators' registers: nothing to await on
+        raise AssertionError(f"not restored while the agent runs: {sorted(self.shed())}")
 
     def check(
         self,
@@ -275,6 +276,22 @@ class AgentProcess:
 
     def log_text(self) -> str:
         return self.site.log.read_text(errors="replace") if self.site.log.exists() else ""
+
+
+def fast_timeouts(cfg: SiteConfig) -> SiteConfig:
+    """Modbus timeouts of 0.15 s (wall): a silent unit is found out in seconds of a compressed run."""
+    endpoints = [e.model_copy(update={"timeout_s": 0.15}) for e in cfg.modbus.endpoints]
+    return cfg.model_copy(update={"modbus": cfg.modbus.model_copy(update={"endpoints": endpoints})})
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str = "") -> None:
+    """Poll `predicate` (state read from simulators or the agent: nothing to await on) until true."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+        await asyncio.sleep(0.02)
 
 
 async def online(obs: SessionObserver, n: int = 1, timeout: float = 20) -> None:
