@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -45,12 +46,16 @@ __all__ = [
     "realtime_15min",
     "realtime_15min_from_samples",
     "realtime_baseline",
+    "realtime_window",
     "regression",
 ]
 
 log = logging.getLogger(__name__)
 
 _EPS = 1e-6  # seconds: tolerance when checking grid alignment of float epochs
+
+#: A span of epoch seconds [start, end).
+Period = tuple[float, float]
 
 
 # ---------------------------------------------------------------------------
@@ -289,13 +294,17 @@ def _collect(
     eligible: Callable[[date], str | None],
     lead_s: float = 0.0,
     max_lookback_days: int,
+    accept: Callable[[date, list[float]], str | None] | None = None,
 ) -> _Days:
     """Walk back through ``candidates`` and keep the first ``want`` usable days.
 
-    A day is usable when ``eligible`` returns None for it and its data in
-    ``[window start - lead_s, window end)`` are complete. Profiles hold that
-    whole range, lead first.
+    A day is usable when ``eligible`` returns None for it, its data in
+    ``[window start - lead_s, window end)`` are complete, and ``accept``
+    (given the day and its event-window values, lead left out) returns None:
+    a rejected day is replaced by the next one back. Profiles hold the whole
+    range, lead first.
     """
+    lead_n = round(lead_s / series.step_s)
     out = _Days()
     oldest = geo.event_date - timedelta(days=max_lookback_days)
     for d in candidates:
@@ -319,16 +328,76 @@ def _collect(
         if present < len(vals):
             out.skipped[d] = f"gap: {len(vals) - present} of {len(vals)} intervals missing"
             continue
-        out.profiles.append((d, [v for v in vals if v is not None]))
+        prof = [v for v in vals if v is not None]
+        if accept is not None and (why := accept(d, prof[lead_n:])):
+            out.skipped[d] = why
+            continue
+        out.profiles.append((d, prof))
     return out
 
 
+def _all_days(
+    series: LoadSeries,
+    cal: Calendar,
+    geo: _Geometry,
+    candidates: Iterable[date],
+    *,
+    eligible: Callable[[date], str | None],
+    lead_s: float = 0.0,
+    max_lookback_days: int,
+) -> list[tuple[date, float]]:
+    """(day, mean event-window kW) of every usable day in the look-back, newest first: what the
+    screens for abnormal and low-usage days compare a day with."""
+    got = _collect(
+        series,
+        cal,
+        geo,
+        candidates,
+        want=1 << 30,
+        eligible=eligible,
+        lead_s=lead_s,
+        max_lookback_days=max_lookback_days,
+    )
+    lead_n = round(lead_s / series.step_s)
+    return [(d, _mean(p[lead_n:])) for d, p in got.profiles]
+
+
+#: Default of ``min_day_share``: a look-back day whose event-window load is under half the typical
+#: day's is not a normal production day (see docs/baselines.md, "Normal days").
+NORMAL_DAY_MIN_SHARE = 0.5
+
+
+def _normal_screen(
+    levels: Sequence[tuple[date, float]], share: float | None
+) -> Callable[[date, list[float]], str | None] | None:
+    """A rule's "normal days" screen: reject a day whose event-window mean is under ``share`` of the
+    typical level, the median over the look-back's usable days (robust to the thin days themselves)."""
+    if share is None or share <= 0 or not levels:
+        return None
+    typical = statistics.median(m for _, m in levels)
+    if typical <= 0:  # a site exporting in the window: "thin" has no meaning
+        return None
+
+    def accept(d: date, prof: list[float]) -> str | None:
+        m = _mean(prof)
+        if m < share * typical:
+            return (
+                f"abnormal day: event-window load {m:.1f} kW under {share:.0%} of the typical "
+                f"{typical:.1f} kW (median of the look-back's days)"
+            )
+        return None
+
+    return accept
+
+
 def _excluded_check(
-    excluded: Collection[date], day_ok: Callable[[date], bool], what: str
+    excluded: Collection[date], day_ok: Callable[[date], bool], what: str, cal: Calendar
 ) -> Callable[[date], str | None]:
     def check(d: date) -> str | None:
         if d in excluded:
             return "excluded (DR event day)"
+        if cal.is_shutdown(d):
+            return "marked shutdown (calendar.shutdown_days)"
         if not day_ok(d):
             return what
         return None
@@ -367,11 +436,16 @@ def _result(
     )
 
 
-def _event_day_note(cal: Calendar, geo: _Geometry) -> list[str]:
+def _working_only(method: str, cal: Calendar, geo: _Geometry) -> BaselineResult | None:
+    """Unavailable for an event on a weekend or holiday when the programme's rule names working days only."""
     kind = cal.day_type(geo.event_date)
     if kind in ("weekend", "holiday"):
-        return [f"event day {geo.event_date} is a {kind}; baseline built from working days"]
-    return []
+        return _unavailable(
+            method,
+            f"not defined by this programme: the event day {geo.event_date} is a {kind} and the rule "
+            "takes working days only",
+        )
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -385,30 +459,43 @@ def jiangsu_5day(
     calendar: Calendar,
     *,
     days: int = 5,
+    min_day_share: float | None = NORMAL_DAY_MIN_SHARE,
     excluded_dates: Collection[date] = frozenset(),
     max_lookback_days: int = 45,
 ) -> BaselineResult:
-    """Jiangsu contracted DR: average event-window curve of the last 5 normal working days.
+    """Jiangsu contracted DR: average event-window curve of the last 5 normal production working days.
 
-    Source: Jiangsu provincial DR rules (约定需求响应), as digested in
-    docs/reference DOMAIN.md. Days are counted back from the day before the
-    invitation (``window.notice_date``, default the event day); "normal"
-    working days are :meth:`Calendar.is_typical_day` (make-up workdays are
-    not normal). Days with a gap in the window are skipped and replaced.
+    Source: Jiangsu provincial DR rules (约定需求响应: 邀约日前最近5个正常生产工作日),
+    DOMAIN.md. Days are counted back from the day before the invitation
+    (``window.notice_date``, default the event day). "Normal production
+    working day": an ordinary working day (:meth:`Calendar.is_typical_day`;
+    make-up workdays are not normal), not marked as a shutdown, whose
+    event-window load is at least ``min_day_share`` of the typical day's
+    (``None`` turns that screen off). Days with a gap in the window are
+    skipped; every rejected day is replaced by the next one back. Events on a
+    weekend or holiday: not defined by the rule (unavailable).
     """
     method = "jiangsu_5day"
     geo = _geometry(series, window, calendar)
     if isinstance(geo, str):
         return _unavailable(method, geo)
+    if (undefined := _working_only(method, calendar, geo)) is not None:
+        return undefined
     ref = window.notice_date or geo.event_date
+    eligible = _excluded_check(excluded_dates, calendar.is_typical_day, "not a normal working day", calendar)
+    lookback = max_lookback_days + (geo.event_date - ref).days
+    levels = _all_days(
+        series, calendar, geo, calendar.days_before(ref), eligible=eligible, max_lookback_days=lookback
+    )
     got = _collect(
         series,
         calendar,
         geo,
         calendar.days_before(ref),
         want=days,
-        eligible=_excluded_check(excluded_dates, calendar.is_typical_day, "not a normal working day"),
-        max_lookback_days=max_lookback_days + (geo.event_date - ref).days,
+        eligible=eligible,
+        max_lookback_days=lookback,
+        accept=_normal_screen(levels, min_day_share),
     )
     if len(got.profiles) < days:
         return _unavailable(
@@ -419,7 +506,7 @@ def jiangsu_5day(
             coverage=got.coverage,
         )
     curve = _average([p for _, p in got.profiles])
-    return _result(method, series, geo, curve, got, notes=_event_day_note(calendar, geo))
+    return _result(method, series, geo, curve, got)
 
 
 def realtime_15min(
@@ -429,14 +516,17 @@ def realtime_15min(
     *,
     window_s: float = 900.0,
     min_coverage: float = 0.5,
+    skip: Iterable[Period] = (),
     excluded_dates: Collection[date] = frozenset(),
 ) -> BaselineResult:
     """Jiangsu real-time DR: mean load over the 15 minutes before control starts, held flat.
 
     Source: Jiangsu real-time DR rules (实时需求响应), DOMAIN.md. Partial
     intervals at the edges count pro rata; with less than ``min_coverage`` of
-    the 15 minutes present the baseline is unavailable. ``excluded_dates`` is
-    accepted for a uniform signature and not used.
+    the 15 minutes present the baseline is unavailable. ``skip``: earlier
+    events' control and recovery periods, which the window slides back past
+    (:func:`realtime_window`). ``excluded_dates`` is accepted for a uniform
+    signature and not used.
     """
     del excluded_dates
     method = "realtime_15min"
@@ -444,7 +534,22 @@ def realtime_15min(
     if isinstance(geo, str):
         return _unavailable(method, geo)
     cs = window.control_start_ts
-    mean, coverage = series.mean_kw(cs - window_s, cs)
+    pieces = realtime_window(cs, window_s, skip)
+    kwh = covered = 0.0
+    for a, b in pieces:
+        e = series.energy_kwh(a, b)
+        kwh += e.kwh
+        covered += e.coverage * (b - a)
+    coverage = covered / window_s
+    mean = kwh * 3600.0 / covered if covered > 0 else None
+    if pieces != [(cs - window_s, cs)]:
+        span = pieces[0][1] - pieces[-1][0] if pieces else 0.0
+        shift_note = [
+            f"skipped earlier events' control and recovery: the {window_s / 60:g} min used are "
+            f"spread over the {span / 60:.0f} min before control start"
+        ]
+    else:
+        shift_note = []
     if mean is None or coverage < min_coverage:
         return _unavailable(
             method,
@@ -459,9 +564,9 @@ def realtime_15min(
         step_s=series.step_s,
         curve_kw=[mean] * geo.n,
         mean_kw=mean,
-        days_used=[calendar.local_date(cs - window_s)],
+        notes=notes + shift_note,
+        days_used=[calendar.local_date(pieces[-1][0] if pieces else cs - window_s)],
         coverage=coverage,
-        notes=notes,
     )
 
 
@@ -470,8 +575,35 @@ def realtime_15min(
 REALTIME_MIN_COVERAGE = 0.5
 #: A poll holds for at most this long in the real-time baseline (a stalled meter is not extrapolated).
 REALTIME_MAX_HOLD_S = 60.0
-#: Readings from this long before control start are enough to compute the real-time baseline.
+#: Readings from this long before control start are enough to compute the real-time baseline
+#: (when no earlier event's control or recovery period falls in it: see `realtime_window`).
 REALTIME_LOOKBACK_S = 900.0 + REALTIME_MAX_HOLD_S
+#: The real-time window slides back past earlier events' periods by at most this much in all.
+REALTIME_MAX_SHIFT_S = 6 * 3600.0
+
+
+def realtime_window(control_start_ts: float, window_s: float = 900.0, skip: Iterable[Period] = ()) -> list[Period]:
+    """The pieces of time the real-time baseline averages: the ``window_s`` seconds before control
+    start that fall outside every ``skip`` period (earlier events' control and recovery), newest
+    first. Without a skip period in the way this is ``[control_start - window_s, control_start)``;
+    otherwise the window slides back past the periods, at most ``REALTIME_MAX_SHIFT_S`` in all."""
+    blocks = sorted((a, b) for a, b in skip if b > a and a < control_start_ts)
+    out: list[Period] = []
+    need = window_s
+    t = control_start_ts
+    floor = control_start_ts - window_s - REALTIME_MAX_SHIFT_S
+    while need > 1e-9 and t > floor:
+        inside = [blk for blk in blocks if blk[0] < t <= blk[1]]
+        if inside:
+            t = min(a for a, _ in inside)
+            continue
+        prev_end = max((b for _, b in blocks if b < t), default=-math.inf)
+        a = max(t - need, prev_end, floor)
+        if t > a:
+            out.append((a, t))
+            need -= t - a
+        t = a
+    return out
 
 
 @dataclass(frozen=True)
@@ -481,6 +613,10 @@ class RealtimeBaseline:
     kw: float | None  # None: less than `min_coverage` of the window covered
     covered_s: float
     window_s: float
+    #: The pieces of time averaged (newest first); more than one, or not ending at control start,
+    #: when earlier events' control and recovery periods were skipped.
+    used: tuple[Period, ...] = ()
+    shifted: bool = False
 
     @property
     def coverage(self) -> float:
@@ -489,8 +625,16 @@ class RealtimeBaseline:
     @property
     def quality(self) -> str:
         if self.kw is None:
-            return f"too little history ({self.covered_s:.0f} s of {self.window_s:.0f} s)"
-        return "ok" if self.coverage >= 0.9 else f"partial: {self.covered_s:.0f} s of history"
+            q = f"too little history ({self.covered_s:.0f} s of {self.window_s:.0f} s)"
+        else:
+            q = "ok" if self.coverage >= 0.9 else f"partial: {self.covered_s:.0f} s of history"
+        if self.shifted and self.used:
+            span = self.used[0][1] - self.used[-1][0]
+            q += (
+                f"; skipped an earlier event's control and recovery: used {self.window_s / 60:.0f} min "
+                f"of load spread over the {span / 60:.0f} min before it"
+            )
+        return q
 
 
 def realtime_baseline(
@@ -500,6 +644,7 @@ def realtime_baseline(
     *,
     max_hold_s: float = REALTIME_MAX_HOLD_S,
     min_coverage: float = REALTIME_MIN_COVERAGE,
+    skip: Iterable[Period] = (),
 ) -> RealtimeBaseline:
     """Time-weighted mean kW over ``[control_start - window_s, control_start)`` from raw polls.
 
@@ -509,26 +654,39 @@ def realtime_baseline(
     spacing, in any order. Each reading holds until the next one, but at most
     ``max_hold_s``; the reading in force at the window start counts too.
     ``kw`` is None when less than ``min_coverage`` of the window is covered.
+    ``skip``: earlier events' control and recovery periods; their readings are
+    not the site's normal load, so the window slides back past them
+    (:func:`realtime_window`) and the result says so.
     """
-    t0, t1 = control_start_ts - window_s, control_start_ts
-    pts = sorted(s for s in samples if s[0] < t1)
-    # Start from the last reading at or before t0: it is in force at t0.
-    first = 0
-    for i, (t, _) in enumerate(pts):
-        if t <= t0:
-            first = i
+    skip = list(skip)
+    pieces = realtime_window(control_start_ts, window_s, skip)
+    shifted = pieces != [(control_start_ts - window_s, control_start_ts)]
+    pts = sorted(
+        s for s in samples if s[0] < control_start_ts and not any(a <= s[0] < b for a, b in skip)
+    )
     acc = covered = 0.0
-    for i in range(first, len(pts)):
-        t, kw = pts[i]
-        nxt = pts[i + 1][0] if i + 1 < len(pts) else t1
-        a = max(t, t0)
-        b = min(nxt, t + max_hold_s, t1)
-        if b > a:
-            acc += kw * (b - a)
-            covered += b - a
+    for t0, t1 in pieces:
+        # Start from the last reading at or before t0: it is in force at t0.
+        first = 0
+        for i, (t, _) in enumerate(pts):
+            if t <= t0:
+                first = i
+            else:
+                break
+        for i in range(first, len(pts)):
+            t, kw = pts[i]
+            if t >= t1:
+                break
+            nxt = pts[i + 1][0] if i + 1 < len(pts) else t1
+            a = max(t, t0)
+            b = min(nxt, t + max_hold_s, t1)
+            if b > a:
+                acc += kw * (b - a)
+                covered += b - a
+    used = tuple(pieces)
     if covered <= 0 or covered < min_coverage * window_s:
-        return RealtimeBaseline(None, covered, window_s)
-    return RealtimeBaseline(acc / covered, covered, window_s)
+        return RealtimeBaseline(None, covered, window_s, used, shifted)
+    return RealtimeBaseline(acc / covered, covered, window_s, used, shifted)
 
 
 def realtime_15min_from_samples(
@@ -538,10 +696,11 @@ def realtime_15min_from_samples(
     *,
     max_hold_s: float = REALTIME_MAX_HOLD_S,
     min_coverage: float = REALTIME_MIN_COVERAGE,
+    skip: Iterable[Period] = (),
 ) -> float | None:
     """`realtime_baseline()`'s kW alone."""
     return realtime_baseline(
-        samples, control_start_ts, window_s, max_hold_s=max_hold_s, min_coverage=min_coverage
+        samples, control_start_ts, window_s, max_hold_s=max_hold_s, min_coverage=min_coverage, skip=skip
     ).kw
 
 
@@ -555,6 +714,7 @@ def beijing_5of10(
     top: int = 5,
     rank_by: Literal["energy", "peak"] = "energy",
     min_day_coverage: float = 0.9,
+    min_day_share: float | None = NORMAL_DAY_MIN_SHARE,
     excluded_dates: Collection[date] = frozenset(),
     max_lookback_days: int = 60,
 ) -> BaselineResult:
@@ -568,7 +728,11 @@ def beijing_5of10(
     ranks by the whole day's mean kW (= daily energy / hours, fair on 23/25 h
     DST days), ``"peak"`` by the day's highest interval. A day is used when
     its event window is complete and at least ``min_day_coverage`` of the day
-    is present (ranking then uses the data present).
+    is present (ranking then uses the data present). Atypical also: days
+    marked as shutdowns and days whose event-window load is under
+    ``min_day_share`` of the typical day's (``None``: no such screen). Every
+    dropped day is back-filled from further back (补足10天). Events on a
+    weekend or holiday: not defined by the rule (unavailable).
     """
     method = "beijing_5of10"
     if rank_by not in ("energy", "peak"):
@@ -576,42 +740,55 @@ def beijing_5of10(
     geo = _geometry(series, window, calendar)
     if isinstance(geo, str):
         return _unavailable(method, geo)
+    if (undefined := _working_only(method, calendar, geo)) is not None:
+        return undefined
+    eligible = _excluded_check(excluded_dates, calendar.is_typical_day, "not a typical day", calendar)
+
+    def candidates() -> Iterable[date]:
+        return calendar.days_before(geo.event_date, first_offset=first_offset)
+
+    thin = _normal_screen(
+        _all_days(series, calendar, geo, candidates(), eligible=eligible, max_lookback_days=max_lookback_days),
+        min_day_share,
+    )
+    scores: dict[date, float] = {}
+
+    def accept(d: date, prof: list[float]) -> str | None:
+        day_vals = series.window(*calendar.day_bounds(d))
+        present = [v for v in day_vals if v is not None]
+        if len(present) < min_day_coverage * len(day_vals):
+            return f"day only {len(present) / len(day_vals):.0%} present"
+        if thin is not None and (why := thin(d, prof)):
+            return why
+        scores[d] = _mean(present) if rank_by == "energy" else max(present)
+        return None
+
     got = _collect(
         series,
         calendar,
         geo,
-        calendar.days_before(geo.event_date, first_offset=first_offset),
+        candidates(),
         want=pool,
-        eligible=_excluded_check(excluded_dates, calendar.is_typical_day, "not a typical day"),
+        eligible=eligible,
         max_lookback_days=max_lookback_days,
+        accept=accept,
     )
-    ranked: list[tuple[float, date, list[float]]] = []
-    kept: list[tuple[date, list[float]]] = []
-    for d, prof in got.profiles:
-        day_vals = series.window(*calendar.day_bounds(d))
-        present = [v for v in day_vals if v is not None]
-        if len(present) < min_day_coverage * len(day_vals):
-            got.skipped[d] = f"day only {len(present) / len(day_vals):.0%} present"
-            continue
-        score = _mean(present) if rank_by == "energy" else max(present)
-        ranked.append((score, d, prof))
-        kept.append((d, prof))
-    # Days dropped for day coverage are not back-filled here; collect again if short.
-    if len(kept) < pool:
+    if len(got.profiles) < pool:
         return _unavailable(
             method,
-            f"only {len(kept)} of {pool} typical days with enough data "
+            f"only {len(got.profiles)} of {pool} typical days with enough data "
             f"in the {max_lookback_days} days before the event",
             skipped_days=got.skipped,
             coverage=got.coverage,
         )
+    ranked = [(scores[d], d, p) for d, p in got.profiles]
     # Highest first; on a tie the more recent day wins (deterministic).
     ranked.sort(key=lambda r: (r[0], r[1]), reverse=True)
     chosen = sorted(ranked[:top], key=lambda r: r[1], reverse=True)
     got.profiles = [(d, p) for _, d, p in chosen]
     curve = _average([p for _, d, p in chosen])
     notes = [f"ranked {pool} typical days by daily {rank_by}: {[d.isoformat() for _, d, _ in ranked]}"]
-    return _result(method, series, geo, curve, got, notes=notes + _event_day_note(calendar, geo))
+    return _result(method, series, geo, curve, got, notes=notes)
 
 
 def _pre_event(
@@ -635,25 +812,82 @@ def _iso_lookback(
     days: int,
     excluded_dates: Collection[date],
     max_lookback_days: int,
-) -> BaselineResult | tuple[_Geometry, tuple[float, float, float | None, float], _Days]:
+    *,
+    weekend_days: int,
+    same_type: bool,
+    low_usage_share: float | None = None,
+) -> BaselineResult | tuple[_Geometry, tuple[float, float, float | None, float], _Days, int, list[str]]:
     """What the ISO methods (CAISO, PJM) share: the window's geometry, the pre-event hours they adjust
-    on, and the `days` most recent working, non-event days with complete data from those hours on.
-    An unavailable result when the window does not fit the series."""
+    on, and the look-back days with complete data from those hours on: for a working-day event the
+    ``days`` most recent working, non-event days; for a weekend or holiday event the ``weekend_days``
+    most recent weekend and holiday days (``same_type``: of the same PJM class, Saturday or
+    Sunday/holiday). ``low_usage_share``: PJM's screen, see :func:`_low_usage_days`. Also returns
+    how many days the rule wants and a note on the day class. An unavailable result when the window
+    does not fit the series."""
     geo = _geometry(series, window, calendar)
     if isinstance(geo, str):
         return _unavailable(method, geo)
     pre = _pre_event(series, geo, adjust_hours) if adjust_hours is not None else (0.0, 0.0, None, 0.0)
+    notes: list[str] = []
+    day_ok: Callable[[date], bool]
+    if calendar.is_working_day(geo.event_date):
+        day_ok, what, want = calendar.is_working_day, "not a working day", days
+    elif same_type:
+        kind = calendar.same_type(geo.event_date)
+        day_ok, what, want = (lambda d: calendar.same_type(d) == kind), f"not a {kind} day", weekend_days
+        notes.append(f"{calendar.day_type(geo.event_date)} event: {kind} days only")
+    else:
+        day_ok, what, want = (lambda d: not calendar.is_working_day(d)), "a working day", weekend_days
+        notes.append(f"{calendar.day_type(geo.event_date)} event: weekend and holiday days only")
+    eligible = _excluded_check(excluded_dates, day_ok, what, calendar)
+    accept = None
+    if low_usage_share is not None:
+        levels = _all_days(
+            series,
+            calendar,
+            geo,
+            calendar.days_before(geo.event_date),
+            eligible=eligible,
+            lead_s=pre[0],
+            max_lookback_days=max_lookback_days,
+        )
+        low = _low_usage_days(levels, want, low_usage_share)
+        accept = lambda d, _p: low.get(d)  # noqa: E731
     got = _collect(
         series,
         calendar,
         geo,
         calendar.days_before(geo.event_date),
-        want=days,
-        eligible=_excluded_check(excluded_dates, calendar.is_working_day, "not a working day"),
+        want=want,
+        eligible=eligible,
         lead_s=pre[0],
         max_lookback_days=max_lookback_days,
+        accept=accept,
     )
-    return geo, pre, got
+    return geo, pre, got, want, notes
+
+
+#: PJM's low-usage screen: a day under this share of the basis days' average event-period usage is replaced.
+PJM_LOW_USAGE_SHARE = 0.25
+
+
+def _low_usage_days(levels: Sequence[tuple[date, float]], want: int, share: float) -> dict[date, str]:
+    """PJM Manual 11's low-usage screen: of the ``want`` most recent days, any whose event-period mean
+    is under ``share`` of their average is replaced by the next day back, until none is (or the days
+    run out). Returns the rejected days with why."""
+    pool = list(levels)
+    low: dict[date, str] = {}
+    while True:
+        basis = pool[:want]
+        if not basis:
+            return low
+        avg = _mean([m for _, m in basis])
+        under = [(d, m) for d, m in basis if avg > 0 and m < share * avg]
+        if not under:
+            return low
+        for d, m in under:
+            low[d] = f"low-usage day: event-period load {m:.1f} kW under {share:.0%} of the average {avg:.1f} kW"
+        pool = [dm for dm in pool if dm[0] not in low]
 
 
 def caiso_10in10(
@@ -666,6 +900,7 @@ def caiso_10in10(
     adjust_hours: tuple[float, float] | None = (4.0, 1.0),
     cap: float = 0.20,
     min_adjust_coverage: float = 0.9,
+    weekend_days: int = 4,
     excluded_dates: Collection[date] = frozenset(),
     max_lookback_days: int = 45,
 ) -> BaselineResult:
@@ -679,15 +914,27 @@ def caiso_10in10(
     hours -4..-2, skipping the hour just before, when pre-cooling or notice
     reactions distort the load), clamped to ``1 ± cap``. ``adjust_hours=None``
     disables it. Look-back days need complete data from 4 h before the window
-    to its end.
+    to its end. Weekend and holiday events: "4-in-4", the ``weekend_days``
+    most recent weekend and holiday days (all of them needed), same adjustment.
     """
     method = "caiso_10in10"
     found = _iso_lookback(
-        method, series, window, calendar, adjust_hours, days, excluded_dates, max_lookback_days
+        method,
+        series,
+        window,
+        calendar,
+        adjust_hours,
+        days,
+        excluded_dates,
+        max_lookback_days,
+        weekend_days=weekend_days,
+        same_type=False,
     )
     if isinstance(found, BaselineResult):
         return found
-    geo, (lead_s, length_s, actual, act_cov), got = found
+    geo, (lead_s, length_s, actual, act_cov), got, want, notes = found
+    if want != days:
+        days = min_days = want
     if len(got.profiles) < min_days:
         return _unavailable(
             method,
@@ -699,7 +946,6 @@ def caiso_10in10(
     lead_n = round(lead_s / series.step_s)
     full = _average([p for _, p in got.profiles])
     curve = full[lead_n:]
-    notes = _event_day_note(calendar, geo)
     if len(got.profiles) < days:
         notes.append(f"only {len(got.profiles)} of {days} eligible days found")
     ratio: float | None = None
@@ -730,6 +976,9 @@ def pjm_high4of5(
     top: int = 4,
     adjust_hours: tuple[float, float] | None = (4.0, 1.0),
     min_adjust_coverage: float = 0.9,
+    weekend_days: int = 3,
+    weekend_top: int = 2,
+    low_usage_share: float | None = PJM_LOW_USAGE_SHARE,
     excluded_dates: Collection[date] = frozenset(),
     max_lookback_days: int = 45,
 ) -> BaselineResult:
@@ -737,19 +986,33 @@ def pjm_high4of5(
 
     Source: PJM Manual 11, Customer Baseline Load (economic load response).
     Of the 5 most recent eligible days (working, non-event), keep the 4 with
-    the highest mean event-window load and average them. Adjustment: actual
+    the highest mean event-window load and average them. Low-usage screen:
+    a day whose event-period load is under 25 % of the average of the basis
+    days is replaced by the next day back (``low_usage_share``, None: off).
+    Weekend and holiday events: "High 2 of 3" of the 3 most recent days of
+    the same class (Saturdays; Sundays and holidays). Adjustment: actual
     minus baseline mean over ``[start - 4 h, start - 1 h)`` (hours -4..-2,
     ending an hour before the event), added to every interval, up or down.
-    Not implemented: PJM's low-usage-day screen (days under 25 % of the
-    average are replaced).
     """
     method = "pjm_high4of5"
     found = _iso_lookback(
-        method, series, window, calendar, adjust_hours, days, excluded_dates, max_lookback_days
+        method,
+        series,
+        window,
+        calendar,
+        adjust_hours,
+        days,
+        excluded_dates,
+        max_lookback_days,
+        weekend_days=weekend_days,
+        same_type=True,
+        low_usage_share=low_usage_share,
     )
     if isinstance(found, BaselineResult):
         return found
-    geo, (lead_s, length_s, actual, act_cov), got = found
+    geo, (lead_s, length_s, actual, act_cov), got, want, notes = found
+    if want != days:
+        days, top = want, weekend_top
     if len(got.profiles) < days:
         return _unavailable(
             method,
@@ -763,7 +1026,6 @@ def pjm_high4of5(
     got.profiles = sorted(ranked[:top], key=lambda dp: dp[0], reverse=True)
     full = _average([p for _, p in got.profiles])
     curve = full[lead_n:]
-    notes = _event_day_note(calendar, geo)
     adj_kw: float | None = None
     if adjust_hours is not None:
         if actual is None or act_cov < min_adjust_coverage:
@@ -791,19 +1053,22 @@ def linear_trend(
     day by day. x is the calendar-day offset from the event (so a weekend
     gap stretches the line correctly), y the interval's kW on that day.
     Eligible days as in :func:`caiso_10in10`. Not clamped: a steep trend
-    extrapolates steeply, which is the method.
+    extrapolates steeply, which is the method. Weekend and holiday events:
+    not defined by the family as digested (unavailable).
     """
     method = "linear_trend"
     geo = _geometry(series, window, calendar)
     if isinstance(geo, str):
         return _unavailable(method, geo)
+    if (undefined := _working_only(method, calendar, geo)) is not None:
+        return undefined
     got = _collect(
         series,
         calendar,
         geo,
         calendar.days_before(geo.event_date),
         want=days,
-        eligible=_excluded_check(excluded_dates, calendar.is_working_day, "not a working day"),
+        eligible=_excluded_check(excluded_dates, calendar.is_working_day, "not a working day", calendar),
         max_lookback_days=max_lookback_days,
     )
     if len(got.profiles) < max(min_days, 2):
@@ -822,7 +1087,7 @@ def linear_trend(
         ybar = _mean(col)
         slope = sum((x - xbar) * (y - ybar) for x, y in zip(xs, col, strict=True)) / sxx
         curve.append(ybar - slope * xbar)  # the line at x = 0, the event day
-    notes = _event_day_note(calendar, geo)
+    notes = []
     if len(got.profiles) < days:
         notes.append(f"only {len(got.profiles)} of {days} eligible days found")
     return _result(method, series, geo, curve, got, notes=notes)
@@ -933,6 +1198,9 @@ def regression(
         if d in excluded_dates:
             skipped[d] = "excluded (DR event day)"
             continue
+        if calendar.is_shutdown(d):
+            skipped[d] = "marked shutdown (calendar.shutdown_days)"
+            continue
         a, b = calendar.day_bounds(d)
         a = max(a, min(b, series.start))  # clip to the data, but count gaps inside it
         if a >= b:
@@ -1009,7 +1277,8 @@ def regression(
             "temperature terms: "
             + ", ".join(f"{term}={beta[len(cells) + k]:.4g}" for k, term in enumerate(terms))
         )
-    notes += _event_day_note(calendar, geo)
+    if not calendar.is_working_day(geo.event_date):
+        notes.append(f"{calendar.day_type(geo.event_date)} event: predicted from the non-working-day cells")
     used = sorted(
         {geo.event_date - timedelta(days=k) for k in range(1, days + 1)} - set(skipped),
         reverse=True,

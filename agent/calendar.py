@@ -38,7 +38,9 @@ class Calendar:
     """A site's calendar.
 
     ``tz`` is an IANA zone name. ``weekend`` holds ``date.weekday()`` numbers
-    (Monday = 0). Precedence: a make-up working day is a working day even on a
+    (Monday = 0). ``shutdowns`` are days the operator marked as plant
+    shutdowns (or otherwise abnormal): their day type is unchanged, but no
+    look-back baseline uses them (:meth:`is_shutdown`). Precedence: a make-up working day is a working day even on a
     weekend; a holiday is not a working day even on a weekday.
     """
 
@@ -46,9 +48,11 @@ class Calendar:
     holidays: frozenset[date] = field(default_factory=frozenset)
     extra_working_days: frozenset[date] = field(default_factory=frozenset)
     weekend: frozenset[int] = frozenset({5, 6})
+    shutdowns: frozenset[date] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         ZoneInfo(self.tz)  # raises ZoneInfoNotFoundError for a bad name, early
+        object.__setattr__(self, "shutdowns", _frozen_dates(self.shutdowns))
         holidays = _frozen_dates(self.holidays)
         extra = _frozen_dates(self.extra_working_days)
         both = holidays & extra
@@ -91,6 +95,19 @@ class Calendar:
         :meth:`is_working_day`.
         """
         return self.day_type(d) == "working"
+
+    def is_shutdown(self, d: date) -> bool:
+        """True for a day the operator marked as a shutdown: never a look-back day of a baseline."""
+        return d in self.shutdowns
+
+    def same_type(self, d: date) -> str:
+        """PJM's day classes for weekend and holiday baselines: "sunday/holiday" for holidays and
+        the last weekend day, the weekday's own class for other weekend days, "working" otherwise."""
+        if self.is_working_day(d):
+            return "working"
+        if d in self.holidays or d.weekday() == max(self.weekend):
+            return "sunday/holiday"
+        return f"weekend day {d.weekday()}"
 
     # -- local time <-> epoch seconds --------------------------------------
 

@@ -292,6 +292,11 @@ class CalendarConfig(_Model):
         ),
         description="Days of the week that are not working days.",
     )
+    shutdown_days: list[_dt.date] = Field(
+        default_factory=list,
+        description="Days the plant did not run normally (shutdown, maintenance, half-day): no look-back "
+        "baseline uses them; `dr-agent baseline mark-shutdown` adds one.",
+    )
 
     @model_validator(mode="after")
     def _disjoint(self) -> CalendarConfig:
@@ -312,6 +317,7 @@ class CalendarConfig(_Model):
             holidays=frozenset(self.holidays),
             extra_working_days=frozenset(self.extra_working_days),
             weekend=frozenset(_DAY_NAMES.index(d) for d in self.weekend),
+            shutdowns=frozenset(self.shutdown_days),
         )
 
 
@@ -322,6 +328,25 @@ class OutdoorTemperature(_Model):
         description="A configured device whose profile maps the role, e.g. an HVAC unit or a sensor."
     )
     role: str = Field(default="outdoor_temp_c", description="The profile role holding the temperature, °C.")
+
+
+class BaselineSettings(_Model):
+    """How the baselines screen days and how much history the real-time baseline needs (docs/baselines.md)."""
+
+    normal_day_min_share: float | None = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Jiangsu and Beijing take normal (typical) days only: a look-back day whose event-window "
+        "load is under this share of the typical day's is abnormal and replaced; null turns the screen off.",
+    )
+    realtime_min_history_s: float = Field(
+        default=450.0,
+        gt=0,
+        le=900,
+        description="Seconds of the 15 minutes before control start that must have meter readings for the "
+        "real-time baseline; with less, control starts on the current load and the settlement says so.",
+    )
 
 
 class IncentiveTier(_Model):
@@ -370,6 +395,10 @@ class ContractConfig(_Model):
         default="realtime_15min",
         description="Baseline method the programme settles on (jiangsu_5day, realtime_15min, beijing_5of10, "
         "caiso_10in10, pjm_high4of5, linear_trend, regression); the others are reported beside it.",
+    )
+
+    baseline: BaselineSettings = Field(
+        default_factory=BaselineSettings, description="Day screens and real-time history of the baselines."
     )
 
     @field_validator("official_baseline")
