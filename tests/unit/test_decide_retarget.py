@@ -1,0 +1,54 @@
+"""A new target mid-event is reached like the first one: continuous deepened, fast steps before slow ones."""
+
+from __future__ import annotations
+
+from agent.control import Decision, Held, Option, decide
+from strategies.engine import Step
+from strategies.model import HvacAction, LightingAction, StorageAction
+
+
+def light(kw: float) -> Step:
+    action = LightingAction(kind="lighting", devices=["l"], level_pct=50, expected_kw=kw)
+    return Step(id="light", order=3, stage="late-lighting", device="l", action=action, expected_kw=kw)
+
+
+def hvac(kw: float) -> Step:
+    action = HvacAction(kind="hvac", devices=["h"], setpoint_offset_c=2, expected_kw=kw)
+    return Step(id="hvac", order=1, stage="hvac", device="h", action=action, expected_kw=kw)
+
+
+def battery() -> Step:
+    action = StorageAction(kind="storage", devices=["b"], discharge_kw=40, expected_kw=40, min_hold_s=0)
+    return Step(id="bat", order=5, stage="storage", device="b", action=action, expected_kw=40)
+
+
+def run(urgent: bool) -> list[Decision]:
+    bat = battery()
+    return decide(
+        now=1000.0,
+        predicted_kw=100.0,  # in band on the old 10 % target; the new aim is 160 kW
+        aim=160.0,
+        band=(50.0, 200.0),
+        deadband_kw=10.0,
+        settle_s=15.0,
+        last_add=None,
+        last_release=None,
+        held=[Held(bat, 10.0, 0.25, 40.0, True, True, True)],
+        # Strategy order: HVAC (slow) in an earlier stage than the lighting step (fast).
+        options=[Option(hvac(30.0), 30.0, False, fast=False), Option(light(25.0), 25.0, False, fast=True)],
+        urgent=urgent,
+    )
+
+
+def test_a_new_target_deepens_the_battery_and_adds_fast_steps_before_slow_ones() -> None:
+    ds = run(urgent=True)
+    assert [(d.action, d.step.id if d.step else None) for d in ds][:2] == [
+        ("adjust", "bat"),
+        ("add", "light"),
+    ]
+    assert sum(d.kw for d in ds if d.action in ("add", "adjust")) >= 50.0
+
+
+def test_in_steady_state_strategy_order_holds() -> None:
+    ds = run(urgent=False)
+    assert ds[0].action == "add" and ds[0].step is not None and ds[0].step.id == "hvac"
