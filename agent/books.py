@@ -24,16 +24,18 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from agent.baseline import (
-    REALTIME_LOOKBACK_S,
+    REALTIME_MAX_HOLD_S,
     BaselineResult,
     EventWindow,
+    Period,
     compute_all,
     realtime_baseline,
+    realtime_window,
 )
 from agent.calendar import Calendar
 from agent.config import ContractConfig, SiteConfig
 from agent.events import DrEvent, Settlement, State
-from agent.history import LOOKBACK_DAYS, TEMPERATURE_KEY, load_series
+from agent.history import LOOKBACK_DAYS, TEMPERATURE_KEY, control_periods, load_series
 from agent.ledger import Ledger, LedgerEntry
 from agent.settlement import settle
 from agent.store import AsyncStore, Store
@@ -94,11 +96,15 @@ def history_baselines(
     excluded: Iterable[date],
     live_baseline_kw: float | None,
     temperature: bool = False,
+    skip: Sequence[Period] = (),
+    normal_day_min_share: float | None = 0.5,
+    realtime_min_history_s: float = 450.0,
 ) -> HistoryBaselines:
     """Synchronous (run it on the store's thread): load history, compute every baseline.
 
     realtime_15min is taken from the poll-rate readings (what control used,
-    finer than minutes), falling back to the live value, then to minutes.
+    finer than minutes), falling back to the live value, then to minutes;
+    its window skips `skip` (earlier events' control and recovery periods).
     """
     tz = calendar.zone
     w0, w1 = _minute_floor(start), _minute_ceil(stop)
@@ -110,7 +116,12 @@ def history_baselines(
         control_start=datetime.fromtimestamp(control_start, tz),
     )
     notes: list[str] = []
-    params: dict[str, dict[str, Any]] = {}
+    min_cov = realtime_min_history_s / 900.0
+    params: dict[str, dict[str, Any]] = {
+        "realtime_15min": {"skip": skip, "min_coverage": min_cov},
+        "jiangsu_5day": {"min_day_share": normal_day_min_share},
+        "beijing_5of10": {"min_day_share": normal_day_min_share},
+    }
     if temperature:
         temps = load_series(store, TEMPERATURE_KEY, series.start, series.end)
         window_ok = all(v is not None for v in temps.window(w0, w1))
@@ -126,8 +137,11 @@ def history_baselines(
     results = compute_all(
         series, window, calendar, official, excluded_dates=frozenset(excluded), params=params
     )
-    pre = store.readings(meter, control_start - REALTIME_LOOKBACK_S, control_start)
-    raw = realtime_baseline(pre, control_start).kw
+    pieces = realtime_window(control_start, 900.0, skip)
+    first = min((a for a, _ in pieces), default=control_start - 900.0)
+    pre = store.readings(meter, first - REALTIME_MAX_HOLD_S, control_start)
+    live_rt = realtime_baseline(pre, control_start, skip=skip, min_coverage=min_cov)
+    raw = live_rt.kw
     rt = results["realtime_15min"]
     if raw is None and live_baseline_kw is not None and math.isfinite(live_baseline_kw):
         raw = live_baseline_kw
@@ -143,7 +157,8 @@ def history_baselines(
             mean_kw=raw,
             days_used=[calendar.local_date(control_start - 900)],
             coverage=rt.coverage if rt.available else 1.0,
-            notes=["from poll-rate readings (time-weighted, 15 min before control start)"],
+            notes=["from poll-rate readings (time-weighted, 15 min before control start)"]
+            + ([live_rt.quality] if live_rt.shifted else []),
             official=rt.official,
         )
     samples = store.readings(meter, start - 60, stop)
@@ -220,6 +235,9 @@ async def settle_event(
 
     def work(st: Store) -> tuple[HistoryBaselines, list[tuple[float, float]]]:
         excluded = excluded_dates(st, calendar.zone, ev.event_id)
+        skip = control_periods(
+            st.events(), run.control_start, ev.event_id, lambda p: cfg.strategy_for(p).restore.rebound_window_s
+        )
         hb = history_baselines(
             st,
             meter=meter,
@@ -232,6 +250,9 @@ async def settle_event(
             excluded=excluded,
             live_baseline_kw=live,
             temperature=cfg.outdoor_temperature is not None,
+            skip=skip,
+            normal_day_min_share=contract.baseline.normal_day_min_share,
+            realtime_min_history_s=contract.baseline.realtime_min_history_s,
         )
         post: list[tuple[float, float]] = []
         if c is not None:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from agent.baseline import LoadSeries
+from agent.baseline import LoadSeries, Period
 from agent.config import StorageConfig
 from agent.settlement import Gap
 from agent.store import Store
@@ -69,6 +70,39 @@ def series_gaps(series: LoadSeries, t0: float | None = None, t1: float | None = 
             run = None
     if run is not None:
         out.append(Gap(run, hi))
+    return out
+
+
+def control_periods(
+    rows: Iterable[dict[str, Any]],
+    before: float,
+    exclude_event: str,
+    recovery_s: Callable[[str], float],
+) -> list[Period]:
+    """Earlier events' control and recovery periods, from the store's event rows: the real-time
+    baseline skips them (the load then was curtailed or rebounding, not normal).
+
+    A period runs from the event's control start (kept in its runtime: control ran) to its end, or
+    its early stop, plus its recovery window: the event's own, else `recovery_s(program)`, the
+    strategy's rebound window. Only periods starting before `before`; opted-out events never ran.
+    """
+    from agent.events import DrEvent
+
+    out: list[Period] = []
+    for row in rows:
+        rt = row.get("runtime") or {}
+        if row["event_id"] == exclude_event or row.get("opt") != "in" or rt.get("control_start") is None:
+            continue
+        try:
+            ev = DrEvent.model_validate(row["payload"])
+        except Exception:  # a row this version cannot read ran no control we know of
+            continue
+        start = float(rt["control_start"])
+        if start >= before:
+            continue
+        end = ev.end_ts if rt.get("ended_ts") is None else min(ev.end_ts, float(rt["ended_ts"]))
+        rec = ev.recovery_s if ev.recovery_s > 0 else recovery_s(ev.program)
+        out.append((start, end + rec))
     return out
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from agent.baseline import realtime_baseline
+from agent.baseline import Period, realtime_baseline
 from agent.books import EventRun, published, settle_event, year_to_date
 from agent.contract import Decision as OptDecision
 from agent.contract import commit_kw
@@ -44,6 +44,7 @@ from agent.events import (
     parse_price,
     response,
 )
+from agent.history import control_periods
 from agent.ledger import Ledger, LedgerEntry
 from agent.precool import end_precool, precool
 from agent.signing import Verifier
@@ -656,10 +657,14 @@ class EventLifecycle:
                 return rec
         return None
 
-    def baseline(self, samples: Iterable[tuple[float, float]], control_start: float) -> tuple[float, str]:
+    def baseline(
+        self, samples: Iterable[tuple[float, float]], control_start: float, skip: Iterable[Period] = ()
+    ) -> tuple[float, str]:
         """The real-time baseline control starts on: `realtime_baseline()` over the recent meter polls,
-        the same function and polls (as stored) the settlement uses; else the current load."""
-        rt = realtime_baseline(samples, control_start)
+        the same function and polls (as stored) the settlement uses, skipping earlier events' control
+        and recovery periods; else the current load (contract.baseline.realtime_min_history_s)."""
+        min_cov = self.agent.cfg.contract.baseline.realtime_min_history_s / 900.0
+        rt = realtime_baseline(samples, control_start, skip=skip, min_coverage=min_cov)
         if rt.kw is not None:
             return rt.kw, rt.quality
         if self.agent.filter.value is not None:
@@ -691,7 +696,10 @@ class EventLifecycle:
         a = self.agent
         ev = rec.event
         # The baseline's window ends when control starts, here and in the settlement (c.control_start).
-        baseline, quality = self.baseline(a.recent, now)
+        skip = control_periods(
+            await a.store.events(), now, ev.event_id, lambda p: a.cfg.strategy_for(p).restore.rebound_window_s
+        )
+        baseline, quality = self.baseline(a.recent, now, skip)
         _n, target = ev.target_at(max(now, ev.start_ts))
         _asked, committed = commit_kw(target, a.cfg.contract, baseline)
         rec.control = self._control(rec, baseline, committed, now)
