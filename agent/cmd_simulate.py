@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--tail-min", type=float, default=60.0, help="simulate at most this long after the end, min"
     )
+    p.add_argument("-v", "--verbose", action="store_true", help="show the agent's log lines")
     p.set_defaults(func=run)
 
 
@@ -118,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         for w in warnings:
             print(w, file=sys.stderr)
+    if getattr(args, "verbose", False):
+        from agent.logs import setup_logging
+
+        setup_logging("info", "text")
+    else:
+        # The timeline and the settlement say what happened; the agent's own log lines are noise here.
+        logging.getLogger().addHandler(logging.NullHandler())
     result = asyncio.run(simulate_event(cfg, event, seed=args.seed, tail_s=args.tail_min * 60))
     tz = ZoneInfo(cfg.site.timezone)
     strategy = cfg.strategy_for(event.program)
