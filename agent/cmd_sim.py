@@ -28,6 +28,8 @@ from zoneinfo import ZoneInfo
 #: Without --at outside the contract's hours, the simulated clock starts this long before they open:
 #: the agent has the meter history a baseline needs before the first event may start.
 LEAD_BEFORE_HOURS = timedelta(minutes=20)
+#: The first line of every rehearsal config: sim overwrites only files that start with it.
+HEADER = "# Rehearsal config written by"
 
 
 def register(sub: Any) -> None:
@@ -196,11 +198,19 @@ def prepare(args: argparse.Namespace) -> Rehearsal:
         raise SystemExit(
             f"--overlay {overlay}: {conf_d} would be merged over the rehearsal config; write it elsewhere"
         )
+    if overlay.exists() and not overlay.read_text(encoding="utf-8", errors="replace").startswith(HEADER):
+        # Never overwrite the site's config (or anything else) with a rehearsal.
+        raise SystemExit(f"--overlay {overlay}: exists and is not a rehearsal config; choose another file")
+    db = overlay.with_suffix(".sqlite")
+    if db.resolve() == cfg.storage.resolved().resolve():
+        raise SystemExit(
+            f"--overlay {overlay}: its database {db} would be the site's own; choose another name"
+        )
     return Rehearsal(
         main=main,
         cfg=cfg,
         overlay=overlay,
-        db=overlay.with_suffix(".sqlite"),
+        db=db,
         host=args.host,
         connect_host="127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host,
         ports=_endpoint_ports(cfg, args.host, args.port),
@@ -222,7 +232,7 @@ def write_rehearsal_config(r: Rehearsal) -> Any:
     data = rehearsal_config(r.main, r.ports, host=r.connect_host, db=r.db, mqtt=r.mqtt)
     written = datetime.now(ZoneInfo(r.cfg.site.timezone))
     header = (
-        f"# Rehearsal config written by `dr-agent sim -c {r.main}` at {written:%Y-%m-%d %H:%M}.\n"
+        f"{HEADER} `dr-agent sim -c {r.main}` at {written:%Y-%m-%d %H:%M}.\n"
         "# The site's config with its Modbus endpoints pointed at simulators on loopback, its own\n"
         "# broker, database and metrics port. For rehearsals and training, never for the site itself.\n"
     )

@@ -9,6 +9,7 @@ the end (its original value), and the settlement arrives on MQTT.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import shlex
@@ -213,3 +214,40 @@ def test_where_the_simulated_day_starts(now: str, at: str | None, expected: str,
     origin, said = sim_origin(cfg, at, datetime.combine(date(2026, 7, 1), time.fromisoformat(now), tz))
     assert f"{origin:%H:%M}" == expected and origin.date() == date(2026, 7, 1)
     assert (note in said) if note else said == ""
+
+
+def sim_args(overlay: Path, site: Path = SITE) -> argparse.Namespace:
+    return argparse.Namespace(
+        config=str(site),
+        overlay=str(overlay),
+        host="127.0.0.1",
+        port=0,
+        mqtt="127.0.0.1:1883",
+        keep_mqtt=False,
+        at=None,
+        speed=1.0,
+        seed=1,
+    )
+
+
+def test_sim_never_overwrites_a_config_or_the_site_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.cmd_sim import HEADER, prepare
+
+    # The site's own config as the overlay: refused, untouched.
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE.read_text())
+    with pytest.raises(SystemExit, match="exists and is not a rehearsal config"):
+        prepare(sim_args(site, site))
+    assert site.read_text() == SITE.read_text()
+    # A database that would be the site's: refused.
+    monkeypatch.setenv("DR_AGENT_STATE_DIR", str(tmp_path))
+    cfg, _ = load_site_config(site)
+    clash = tmp_path / Path(cfg.storage.path).with_suffix(".yaml").name
+    with pytest.raises(SystemExit, match="would be the site's own"):
+        prepare(sim_args(clash, site))
+    # An earlier rehearsal config is replaced.
+    earlier = tmp_path / "rehearsal.yaml"
+    earlier.write_text(f"{HEADER} an earlier run\n")
+    assert prepare(sim_args(earlier, site)).overlay == earlier
