@@ -582,7 +582,9 @@ REALTIME_LOOKBACK_S = 900.0 + REALTIME_MAX_HOLD_S
 REALTIME_MAX_SHIFT_S = 6 * 3600.0
 
 
-def realtime_window(control_start_ts: float, window_s: float = 900.0, skip: Iterable[Period] = ()) -> list[Period]:
+def realtime_window(
+    control_start_ts: float, window_s: float = 900.0, skip: Iterable[Period] = ()
+) -> list[Period]:
     """The pieces of time the real-time baseline averages: the ``window_s`` seconds before control
     start that fall outside every ``skip`` period (earlier events' control and recovery), newest
     first. Without a skip period in the way this is ``[control_start - window_s, control_start)``;
@@ -661,9 +663,7 @@ def realtime_baseline(
     skip = list(skip)
     pieces = realtime_window(control_start_ts, window_s, skip)
     shifted = pieces != [(control_start_ts - window_s, control_start_ts)]
-    pts = sorted(
-        s for s in samples if s[0] < control_start_ts and not any(a <= s[0] < b for a, b in skip)
-    )
+    pts = sorted(s for s in samples if s[0] < control_start_ts and not any(a <= s[0] < b for a, b in skip))
     acc = covered = 0.0
     for t0, t1 in pieces:
         # Start from the last reading at or before t0: it is in force at t0.
@@ -748,7 +748,9 @@ def beijing_5of10(
         return calendar.days_before(geo.event_date, first_offset=first_offset)
 
     thin = _normal_screen(
-        _all_days(series, calendar, geo, candidates(), eligible=eligible, max_lookback_days=max_lookback_days),
+        _all_days(
+            series, calendar, geo, candidates(), eligible=eligible, max_lookback_days=max_lookback_days
+        ),
         min_day_share,
     )
     scores: dict[date, float] = {}
@@ -886,7 +888,9 @@ def _low_usage_days(levels: Sequence[tuple[date, float]], want: int, share: floa
         if not under:
             return low
         for d, m in under:
-            low[d] = f"low-usage day: event-period load {m:.1f} kW under {share:.0%} of the average {avg:.1f} kW"
+            low[d] = (
+                f"low-usage day: event-period load {m:.1f} kW under {share:.0%} of the average {avg:.1f} kW"
+            )
         pool = [dm for dm in pool if dm[0] not in low]
 
 
