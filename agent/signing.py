@@ -145,7 +145,14 @@ class Verifier:
             sig = base64.b64decode(env.sig, validate=True)
         except (binascii.Error, ValueError):
             raise EventError("bad_signature", "sig is not base64", field="envelope.sig") from None
-        msg = signing_input(env.alg, env.key_id, topic, env.ts, env.nonce, env.payload)
+        try:
+            msg = signing_input(env.alg, env.key_id, topic, env.ts, env.nonce, env.payload)
+        except UnicodeEncodeError:  # "\ud800" in the JSON text: no signer could have encoded it
+            raise EventError(
+                "invalid_field",
+                "envelope.payload: not valid Unicode (a lone surrogate)",
+                field="envelope.payload",
+            ) from None
         if env.alg == "hmac-sha256":
             if self.hmac_key is None:
                 raise EventError("unknown_key", "hmac-sha256 signature, but no HMAC key is configured")

@@ -208,6 +208,7 @@ ENVELOPE_CASES: list[tuple[str, bytes, str, str | None]] = [
     ("nonce with a wildcard", _env(nonce="nonce-with-#-in-it"), "invalid_field", "envelope.nonce"),
     ("sig not base64", _env(sig="*" * 44), "bad_signature", "envelope.sig"),
     ("payload a number", _env(payload=12), "invalid_field", "envelope.payload"),
+    ("lone surrogate in payload", _env(payload=json.dumps(EVENT).replace("js-", "\ud800")), "invalid_field", "envelope.payload"),
     ("deep envelope", _env()[:-1] + b', "x": ' + nested(10_000).encode() + b"}", "too_deep", None),
 ]  # fmt: skip
 
