@@ -71,6 +71,12 @@ def register(sub: Any) -> None:
         "--speed", type=float, default=1.0, help="time compression, e.g. 60 (default 1: real time)"
     )
     p.add_argument("--seed", type=int, default=1, help="noise seed of the simulated plant (default 1)")
+    p.add_argument(
+        "--profile",
+        choices=["factory", "office", "warehouse"],
+        default="factory",
+        help="the site's daily load shape (default factory)",
+    )
     p.set_defaults(func=run)
 
 
@@ -175,6 +181,7 @@ class Rehearsal:
     speed: float
     seed: int
     explicit_at: bool
+    profile: str = "factory"
 
 
 def prepare(args: argparse.Namespace) -> Rehearsal:
@@ -220,6 +227,7 @@ def prepare(args: argparse.Namespace) -> Rehearsal:
         speed=args.speed,
         seed=args.seed,
         explicit_at=args.at is not None,
+        profile=getattr(args, "profile", "factory"),
     )
 
 
@@ -245,7 +253,8 @@ async def serve(r: Rehearsal, out: TextIO) -> int:
     """Serve the plant and write the rehearsal config; returns when stopped (SIGINT, SIGTERM)."""
     from agent.clock import ScaledClock
     from agent.configload import ConfigError
-    from drivers.sim.plant import SimEndpoint, SimulatedPlant
+    from drivers.sim.models import PROFILES
+    from drivers.sim.plant import PlantOptions, SimEndpoint, SimulatedPlant
 
     cfg = r.cfg
     tz = ZoneInfo(cfg.site.timezone)
@@ -256,6 +265,7 @@ async def serve(r: Rehearsal, out: TextIO) -> int:
         meter_name=cfg.site.meter,
         seed=r.seed,
         tz_offset_s=offset.total_seconds() if offset else 0.0,
+        options=PlantOptions(profile=PROFILES[r.profile]),
     )
     clock = ScaledClock(r.speed, origin_sim=r.origin.timestamp())
     plant.step(clock.now())  # the meter shows a load from the first request on
