@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +411,33 @@ def test_property_an_error_reply_means_nothing_changed(field: str, value: Any) -
 
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(Path(tmp)))
+
+
+# -- every number bounded, and the committed schemas say so ------------------------------
+
+
+def _numbers(schema: dict[str, Any], node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            name = node["$ref"].rsplit("/", 1)[-1]
+            yield from _numbers(schema, schema["$defs"][name], path)
+            return
+        if node.get("type") in ("number", "integer"):
+            yield path, node
+        for key in ("anyOf", "allOf", "oneOf"):
+            for sub in node.get(key, []):
+                yield from _numbers(schema, sub, path)
+        for name, sub in node.get("properties", {}).items():
+            yield from _numbers(schema, sub, f"{path}.{name}" if path else name)
+        if "items" in node:
+            yield from _numbers(schema, node["items"], f"{path}[]")
+
+
+@pytest.mark.parametrize("stem", ["dr-event", "price-signal", "signed-envelope"])
+def test_every_number_in_an_input_schema_has_both_bounds(stem: str) -> None:
+    schema = json.loads((REPO / "config" / "schemas" / f"{stem}.schema.json").read_text())
+    found = list(_numbers(schema, schema, ""))
+    assert found
+    for path, node in found:
+        assert "minimum" in node or "exclusiveMinimum" in node, (stem, path)
+        assert "maximum" in node or "exclusiveMaximum" in node, (stem, path)
