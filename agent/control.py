@@ -340,6 +340,64 @@ class LoadFilter:
         return self.value
 
 
+#: Site-meter plausibility (MeterGuard): a reading that moves by more than this fraction of the
+#: load (of at least 10 % of the contracted peak) at once is suspect ...
+METER_JUMP_FRACTION = 0.5
+#: ... until it has held this long (s): then it is the site's new load, not a glitch.
+METER_CONFIRM_S = 30.0
+#: A live site's load moves by at least a resolution step: the same value this long (s) is frozen.
+METER_FROZEN_S = 60.0
+
+
+@dataclass
+class MeterGuard:
+    """Refuses site-meter readings that are not a load: frozen, a spike, a drop to zero.
+
+    A refused reading reaches neither the filter nor the baseline, so the meter goes stale and
+    the controller holds (degraded) instead of chasing a 10x spike into shedding everything or
+    a zero into releasing everything. A jump that holds METER_CONFIRM_S is believed.
+    """
+
+    peak_kw: float
+    frozen_s: float = METER_FROZEN_S
+    jump_fraction: float = METER_JUMP_FRACTION
+    confirm_s: float = METER_CONFIRM_S
+    accepted_kw: float | None = None
+    last_kw: float | None = None
+    changed_ts: float = 0.0
+    suspect_kw: float | None = None
+    suspect_ts: float = 0.0
+    #: Why readings are being refused now (None while they are plausible).
+    refusing: str | None = None
+
+    def _far(self, kw: float, ref: float) -> bool:
+        return abs(kw - ref) > self.jump_fraction * max(abs(ref), 0.1 * self.peak_kw)
+
+    def accept(self, ts: float, kw: float) -> bool:
+        """True if `kw` (read at `ts`) is a plausible site load; logs the first refusal and the recovery."""
+        if kw != self.last_kw:
+            self.last_kw, self.changed_ts = kw, ts
+        why = None
+        if ts - self.changed_ts >= self.frozen_s:
+            why = f"frozen at {kw:g} kW for {ts - self.changed_ts:.0f} s"
+        elif self.accepted_kw is not None and self._far(kw, self.accepted_kw):
+            if self.suspect_kw is None or self._far(kw, self.suspect_kw):
+                self.suspect_kw, self.suspect_ts = kw, ts
+            if ts - self.suspect_ts < self.confirm_s:
+                why = f"jump from {self.accepted_kw:g} to {kw:g} kW"
+        if why is not None:
+            if self.refusing is None:
+                log.warning("event=meter_reading_refused reason=%r action=hold", why)
+            self.refusing = why
+            return False
+        if self.refusing is not None:
+            log.warning("event=meter_plausible_again kw=%g was=%r", kw, self.refusing)
+            self.refusing = None
+        self.suspect_kw = None
+        self.accepted_kw = kw
+        return True
+
+
 @dataclass
 class QualityTracker:
     """Control quality of one event, from raw meter readings, O(1) per reading.

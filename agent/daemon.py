@@ -32,7 +32,7 @@ from agent import __version__, failpoints, statefile
 from agent.actuator import Actuator
 from agent.clock import Clock, SystemClock
 from agent.config import SiteConfig
-from agent.control import Controller, LoadFilter
+from agent.control import Controller, LoadFilter, MeterGuard
 from agent.events import DrEvent
 from agent.history import TEMPERATURE_KEY
 from agent.lifecycle import EventLifecycle, EventRecord
@@ -122,6 +122,7 @@ class Agent:
         self.lifecycle = EventLifecycle(self)
         self.events: dict[str, EventRecord] = self.lifecycle.events
         self.filter = LoadFilter(cfg.control.filter_s)
+        self.meter_guard = MeterGuard(cfg.contract.peak_kw)
         self.meter_ts: float | None = None
         # Recent raw site readings for the real-time baseline (15 min before control starts).
         self.recent: deque[tuple[float, float]] = deque(maxlen=7200)
@@ -332,6 +333,8 @@ class Agent:
             if kw is None:
                 continue
             if d is self.meter:
+                if not self.meter_guard.accept(now, kw):
+                    continue  # frozen, a spike, a zero: not a load; the meter goes stale, control holds
                 self.meter_ts = now
                 self.filter.update(now, kw)
                 self.recent.append((now, kw))
