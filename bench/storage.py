@@ -1,0 +1,173 @@
+"""What the metering history costs on disk: database growth, bytes written, history kept.
+
+Runs the daemon's own flush path (`Agent.flush_once`: readings buffered in memory, written in
+batches, retention and the disk budget applied) on a real SQLite file, on an injected clock,
+for `--hours` simulated hours of readings at 1 Hz from N devices: a site meter (noisy, every
+second) and N-1 loads (each noisy around a level that steps now and then). No Modbus: the
+readings are generated. Measured:
+
+- db growth per day: pages in use (page_count - freelist_count) after the run, scaled to a day;
+- writes per day: bytes this process wrote to the database and its WAL (/proc/self/io wchar,
+  the write() calls before the page cache: an upper bound on what reaches the eMMC), scaled;
+- a year: extrapolated from the measured bytes per row of each table (dbstat) and each table's
+  retention under the budget (say which: extrapolated, not simulated), with the days of
+  history each table keeps, and the largest the database gets.
+
+    python bench/storage.py [--devices 10,100,1000] [--hours 1] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _site
+
+DAY = 86400.0
+
+
+def wchar() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
+
+
+def table_bytes(db: Any) -> dict[str, int]:
+    return {
+        name: int(size) for name, size in db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+    }
+
+
+async def one_size(devices: int, hours: float, seed: int) -> dict[str, Any]:
+    from agent.clock import ManualClock
+    from agent.daemon import Agent
+
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory(prefix="dr-agent-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        site = _site.build_site(tmp, 1883, devices, max(1, devices // 20))
+        t0 = site.clock.origin_sim - 11 * 3600  # local midnight
+        clock = ManualClock(t0)
+        agent = Agent(site.cfg, clock, metrics=False)
+        names = [d.name for d in site.cfg.devices]
+        meter = site.cfg.site.meter
+        level = {n: rng.uniform(1, 20) for n in names}
+        budget = getattr(site.cfg.storage, "max_mb", None)
+        flush_s = getattr(agent, "FLUSH_INTERVAL_S", 2.0)
+        w0, c0 = wchar(), time.process_time()
+        steps = int(hours * 3600)
+        flush_every = int(flush_s)
+        for s in range(steps):
+            now = t0 + s
+            for n in names:
+                if n == meter:
+                    kw = 500 + 50 * rng.random()
+                else:
+                    if rng.random() < 1 / 600:  # a load changes level every 10 minutes or so
+                        level[n] = rng.uniform(1, 20)
+                    kw = level[n] * (1 + rng.gauss(0, 0.005))
+                agent.pending.rows.append((n, now, round(kw, 3)))
+            if (s + 1) % flush_every == 0:
+                clock.advance(now + 1 - clock.now())
+                if hasattr(agent, "flush_once"):
+                    await agent.flush_once(now + 1)
+                else:  # the flush loop as it was: every 2 s, retention once an hour
+                    await agent._flush()
+                    if s % 3600 == 0:
+                        from agent.history import Pruner
+
+                        await agent.store.call(
+                            Pruner().run, agent.store.sync, site.cfg.storage, names, meter, now
+                        )
+        cpu = time.process_time() - c0
+        await agent._flush()
+        written = wchar() - w0
+        db = agent.store.sync.db
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+        used = (
+            db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        ) * page
+        tables = table_bytes(db)
+        rows = {
+            t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("readings", "readings_1m", "readings_15m")
+        }
+        await agent.store.close()
+    scale = 24 / hours
+    per_day = {t: b * scale for t, b in tables.items()}
+    st = site.cfg.storage
+    retention = {
+        "readings": st.raw_retention_s / DAY,
+        "readings_1m": max(st.meter_minute_retention_days, st.device_minute_retention_days),
+        "readings_15m": st.quarter_hour_retention_days,
+    }
+    # A year, extrapolated: each table grows by its measured bytes a day until its retention
+    # (or the budget's share) stops it. Without a budget nothing stops the sum.
+    year = sum(per_day.get(t, 0) * min(365, d) for t, d in retention.items())
+    other = sum(b for t, b in tables.items() if t not in retention)
+    max_db = year + other
+    if budget:
+        max_db = min(max_db, budget * 1024 * 1024)
+    return {
+        "devices": devices,
+        "hours_simulated": hours,
+        "flush_interval_s": flush_s,
+        "rows_per_day": {t: round(n * scale) for t, n in rows.items()},
+        "mb_per_day": round(used * scale / 2**20, 1),
+        "write_mb_per_day": round(written * scale / 2**20, 1),
+        "cpu_s_per_day": round(cpu * scale, 1),
+        "table_mb_per_day": {t: round(b / 2**20, 2) for t, b in per_day.items() if t in retention},
+        "retention_days": retention,
+        "year": "extrapolated from the measured day",
+        "max_db_mb": round(max_db / 2**20, 1),
+        "budget_mb": budget,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", default="10,100,1000", help="devices per site, comma separated")
+    ap.add_argument("--hours", type=float, default=1.0, help="simulated hours at 1 Hz (default 1)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+    sizes = [asyncio.run(one_size(int(n), args.hours, args.seed)) for n in args.devices.split(",")]
+    by_n = {s["devices"]: s for s in sizes}
+    ref = by_n.get(100, sizes[0])
+    result = {
+        "mb_per_day_100dev": ref["mb_per_day"],
+        "write_mb_per_day_100dev": ref["write_mb_per_day"],
+        "budget_mb": ref["budget_mb"],
+        "max_db_mb": ref["max_db_mb"],
+        "sizes": sizes,
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"readings at 1 Hz, {args.hours:g} simulated h scaled to a day; year: {ref['year']}")
+    print(
+        f"{'devices':>8} {'db MB/day':>10} {'writes MB/day':>14} {'max db MB':>10} {'budget MB':>10}  rows/day"
+    )
+    for s in sizes:
+        print(
+            f"{s['devices']:>8} {s['mb_per_day']:>10} {s['write_mb_per_day']:>14} {s['max_db_mb']:>10}"
+            f" {s['budget_mb']!s:>10}  {s['rows_per_day']}"
+        )
+    _ = os
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
