@@ -113,7 +113,13 @@ class MqttConfig(_Model):
         description="Environment variable holding the password (or systemd credential 'mqtt-password').",
     )
     client_id: str | None = Field(default=None, description="MQTT client id (default dr-agent-<site id>).")
-    topic_root: str | None = Field(default=None, description="Topic prefix (default dr/<site id>).")
+    topic_root: str | None = Field(
+        default=None,
+        max_length=128,
+        # A topic, not a filter: no + or # wildcards, no empty level, not $SYS-like.
+        pattern=r"^[^/+#$\x00][^/+#\x00]*(/[^/+#\x00]+)*$",
+        description="Topic prefix (default dr/<site id>); levels without + or #, no empty level, not starting with $.",
+    )
     keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive, s.")
     max_payload_bytes: int = Field(
         default=64 * 1024, ge=1024, le=1024 * 1024, description="Larger incoming messages are refused."

@@ -251,6 +251,16 @@ CONFIG_CASES: list[tuple[str, str, str]] = [
     ("control character", DEMO.replace("demo-plant", "demo\x07plant"), "unacceptable character"),
     ("NUL bytes", "\x00\x01\x02", "unacceptable character"),
     ("site id with wildcards", DEMO.replace("demo-plant", "demo/+/#"), "site.id"),
+    (
+        "topic root with a wildcard",
+        DEMO.replace("port: 1883", "port: 1883\n  topic_root: dr/#"),
+        "mqtt.topic_root",
+    ),
+    (
+        "topic root with an empty level",
+        DEMO.replace("port: 1883", "port: 1883\n  topic_root: dr//x"),
+        "mqtt.topic_root",
+    ),
     ("negative peak", DEMO.replace("peak_kw: 1000", "peak_kw: -1000"), "contract.peak_kw"),
     ("number as a string", DEMO.replace("peak_kw: 1000", "peak_kw: 1000 MW"), "contract.peak_kw"),
     ("python tag", DEMO.replace("peak_kw: 1000", "peak_kw: !!python/object:os.system {}"), "yaml"),
@@ -263,7 +273,7 @@ CONFIG_CASES: list[tuple[str, str, str]] = [
 def test_hostile_config_is_refused_with_file_line_col(
     tmp_path: Path, label: str, text: str, says: str
 ) -> None:
-    assert "peak_kw: 1000" in DEMO and "demo-plant" in DEMO
+    assert "peak_kw: 1000" in DEMO and "demo-plant" in DEMO and "port: 1883" in DEMO
     got = config_target(tmp_path / "site.yaml", text.encode())
     assert isinstance(got, ConfigError), label
     assert any(says in line for line in got.lines), got.lines
