@@ -259,10 +259,11 @@ def _no_constants(name: str) -> Any:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        dup = next(k for n, (k, _v) in enumerate(pairs) if any(k == k2 for k2, _ in pairs[:n]))
-        raise ValueError(f"duplicate key {dup!r}")
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k[:64]!r}")
+        out[k] = v
     return out
 
 
