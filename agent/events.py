@@ -66,7 +66,7 @@ class Target(BaseModel):
         return max(0.0, baseline_kw - self.cap_kw)
 
 
-_RFC3339 = re.compile(r"(\d{4})-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)?")
+_RFC3339 = re.compile(r"(\d{4})-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(?:\.\d{1,9})?([Zz]|[+-]\d\d:\d\d)?", re.ASCII)
 
 
 def _rfc3339(v: Any) -> datetime:

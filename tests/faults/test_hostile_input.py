@@ -121,6 +121,7 @@ EVENT_CASES: list[tuple[str, bytes, str, str | None]] = [
     ("start without offset", with_(EVENT, start="2026-07-01T14:00:00"), "invalid_field", "start"),
     ("start in 1999", with_(EVENT, start="1999-07-01T14:00:00+08:00"), "invalid_field", "start"),
     ("start in 3000", with_(EVENT, start="3000-07-01T14:00:00+08:00"), "invalid_field", "start"),
+    ("start in Arabic-Indic digits", with_(EVENT, start="٢٠٢٦-07-01T14:00:00+08:00"), "invalid_field", "start"),
     ("start month 13", with_(EVENT, start="2026-13-01T14:00:00+08:00"), "invalid_field", "start"),
     ("start offset +24:00", with_(EVENT, start="2026-07-01T14:00:00+24:00"), "invalid_field", "start"),
     ("status 'CANCELLED'", with_(EVENT, status="CANCELLED"), "invalid_field", "status"),
