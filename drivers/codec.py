@@ -106,6 +106,8 @@ def encode(
         if dtype == "float32" and math.isfinite(number) and abs(number) > 3.4028234663852886e38:
             raise ValueError(f"{value} does not fit float32")
     else:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{value} does not fit {dtype}")
         if isinstance(value, float) and not value.is_integer():
             value = round(value)
         number = int(value)

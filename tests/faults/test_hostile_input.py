@@ -452,3 +452,12 @@ def test_every_number_in_an_input_schema_has_both_bounds(stem: str) -> None:
     for path, node in found:
         assert "minimum" in node or "exclusiveMinimum" in node, (stem, path)
         assert "maximum" in node or "exclusiveMaximum" in node, (stem, path)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan"), 1e30])
+def test_a_value_that_cannot_be_encoded_is_a_value_error(value: float) -> None:
+    from drivers.codec import encode
+
+    for dtype in ("int16", "uint16", "int32", "uint32", "int64"):
+        with pytest.raises(ValueError, match="does not fit"):
+            encode(value, dtype)  # type: ignore[arg-type]
