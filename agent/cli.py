@@ -163,6 +163,7 @@ EXTRA_COMMANDS += ["agent.cmd_plan", "agent.cmd_simulate"]  # rehearsal of strat
 EXTRA_COMMANDS.append("agent.cmd_report")  # settlements, baselines, the year's books, charts
 EXTRA_COMMANDS.append("agent.cmd_sim")  # a site's devices as simulators, to rehearse with `run`
 EXTRA_COMMANDS.append("agent.cmd_restore")  # close a journal row the agent could not restore
+EXTRA_COMMANDS.append("agent.cmd_baseline")  # baseline advice from the site's history; shutdown days
 
 
 def main(argv: list[str] | None = None) -> int:
