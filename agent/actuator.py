@@ -17,14 +17,16 @@ flags), and a restore writes those back verbatim.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from agent.store import AsyncStore
-from drivers.device import Device, RawRegisters, WriteError
+from agent.store import AsyncStore, JournalEntry
+from drivers.device import Device, RawRegisters, Snapshot, WriteError
 from strategies.engine import within_limits
 
 log = logging.getLogger("dr_agent.actuator")
@@ -32,6 +34,17 @@ log = logging.getLogger("dr_agent.actuator")
 
 class LimitViolation(Exception):
     """A write would breach a device's configured comfort/safety limit: never sent."""
+
+
+@dataclass(frozen=True)
+class Shed:
+    """One shed write of `Actuator.shed_many`: `value` to `role` of `device`, for `event_id`'s `step`."""
+
+    device: str
+    role: str
+    value: float | bool
+    event_id: str | None
+    step: str
 
 
 def fail_safe_of(dev: Device) -> str:
@@ -62,6 +75,13 @@ class Actuator:
         if entries:
             return entries[0].original
         return self.devices[device].reading(role)
+
+    async def originals(self, keys: Sequence[tuple[str, str]]) -> list[float | None]:
+        """`original` for several (device, role) at once, in one read of the journal."""
+        first: dict[tuple[str, str], float | None] = {}
+        for e in await self.store.journal_open():
+            first.setdefault((e.device, e.role), e.original)
+        return [first[k] if k in first else self.devices[k[0]].reading(k[1]) for k in keys]
 
     async def shed(
         self, device: str, role: str, value: float | bool, event_id: str | None, step: str
@@ -96,6 +116,94 @@ class Actuator:
         self.writes += 1
         log.info("event_id=%s device=%s step=%s action=shed %s=%s", event_id, device, step, role, value)
         return back
+
+    async def shed_many(self, sheds: Sequence[Shed]) -> list[float | BaseException]:
+        """Several sheds at once (a stage entering): each device's original read fresh in
+        parallel, every original journalled in one transaction, then every write in parallel.
+
+        The journal still holds each original before its write goes out; nothing but that one
+        transaction sits between the reads and the writes. Two sheds of one (device, role) go
+        one after the other. Returns, per shed, the read-back value or the exception that
+        refused it (LimitViolation, WriteError), like `shed` raises.
+        """
+        keys = [(s.device, s.role) for s in sheds]
+        if len(set(keys)) != len(keys):
+            out: list[float | BaseException] = []
+            for s in sheds:
+                try:
+                    out.append(await self.shed(s.device, s.role, s.value, s.event_id, s.step))
+                except (LimitViolation, WriteError) as exc:
+                    out.append(exc)
+            return out
+        results: list[float | BaseException | None] = [None] * len(sheds)
+        for i, s in enumerate(sheds):
+            problem = within_limits(self.devices[s.device], s.role, s.value)
+            if problem:
+                self.limit_refusals += 1
+                results[i] = LimitViolation(f"device {s.device}: {problem}")
+        todo = [i for i, r in enumerate(results) if r is None]
+        open_by_key: dict[tuple[str, str], JournalEntry] = {}
+        for e in await self.store.journal_open():
+            open_by_key.setdefault((e.device, e.role), e)
+
+        async def snap(i: int) -> Snapshot | None:
+            s = sheds[i]
+            if (s.device, s.role) in open_by_key:
+                return None
+            return await self.devices[s.device].snapshot(s.role)
+
+        snaps = await asyncio.gather(*(snap(i) for i in todo), return_exceptions=True)
+        rows: list[tuple[str, str, float | None, float, str | None, str | None, str | None]] = []
+        firsts: set[int] = set()
+        go: list[int] = []
+        for i, sn in zip(todo, snaps, strict=True):
+            s = sheds[i]
+            if isinstance(sn, BaseException):
+                if not isinstance(sn, WriteError):
+                    raise sn
+                results[i] = sn
+                continue
+            key = (s.device, s.role)
+            if sn is None:
+                original = open_by_key[key].original
+                rows.append((s.device, s.role, original, float(s.value), s.event_id, s.step, None))
+            else:
+                original = sn.value
+                rows.append(
+                    (s.device, s.role, original, float(s.value), s.event_id, s.step, json.dumps(sn.raw))
+                )
+                self._raw_originals.setdefault(key, sn.raw)
+                firsts.add(i)
+            self._originals.setdefault(key, original)
+            go.append(i)
+        if rows:
+            await self.store.journal_record_many(rows)
+
+        async def write(i: int) -> float:
+            s = sheds[i]
+            try:
+                back = await self.devices[s.device].write_role(s.role, s.value)
+            except WriteError:
+                if i in firsts:
+                    await self.restore(s.device, s.role, "shed write failed: undone", s.event_id)
+                raise
+            self.writes += 1
+            log.info(
+                "event_id=%s device=%s step=%s action=shed %s=%s",
+                s.event_id,
+                s.device,
+                s.step,
+                s.role,
+                s.value,
+            )
+            return back
+
+        backs = await asyncio.gather(*(write(i) for i in go), return_exceptions=True)
+        for i, b in zip(go, backs, strict=True):
+            if isinstance(b, BaseException) and not isinstance(b, WriteError):
+                raise b
+            results[i] = b
+        return [r if r is not None else WriteError("not attempted") for r in results]
 
     async def restore(self, device: str, role: str, reason: str, event_id: str | None = None) -> bool:
         """Write back the journalled original. Returns True if the device took it (or nothing was open)."""

@@ -33,7 +33,7 @@ from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from agent.actuator import Actuator, LimitViolation
+from agent.actuator import Actuator, LimitViolation, Shed
 from agent.config import ControlConfig
 from agent.logs import FailureLog
 from drivers.device import Device, WriteError
@@ -796,11 +796,15 @@ class Controller:
             urgent=ev.retargeting,
         )
         ev.last_decision = "; ".join(d.reason for d in decisions[:3])
+        adds = [d for d in decisions if d.action == "add" and d.step is not None]
         for d in decisions:
             if d.step is None:
                 continue
             if d.action == "add":
-                await self._add(ev, d.step, now, load_kw, d.depth, d.kw)
+                if len(adds) == 1:
+                    await self._add(ev, d.step, now, load_kw, d.depth, d.kw)
+                elif d is adds[0]:
+                    await self._add_many(ev, adds, now, load_kw)
             elif d.action == "release":
                 hit = next((a for a in ev.active if a.step.id == d.step.id), None)
                 if hit is not None:
@@ -841,32 +845,26 @@ class Controller:
         v = a.original + depth * (a.full_value - a.original)
         return round(v, 1)
 
-    async def _add(
-        self,
-        ev: EventControl,
-        step: Step,
-        now: float,
-        load_kw: float | None,
-        depth: float = 1.0,
-        kw: float = 0.0,
-    ) -> None:
-        dev = self.devices[step.device]
-        try:
-            original = await self.actuator.original(step.device, step.role)
-            full = shed_value(step, dev, original)
-            a = ActiveStep(step, now, full, load_kw, original=original, full_value=full)
-            value = self._value_at(a, depth) if a.continuous and depth < 1.0 else full
-            if a.continuous and depth < 1.0:
-                a.depth = depth
-            a.value = value
-            if not ev.test_event:
-                await self.actuator.shed(step.device, step.role, value, ev.event_id, step.id)
-        except (NotApplicable, LimitViolation, WriteError) as exc:
-            # One failing step never stops the others: skip it for this event.
-            ev.skipped[step.id] = str(exc)
-            ev.steps = [s for s in ev.steps if s.id != step.id]
-            log.warning("event_id=%s step=%s action=skip reason=%r", ev.event_id, step.id, str(exc))
-            return
+    def _prepare_add(
+        self, step: Step, now: float, load_kw: float | None, depth: float, original: float | None
+    ) -> tuple[ActiveStep, float | bool]:
+        """The active step and the value to write for adding `step` at `depth` (NotApplicable if none)."""
+        full = shed_value(step, self.devices[step.device], original)
+        a = ActiveStep(step, now, full, load_kw, original=original, full_value=full)
+        value = self._value_at(a, depth) if a.continuous and depth < 1.0 else full
+        if a.continuous and depth < 1.0:
+            a.depth = depth
+        a.value = value
+        return a, value
+
+    def _skip(self, ev: EventControl, step: Step, exc: Exception) -> None:
+        # One failing step never stops the others: skip it for this event.
+        ev.skipped[step.id] = str(exc)
+        ev.steps = [s for s in ev.steps if s.id != step.id]
+        log.warning("event_id=%s step=%s action=skip reason=%r", ev.event_id, step.id, str(exc))
+
+    async def _added(self, ev: EventControl, a: ActiveStep, now: float, kw: float) -> None:
+        step = a.step
         a.device_kw_before = self._device_kw(step.device)
         a.changed_at = now
         tau = self.tau(step)
@@ -877,6 +875,52 @@ class Controller:
         ev.actuations += 1
         if self.on_change:
             await self.on_change(ev.event_id, f"added {step.id}")
+
+    async def _add(
+        self,
+        ev: EventControl,
+        step: Step,
+        now: float,
+        load_kw: float | None,
+        depth: float = 1.0,
+        kw: float = 0.0,
+    ) -> None:
+        try:
+            original = await self.actuator.original(step.device, step.role)
+            a, value = self._prepare_add(step, now, load_kw, depth, original)
+            if not ev.test_event:
+                await self.actuator.shed(step.device, step.role, value, ev.event_id, step.id)
+        except (NotApplicable, LimitViolation, WriteError) as exc:
+            self._skip(ev, step, exc)
+            return
+        await self._added(ev, a, now, kw)
+
+    async def _add_many(self, ev: EventControl, adds: list[Decision], now: float, load_kw: float | None) -> None:
+        """Several adds of one cycle (a stage entering) at once: the devices' originals read in
+        parallel, journalled in one transaction, written in parallel (Actuator.shed_many), so
+        the last device of a stage is not written after every other one's round trips."""
+        steps = [d.step for d in adds if d.step is not None]
+        originals = await self.actuator.originals([(st.device, st.role) for st in steps])
+        ready: list[tuple[Decision, ActiveStep, float | bool]] = []
+        for d, original in zip(adds, originals, strict=True):
+            assert d.step is not None
+            try:
+                a, value = self._prepare_add(d.step, now, load_kw, d.depth, original)
+            except NotApplicable as exc:
+                self._skip(ev, d.step, exc)
+                continue
+            ready.append((d, a, value))
+        if ev.test_event:
+            results: list[float | BaseException] = [0.0] * len(ready)
+        else:
+            results = await self.actuator.shed_many(
+                [Shed(a.step.device, a.step.role, value, ev.event_id, a.step.id) for _, a, value in ready]
+            )
+        for (d, a, _), r in zip(ready, results, strict=True):
+            if isinstance(r, BaseException):
+                self._skip(ev, a.step, r if isinstance(r, Exception) else WriteError(str(r)))
+            else:
+                await self._added(ev, a, now, d.kw)
 
     def _adjust_log(self, event_id: str, step_id: str) -> FailureLog:
         key = f"{event_id}/{step_id}"

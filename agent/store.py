@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -56,6 +57,15 @@ CREATE TABLE IF NOT EXISTS nonces(nonce TEXT PRIMARY KEY, ts REAL NOT NULL) WITH
 #: Columns added after the first release: (table, column, type); added in place on open.
 MIGRATIONS = [("events", "runtime", "TEXT"), ("journal", "original_raw", "TEXT")]
 
+#: sqlite's result codes for a file that is not, or no longer, a database.
+CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+
+log = logging.getLogger("dr_agent.store")
+
+
+class CorruptDatabase(sqlite3.DatabaseError):
+    """The database opened but its integrity check failed."""
+
 
 @dataclass
 class JournalEntry:
@@ -83,18 +93,63 @@ class OutboxMessage:
 class Store:
     """Synchronous store; use from one thread (AsyncStore does that)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, recover_corrupt: bool = False) -> None:
+        """Open (and create or migrate) the database at `path`.
+
+        `recover_corrupt` (the daemon): a file that is not a database or fails sqlite's quick
+        check is moved aside (`<name>.corrupt-<UTC time>`, with its -wal/-shm), said loudly, and
+        the agent starts on a clean one: a torn file after a power cut must not keep the site's
+        agent down. Tools that only read (report, status) leave a corrupt file where it is.
+        """
         self.path = Path(path)
+        #: Where a corrupt database was moved at open, if it was.
+        self.moved_aside: Path | None = None
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        for table, column, kind in MIGRATIONS:
-            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
-            if column not in have:
-                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        try:
+            self.db = self._open(check=recover_corrupt)
+        except sqlite3.DatabaseError as exc:
+            corrupt = isinstance(exc, CorruptDatabase) or getattr(exc, "sqlite_errorname", "") in CORRUPT_ERRORS
+            if not (recover_corrupt and corrupt and str(path) != ":memory:"):
+                raise
+            self.moved_aside = self._move_aside()
+            log.critical(
+                "event=database_corrupt path=%s moved_to=%s error=%r action=started_clean"
+                " (events, journal and history of the old file are not carried over)",
+                self.path,
+                self.moved_aside,
+                str(exc),
+            )
+            self.db = self._open(check=False)
+            self.audit(f"database corrupt at start-up ({exc}): moved aside to {self.moved_aside}; started clean")
+
+    def _open(self, check: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            if check:
+                rows = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
+                if rows != ["ok"]:
+                    raise CorruptDatabase("; ".join(rows))
+            db.executescript(SCHEMA)
+            for table, column, kind in MIGRATIONS:
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("-wal", "-shm", ""):
+            src = Path(f"{self.path}{suffix}")
+            if src.exists():
+                src.rename(f"{aside}{suffix}")
+        return aside
 
     def close(self) -> None:
         self.db.close()
@@ -287,6 +342,19 @@ class Store:
                 (device, role, original, written, time.time(), event_id, step, original_raw),
             )
         return int(cur.lastrowid or 0)
+
+    def journal_record_many(
+        self, rows: Iterable[tuple[str, str, float | None, float | None, str | None, str | None, str | None]]
+    ) -> None:
+        """Record several writes before they are sent, in one transaction:
+        (device, role, original, written, event_id, step, original_raw) each."""
+        now = time.time()
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO journal(device, role, original, written, ts, event_id, step, original_raw)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [(d, r, o, w, now, e, s, raw) for d, r, o, w, e, s, raw in rows],
+            )
 
     def journal_restored(self, device: str, role: str, note: str) -> None:
         with self.transaction():
