@@ -129,8 +129,12 @@ def build_site(
     base, _ = load_site_config(REPO / "config" / "demo-site.yaml")
     tz = ZoneInfo(TZ)
     endpoints = max(1, min(endpoints, devices))
+    ports: list[int] = []
+    while len(ports) < endpoints:  # free_port() may hand out the same port twice in a row
+        if (p := free_port()) not in ports:
+            ports.append(p)
     eps: list[dict[str, Any]] = [
-        {"name": f"ep{i}", "protocol": "tcp", "host": "127.0.0.1", "port": free_port(), "timeout_s": 0.5}
+        {"name": f"ep{i}", "protocol": "tcp", "host": "127.0.0.1", "port": ports[i], "timeout_s": 0.5}
         for i in range(endpoints)
     ]
     loads = devices - 1
