@@ -18,12 +18,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.openadr.config import OpenAdrConfig
 from agent.yamlsource import FieldError, did_you_mean
 from drivers.device import DeviceConfigBase
 from drivers.registry import kinds
 from strategies.model import Program, Strategy, StrategySelection
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
+
+
+EventSource = Literal["mqtt", "openadr"]
+_MQTT: EventSource = "mqtt"
 
 
 class _Model(BaseModel):
@@ -529,6 +534,15 @@ class SiteConfig(_Model):
     version: Literal[1] = Field(description="Config format version; this agent reads version 1.")
     site: SiteInfo = Field(description="Who and where the site is.")
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="The DR provider's MQTT broker.")
+    event_sources: list[EventSource] = Field(
+        default_factory=lambda: [_MQTT],
+        min_length=1,
+        description="Where events come from: mqtt, openadr (a VEN of the VTN under openadr:), or both. "
+        "Live reports and settlements go to MQTT and Prometheus whatever the source.",
+    )
+    openadr: OpenAdrConfig | None = Field(
+        default=None, description="The OpenADR 2.0b VTN, with event_sources: [openadr] (needs the openadr extra)."
+    )
     modbus: ModbusConfig = Field(description="Modbus endpoints.")
     devices: list[DeviceConfig] = Field(min_length=1, description="The site meter and controllable devices.")
     contract: ContractConfig = Field(description="The DR contract the site signed.")
@@ -579,6 +593,19 @@ class SiteConfig(_Model):
         return self
 
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+
+    @model_validator(mode="after")
+    def _openadr_source(self) -> SiteConfig:
+        if len(set(self.event_sources)) != len(self.event_sources):
+            raise FieldError("a source is listed twice", "event_sources")
+        if "openadr" in self.event_sources and self.openadr is None:
+            raise FieldError("openadr is an event source but there is no openadr: section", "event_sources")
+        if self.openadr is not None and "openadr" not in self.event_sources:
+            raise FieldError(
+                "an openadr: section without openadr in event_sources; add it there (or remove the section)",
+                "openadr",
+            )
+        return self
 
     @model_validator(mode="after")
     def _references(self) -> SiteConfig:
