@@ -114,10 +114,12 @@ class Agent:
         self.topics = Topics(cfg.topic_root)
         self.transports, self.devices = build_devices(cfg, transports, self.clock)
         self.meter = self.devices[cfg.site.meter]
-        self.store = AsyncStore(Store(store_path or cfg.storage.resolved()))
+        self.store = AsyncStore(Store(store_path or cfg.storage.resolved(), recover_corrupt=True))
         self.actuator = Actuator(self.devices, self.store)
         self.controller = Controller(cfg.control, self.devices, self.actuator, self.tz)
         self.mqtt: MqttLink | None = None
+        #: The OpenADR VEN (agent/openadr/ven.py) when openadr is an event source.
+        self.ven: Any = None
         self.notifier = Notifier()
         self.lifecycle = EventLifecycle(self)
         self.events: dict[str, EventRecord] = self.lifecycle.events
@@ -169,6 +171,12 @@ class Agent:
         ]
         if metrics is not None:
             out.append(Component("metrics", metrics.run))
+        if "openadr" in self.cfg.event_sources and self.cfg.openadr is not None:
+            if self.ven is None:
+                from agent.openadr.ven import VenBridge  # needs the openadr extra (openleadr)
+
+                self.ven = VenBridge(self, self.cfg.openadr)
+            out.append(Component("openadr", self.ven.run))
         return out
 
     def _give_up(self, reason: str) -> None:
@@ -430,6 +438,9 @@ class Agent:
     # -- events in -----------------------------------------------------------------
 
     async def on_message(self, topic: str, raw: bytes, retained: bool = False) -> None:
+        if "mqtt" not in self.cfg.event_sources and topic in (self.topics.event_in, self.topics.price_in):
+            log.debug("event=message_ignored topic=%s reason='mqtt is not an event source'", topic)
+            return
         await self.lifecycle.on_message(topic, raw, retained)
 
     async def handle_event(self, ev: DrEvent) -> None:

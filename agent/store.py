@@ -343,19 +343,6 @@ class Store:
             )
         return int(cur.lastrowid or 0)
 
-    def journal_record_many(
-        self, rows: Iterable[tuple[str, str, float | None, float | None, str | None, str | None, str | None]]
-    ) -> None:
-        """Record several writes before they are sent, in one transaction:
-        (device, role, original, written, event_id, step, original_raw) each."""
-        now = time.time()
-        with self.transaction():
-            self.db.executemany(
-                "INSERT INTO journal(device, role, original, written, ts, event_id, step, original_raw)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                [(d, r, o, w, now, e, s, raw) for d, r, o, w, e, s, raw in rows],
-            )
-
     def journal_restored(self, device: str, role: str, note: str) -> None:
         with self.transaction():
             self.db.execute(
