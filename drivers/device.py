@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.backoff import Backoff
 from drivers.codec import Value
-from drivers.modbus import ModbusIOError
+from drivers.errors import ModbusIOError
 from drivers.profile import (
     Function,
     Point,

@@ -22,6 +22,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from drivers.backoff import Backoff
+from drivers.errors import ModbusIOError
 from drivers.profile import Function
 
 log = logging.getLogger("dr_agent.modbus")
@@ -65,24 +66,6 @@ EXCEPTION_NAMES = {
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
-
-
-class ModbusIOError(Exception):
-    """A request failed: no connection, timeout, or a Modbus exception response."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        message: str,
-        exception_code: int | None = None,
-        *,
-        retry_in_s: float | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self.exception_code = exception_code
-        #: Set when the endpoint itself is backing off: it retries the connection in this many seconds.
-        self.retry_in_s = retry_in_s
-        super().__init__(f"{endpoint}: {message}")
 
 
 @dataclass

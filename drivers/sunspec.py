@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from drivers import sunspec_models
-from drivers.modbus import ModbusIOError
+from drivers.errors import ModbusIOError
 from drivers.profile import Function, Profile
 
 log = logging.getLogger("dr_agent.sunspec")
