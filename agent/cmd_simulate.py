@@ -220,9 +220,13 @@ def _print_human(
         ts = state["ts"]
         if "event_id" not in state and ts < event.start_ts - 60:
             continue  # before control: the baseline window, nothing to show
+        said = None
         for a in by_ts.get(ts, []):
             sign = "+" if a["op"] == "shed" else "-"
-            print(f"{hms(ts)}  {sign} {a['step']:40} {a['why']}", file=out)
+            # Steps moved in one tick for one reason: the reason once, on the first of them.
+            why = "" if a["why"] == said else a["why"]
+            said = a["why"]
+            print(f"{hms(ts)}  {sign} {a['step']:40} {why}".rstrip(), file=out)
         minute = int(ts // 60)
         if minute != last_minute and ts % 60 < cfg.control.period_s:
             last_minute = minute
