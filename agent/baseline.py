@@ -178,7 +178,9 @@ class EventWindow:
             v = getattr(self, name)
             if v is not None and (v.tzinfo is None or v.utcoffset() is None):
                 raise ValueError(f"EventWindow.{name} must be timezone-aware")
-        if self.end <= self.start:
+        # Instants, not wall times: aware datetimes in one zone compare by local time, so an event
+        # across the autumn change (02:57 CEST to 02:02 CET) would look as if it ended first.
+        if self.end.timestamp() <= self.start.timestamp():
             raise ValueError("EventWindow.end must be after start")
 
     @property

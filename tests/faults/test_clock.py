@@ -1,0 +1,125 @@
+"""Time going wrong: the agent's clock stepped by 10 minutes mid-event, and a DST change inside an event.
+
+An event's start and end are absolute instants. When the agent's clock is
+stepped (NTP correcting a drifted RTC) the event ends when the agent's clock
+reaches its end, not 10 minutes of shedding later or earlier than that, and
+its settlement covers exactly [start, start + duration]. Across a
+daylight-saving change the same holds: an event from 01:58 CET lasts its
+duration in seconds and ends at 03:03 CEST; in autumn the repeated hour is
+neither skipped nor run twice. The simulators keep true time throughout:
+only the agent's clock is stepped.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent.clock import ScaledClock
+from agent.config import SiteConfig
+from tests.conftest import Mosquitto
+from tests.faults.conftest import agent_in_process, observer, open_site
+
+SPEED = 60.0
+
+
+class SteppedClock:
+    """The site's scaled clock plus an offset a test can step, like `date -s` under a running agent."""
+
+    def __init__(self, base: ScaledClock) -> None:
+        self.base = base
+        self.speed = base.speed
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return self.base.now() + self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        await self.base.sleep(seconds)
+
+    def step(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.mark.parametrize("step_s", [600.0, -600.0], ids=["forward", "back"])
+async def test_clock_stepped_mid_event(broker: Mosquitto, tmp_path: Path, step_s: float) -> None:
+    duration = 240.0
+    async with open_site(broker, tmp_path, speed=SPEED) as site, observer(site) as obs:
+        clock = SteppedClock(site.clock)
+        async with agent_in_process(site, clock) as agent:
+            await obs.wait_online()
+            start = await site.send_event(obs, "ck-1", 60, duration)
+            await site.wait_state(obs, "ck-1", "active")
+            await site.wait_shed(3)
+            await site.sleep(60)
+            clock.step(step_s)
+            if step_s > 0:
+                # Past the end at once on the agent's clock: it ends now, restores and settles.
+                await site.wait_state(obs, "ck-1", "completed", 20)
+            else:
+                # Ten more minutes of the event on the agent's clock: it goes on shedding.
+                await site.sleep(120)
+                rec = agent.events["ck-1"]
+                assert rec.state == "active" and rec.control is not None and rec.control.phase == "shedding"
+                assert site.shed(), "released on a clock step"
+            settlement = await site.settled(obs, "ck-1", 60)
+            await site.wait_restored()
+            completed = await site.wait_state(obs, "ck-1", "completed")
+        # Ended when the agent's clock reached the event's end (within a few control periods):
+        # at once after a step past it, ten minutes late in true time after a step back.
+        agent_end, true_end = completed["ts"], completed["ts"] - clock.offset
+        assert agent_end >= start + duration
+        if step_s > 0:
+            assert true_end < start + duration - 60, true_end - start  # not shed on to the true end
+        else:
+            assert agent_end < start + duration + 30, agent_end - start
+        assert settlement["end"] - settlement["start"] == pytest.approx(duration)
+        # The settlement is made from the event's own window, whatever the clock did.
+        site.check(obs, {"ck-1": (start, duration)})
+
+
+def _berlin(cfg: SiteConfig) -> SiteConfig:
+    """The demo site in Berlin, events allowed at any hour (DST changes at 02:00/03:00 local)."""
+    return cfg.model_copy(
+        update={
+            "site": cfg.site.model_copy(update={"timezone": "Europe/Berlin"}),
+            "contract": cfg.contract.model_copy(update={"allowed_hours": None}),
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [datetime(2026, 3, 29, 1, 0), datetime(2026, 10, 25, 1, 0)],
+    ids=["spring-forward", "fall-back"],
+)
+async def test_dst_change_inside_an_event(broker: Mosquitto, tmp_path: Path, change: datetime) -> None:
+    utc = ZoneInfo("UTC")
+    berlin = ZoneInfo("Europe/Berlin")
+    at = change.replace(tzinfo=utc).timestamp()  # 01:00 UTC: the change in Berlin
+    duration = 300.0
+    origin = datetime.fromtimestamp(at - 180, berlin)
+    async with (
+        open_site(broker, tmp_path, speed=SPEED, origin=origin, tweak=_berlin) as site,
+        observer(site) as obs,
+        agent_in_process(site),
+    ):
+        await obs.wait_online()
+        start = await site.send_event(obs, "dst-1", 60, duration)
+        assert start < at < start + duration, "the change is not inside the event"
+        offsets = {
+            datetime.fromtimestamp(start, berlin).utcoffset(),
+            datetime.fromtimestamp(start + duration, berlin).utcoffset(),
+        }
+        assert len(offsets) == 2, "start and end are not on two sides of the change"
+        await site.wait_state(obs, "dst-1", "active")
+        await site.wait_shed(2)
+        settlement = await site.settled(obs, "dst-1", 60)
+        await site.wait_restored()
+        completed = await site.wait_state(obs, "dst-1", "completed")
+    assert start + duration <= completed["ts"] < start + duration + 30
+    assert settlement["end"] - settlement["start"] == pytest.approx(duration)
+    site.check(obs, {"dst-1": (start, duration)})
