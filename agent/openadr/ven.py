@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import ssl
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ IMPLIED_CANCEL_GRACE_S = 60.0
 #: OpenADR's "invalid ID" answer: the VTN does not know our venID or registration.
 INVALID_ID = 452
 META_KEY = "openadr_registration"
+#: The VEN's status goes to the database (for diagnose) at most this often, s.
+SAVE_EVERY_S = 60.0
 
 
 class VtnError(Exception):
@@ -120,8 +123,11 @@ class VtnLink:
         import aiohttp
 
         if self._session is None or self._session.closed:
+            ctx = self._ssl()
+            if ctx is not None:
+                await self._pin(ctx)
             timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
-            connector = aiohttp.TCPConnector(ssl=self._ssl() or False)
+            connector = aiohttp.TCPConnector(ssl=ctx or False)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=timeout, headers={"content-type": "application/xml"}
             )
@@ -162,7 +168,6 @@ class VtnLink:
         url = f"{self.cfg.vtn_url.rstrip('/')}/{service}"
         try:
             async with session.post(url, data=body) as resp:
-                self._check_peer(resp)
                 content = await resp.read()
                 if resp.status != 200:
                     text = content.decode("utf-8", "replace")[:200]
@@ -200,15 +205,32 @@ class VtnLink:
             raise VtnError("vtn_id", f"the answer names VTN {vtn!r}, not the configured {self.cfg.vtn_id!r}")
         return str(mtype), dict(mpayload)
 
-    def _check_peer(self, resp: Any) -> None:
-        """Pin the VTN's TLS certificate to vtn_fingerprint (on top of the CA check)."""
-        if not self.cfg.vtn_url.startswith("https://"):
-            return
-        conn = resp.connection
-        sslobj = conn.transport.get_extra_info("ssl_object") if conn is not None and conn.transport else None
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    async def _pin(self, ctx: ssl.SSLContext) -> None:
+        """Pin the VTN's TLS certificate to vtn_fingerprint (on top of the CA check), once per session.
+
+        aiohttp releases a connection as soon as a short answer is read, so the peer certificate is
+        taken from a handshake of our own; every message is also checked against the same
+        fingerprint through its signature.
+        """
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.cfg.vtn_url)
+        try:
+            async with asyncio.timeout(self.cfg.timeout_s):
+                _r, w = await asyncio.open_connection(u.hostname, u.port or 443, ssl=ctx)
+        except ssl.SSLError as exc:
+            raise VtnError("tls", f"TLS handshake with the VTN failed: {exc}") from None
+        except (OSError, TimeoutError) as exc:
+            raise VtnError("unreachable", f"{self.cfg.vtn_url}: {type(exc).__name__}: {exc}") from None
+        try:
+            sslobj = w.get_extra_info("ssl_object")
+            der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        finally:
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
         if der is None:
-            return
+            raise VtnError("tls", "the VTN presented no certificate")
         self.peer_fingerprint = fingerprint_of_der(der)
         want = self.cfg.vtn_fingerprint
         if want and self.peer_fingerprint != want:
@@ -261,6 +283,7 @@ class VenBridge:
         self.oadr_ids: dict[str, str] = {}
         self._fails = FailureLog(log, "openadr_vtn", level=logging.ERROR)
         self._send_lock = asyncio.Lock()
+        self._saved_at = -SAVE_EVERY_S
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -275,6 +298,7 @@ class VenBridge:
                     await self.poll_once()
                     await self.flush_reports()
                     self._ok()
+                    await self._save_now_and_then()
                     backoff.succeeded()
                     await asyncio.sleep(self.status.poll_s)
                 except RegistrationLost as exc:
@@ -282,6 +306,8 @@ class VenBridge:
                     self.status.registered = False
                 except VtnError as exc:
                     self._failed(exc)
+                    with contextlib.suppress(Exception):
+                        await self._save_now_and_then()
                     await asyncio.sleep(max(0.2, backoff.failed()))
         finally:
             for rq in self.requests.values():
@@ -289,6 +315,11 @@ class VenBridge:
                     rq.task.cancel()
             with contextlib.suppress(Exception):
                 await self.link.close()
+
+    async def _save_now_and_then(self) -> None:
+        # Once a minute at most: a poll every few seconds must not wear the flash.
+        if time.monotonic() - self._saved_at >= SAVE_EVERY_S:
+            await self._save_registration()
 
     def _ok(self) -> None:
         was_down = self.status.reachable is False
@@ -342,14 +373,19 @@ class VenBridge:
                     self.status.registration_id = kept.get("registration_id")
 
     async def _save_registration(self) -> None:
+        """What a restart and `diagnose` need: who we are at this VTN, and when we last polled it."""
         import json
 
         body = {
             "vtn_url": self.cfg.vtn_url,
             "ven_id": self.status.ven_id,
             "registration_id": self.status.registration_id,
+            "registered": self.status.registered,
+            "last_poll_ts": self.status.last_poll_ts,
+            "error": self.status.last_error,
         }
         await self.agent.store.meta_set(META_KEY, json.dumps(body))
+        self._saved_at = time.monotonic()
 
     async def register(self) -> None:
         """Query, create the party registration, offer our report, and take the VTN's events."""
