@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -121,9 +122,13 @@ class DemoProcess:
         return rc
 
     def kill(self) -> None:
+        """Stop it if still up, and remove the folder it kept (the demo keeps it for the reader)."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
+        for line in self.lines:
+            if m := re.search(r"^\s+config\s+(\S+)/demo-site\.yaml", line):
+                shutil.rmtree(m.group(1), ignore_errors=True)
 
 
 def run(argv: list[str], *more: str) -> subprocess.CompletedProcess[str]:
