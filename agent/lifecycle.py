@@ -46,6 +46,7 @@ from agent.events import (
 )
 from agent.history import control_periods
 from agent.ledger import Ledger, LedgerEntry
+from agent.openadr.mapping import PREFIX as OPENADR_PREFIX
 from agent.precool import end_precool, precool
 from agent.signing import Verifier
 from strategies.engine import build_steps
@@ -128,6 +129,14 @@ class EventLifecycle:
                 await self.handle_price(parse_price(data))
                 return
             ev = parse_event(data)
+            if ev.event_id.startswith(OPENADR_PREFIX):
+                # Keyed by source: an MQTT event must never take (or cancel) an OpenADR event's id.
+                raise EventError(
+                    "invalid_field",
+                    f"event_id: the prefix {OPENADR_PREFIX!r} is reserved for events from the OpenADR VTN",
+                    ev.event_id,
+                    "event_id",
+                )
             self._check_times(ev, now)
         except EventError as err:
             log.warning(

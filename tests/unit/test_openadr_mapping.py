@@ -124,3 +124,20 @@ def test_the_docs_example_config_loads(tmp_path: Path) -> None:
     cfg, _ = load_site_config(tmp_path / "site.yaml")
     assert cfg.event_sources == ["mqtt", "openadr"] and cfg.openadr is not None
     assert cfg.openadr.market_contexts["http://utility.example/realtime"] == "realtime"
+
+
+async def test_an_mqtt_event_cannot_take_an_openadr_id(tmp_path: Path) -> None:
+    import json
+
+    from tests.unit.test_daemon_robustness import make_agent
+
+    agent, _plant = make_agent(tmp_path)
+    sent: list[tuple[str, dict[str, Any]]] = []
+    agent.sink = lambda t, b: sent.append((t, b))
+    body = {"event_id": "oadr:e-1", "start": "2027-07-01T11:00:00+08:00", "duration_s": 600}
+    body["target"] = {"reduce_kw": 100}
+    await agent.lifecycle.on_message(agent.topics.event_in, json.dumps(body).encode())
+    assert "oadr:e-1" not in agent.events
+    [(topic, err)] = sent
+    assert topic == agent.topics.error and err["field"] == "event_id" and "reserved" in err["error"], err
+    await agent.store.close()
