@@ -249,9 +249,9 @@ def _controller_adds(
 
     Every step is assumed to deliver its estimate, and time to have settled.
     """
-    from agent.control import CONTINUOUS, Option, decide
+    from agent.control import Option, decide
 
-    options = [Option(st, st.estimate_kw, st.action.kind in CONTINUOUS) for st in candidates]
+    options = [Option(st, st.estimate_kw, st.traits.continuous) for st in candidates]
     decisions = decide(
         now=0.0,
         predicted_kw=realized,

@@ -42,11 +42,8 @@ from strategies.model import RestorePolicy
 
 log = logging.getLogger("dr_agent.control")
 
-#: Device response time constant by step kind, s (on top of the load filter): how long an
-#: effect takes to show on the site meter. HVAC compressors soft-load over minutes.
-KIND_LAG_S = {"lighting": 2.0, "ev_charger": 4.0, "storage": 2.0, "relay": 3.0, "hvac": 40.0}
-#: Steps whose depth can be set anywhere between nothing and the strategy's full shed.
-CONTINUOUS = frozenset({"storage", "ev_charger"})
+# How a step's kind behaves (its effect's lag on the meter, continuous or not, how it comes back)
+# is the kind's `ControlTraits` (drivers/kinds/<kind>.py), read as `step.traits`.
 #: Learned kW stays within this factor of the configured estimate (one bad reading can't run away).
 LEARN_CLAMP = (0.25, 4.0)
 LEARN_ALPHA = 0.4
@@ -78,7 +75,7 @@ class ActiveStep:
 
     @property
     def continuous(self) -> bool:
-        return self.step.action.kind in CONTINUOUS and isinstance(self.full_value, (int, float))
+        return self.step.traits.continuous and isinstance(self.full_value, (int, float))
 
 
 @dataclass(frozen=True)
@@ -623,7 +620,7 @@ class Controller:
         return peak_kw * self.cfg.deadband_pct / 100
 
     def tau(self, step: Step) -> float:
-        return max(self.cfg.filter_s, 0.5) + KIND_LAG_S.get(step.action.kind, 5.0)
+        return max(self.cfg.filter_s, 0.5) + step.traits.lag_s
 
     def _device_kw(self, name: str) -> float | None:
         return self.devices[name].power_kw()
@@ -638,29 +635,9 @@ class Controller:
         return a.step.estimate_kw * a.depth
 
     def option_kw(self, st: Step) -> float:
-        """What adding this step would shed now, as best known."""
+        """What adding this step would shed now, as best known (the kind refines it from readings)."""
         est = self.learned.get(st.id, st.estimate_kw)
-        dev: Any = self.devices[st.device]
-        # Kind checks, not isinstance() on runtime protocols: this runs for every candidate every cycle.
-        if st.action.kind == "ev_charger" and dev.kind == "ev_charger":
-            p = dev.power_kw()
-            if p is not None:
-                try:
-                    cap = shed_value(st, dev, dev.current_limit_a())
-                    est = min(est, max(0.0, p - float(cap) * dev.kw_per_amp()))
-                except NotApplicable:
-                    est = 0.0
-        elif st.action.kind == "hvac":
-            # Raising a cooling setpoint idles the compressor until the zone warms: at first the
-            # step sheds about what the unit draws now, later much less (feedback covers that).
-            p = dev.power_kw()
-            if p is not None:
-                est = max(est, p)
-        elif st.action.kind == "storage" and dev.kind == "storage":
-            soc = dev.soc_pct()
-            if soc is None or soc <= dev.reserve_soc_pct() + 1.0:
-                est = 0.0
-        return est
+        return st.action.live_kw(self.devices[st.device], est)
 
     def candidates(self, ev: EventControl, now: float) -> list[Step]:
         local = datetime.fromtimestamp(now, self.tz)
@@ -779,9 +756,7 @@ class Controller:
         for st in cands:
             kw = self.option_kw(st)
             if kw >= 0.5:
-                options.append(
-                    Option(st, kw, st.action.kind in CONTINUOUS, KIND_LAG_S.get(st.action.kind, 5) <= 5)
-                )
+                options.append(Option(st, kw, st.traits.continuous, st.traits.fast))
         decisions = decide(
             now=now,
             predicted_kw=predicted,
@@ -1031,7 +1006,7 @@ class Controller:
             ev.rebound_held_s += self.cfg.period_s
             return False
         a = order[0]
-        kind = a.step.action.kind
+        walk_back = a.step.traits.restore == "walk_back"
         min_off = getattr(a.step.action, "min_off_s", None)
         if min_off and now - a.applied_at < min_off:
             # A relay's minimum off time protects the machine (compressors): it outranks the stagger.
@@ -1045,11 +1020,11 @@ class Controller:
         if ev.restore_steps is None:
             ev.restore_steps = len(ev.active)
         interval = pol.interval_s(ev.restore_steps)
-        if kind == "hvac" and pol.hvac_release_step_c > 0:
+        if walk_back and pol.hvac_release_step_c > 0:
             interval = max(interval, pol.hvac_release_interval_s)
         if ev.last_change is not None and now - ev.last_change < interval:
             return False
-        if kind == "hvac":
+        if walk_back:
             depth, inc = self._hvac_increment(a, pol)
         elif a.continuous and pol.continuous_ramp_s > 0:
             depth = max(0.0, a.depth - max(0.1, interval / pol.continuous_ramp_s))
@@ -1058,7 +1033,7 @@ class Controller:
         else:
             depth, inc = 0.0, self.live_kw(a)
         if not capped:
-            depth = 0.0 if kind != "hvac" else depth
+            depth = 0.0 if not walk_back else depth
         if capped and predicted_load is not None and predicted_load + inc > cap:
             ev.last_decision = "restore held by the rebound cap"
             ev.rebound_held_s += self.cfg.period_s

@@ -9,6 +9,43 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 
+class DeviceSettings(Protocol):
+    """The configured facts every device has (its pydantic config); kinds add their own fields."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def zone(self) -> str | None: ...
+
+    @property
+    def rated_kw(self) -> float | None: ...
+
+
+class Controllable(Protocol):
+    """What strategies need of any device: its name, kind and configured limits, and its power."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def config(self) -> DeviceSettings: ...
+
+    def power_kw(self) -> float | None:
+        """Active power in kW (positive = consumption), None when unknown."""
+
+
+@runtime_checkable
+class WriteLimited(Protocol):
+    """A kind with configured limits on what may be written (comfort band, floor, current range)."""
+
+    def limit_violation(self, role: str, value: float) -> str | None:
+        """None if `value` for `role` respects the device's configured limits, else why not."""
+
+
 @runtime_checkable
 class PowerMeter(Protocol):
     def power_kw(self) -> float | None:

@@ -11,24 +11,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 from drivers.device import DeviceConfigBase
 from drivers.profile import load_profile
+from drivers.registry import SimEnv, kinds
 from drivers.sim.bank import RegisterBank
-from drivers.sim.models import (
-    FACTORY_DAY,
-    BaseLoad,
-    DailyProfile,
-    DeviceModel,
-    EvChargerModel,
-    EvSession,
-    HvacModel,
-    LightingModel,
-    MeterModel,
-    RelayModel,
-    StorageModel,
-)
+from drivers.sim.models import FACTORY_DAY, BaseLoad, DailyProfile, DeviceModel, EvSession, MeterModel
 from drivers.sim.server import SimServer
 
 log = logging.getLogger("dr_agent.sim")
@@ -70,44 +59,19 @@ class PlantOptions:
 def _model_for(
     cfg: DeviceConfigBase, bank: RegisterBank, opts: PlantOptions, seed: int, tz_offset_s: float
 ) -> DeviceModel:
-    kind = getattr(cfg, "kind", "")
-    rated = cfg.rated_kw or 10.0
-    c: Any = cfg
+    """The device's physics: its kind's simulator (drivers/kinds/<kind>.py) on its register bank."""
+    kind = str(getattr(cfg, "kind", ""))
+    k = kinds().get(kind)
+    if k is None or k.simulator is None:
+        raise ValueError(f"no simulator model for device kind {kind!r}")
     delay = opts.delay_s.get(kind, opts.delay_s.get("default", 0.0))
-    if kind == "meter":
-        return MeterModel(bank, noise_kw=opts.meter_noise_kw, update_s=opts.meter_update_s, seed=seed)
-    if kind == "hvac":
-        return HvacModel(
-            bank,
-            rated_kw=rated,
-            outdoor_c=opts.outdoor_c,
-            outdoor_swing_c=opts.outdoor_swing_c,
-            tz_offset_s=tz_offset_s,
-            delay_s=delay,
-        )
-    if kind == "lighting":
-        return LightingModel(bank, rated_kw=rated, delay_s=delay)
-    if kind == "ev_charger":
-        return EvChargerModel(
-            bank,
-            max_current_a=c.max_current_a,
-            phases=c.phases,
-            voltage_v=c.voltage_v,
-            vehicle_max_a=min(c.max_current_a, rated * 1000 / (c.phases * c.voltage_v)),
-            sessions=opts.ev_sessions.get(cfg.name),
-            delay_s=delay,
-        )
-    if kind == "storage":
-        return StorageModel(
-            bank,
-            capacity_kwh=c.capacity_kwh,
-            max_kw=c.max_discharge_kw,
-            soc_pct=opts.storage_soc_pct,
-            delay_s=delay,
-        )
-    if kind == "relay":
-        return RelayModel(bank, rated_kw=rated, delay_s=delay)
-    raise ValueError(f"no simulator model for device kind {kind!r}")
+    env = SimEnv(
+        rated_kw=cfg.rated_kw or 10.0, delay_s=delay, seed=seed, tz_offset_s=tz_offset_s, options=opts
+    )
+    model = k.simulator(cfg, bank, env)
+    if not isinstance(model, DeviceModel):
+        raise TypeError(f"the {kind} simulator returned {type(model).__name__}, not a DeviceModel")
+    return model
 
 
 @dataclass
@@ -139,8 +103,11 @@ class SimulatedPlant:
         opts = options or PlantOptions()
         if noise_pct is not None:
             opts = replace(opts, noise_pct=noise_pct)
+        registry = kinds()
         controllable_kw = sum(
-            (d.rated_kw or 0.0) for d in devices if getattr(d, "kind", "") not in ("meter", "storage")
+            (d.rated_kw or 0.0)
+            for d in devices
+            if (k := registry.get(str(getattr(d, "kind", "")))) is None or k.site_load
         )
         share = max(0.2, 1.0 - controllable_kw / peak_kw * 0.8)
         plant = cls(
