@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, field_validator, model_validator
+from pydantic_core import CoreSchema
 
 from agent.openadr.config import OpenAdrConfig
 from agent.yamlsource import FieldError, did_you_mean
 from drivers.device import DeviceConfigBase
-from drivers.registry import kinds
+from drivers.registry import kinds, on_change
 from strategies.model import Program, Strategy, StrategySelection
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
@@ -521,7 +522,15 @@ if TYPE_CHECKING:
         kind: str
 
 else:
-    DeviceConfig = Annotated[_union(tuple(k.config for k in kinds().values())), Field(discriminator="kind")]
+
+    class DeviceConfig:
+        """The device union, built from the kind registry whenever the models are built (a kind
+        registered later, a plugin or a test's, rebuilds SiteConfig: see `_rebuild`)."""
+
+        @classmethod
+        def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+            configs = tuple(k.config for k in kinds().values())
+            return handler.generate_schema(Annotated[_union(configs), Field(discriminator="kind")])
 
 
 class SiteConfig(_Model):
@@ -663,3 +672,11 @@ class SiteConfig(_Model):
             if s.default:
                 return s
         return self.strategies[0]
+
+
+def _rebuild() -> None:
+    # A device kind was registered or removed: the device and action unions changed.
+    SiteConfig.model_rebuild(force=True)
+
+
+on_change(_rebuild)
