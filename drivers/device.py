@@ -243,8 +243,13 @@ class Device:
     # -- polling -----------------------------------------------------------------------
 
     def due(self, now: float | None = None) -> bool:
-        """Whether to poll now: always while healthy; an unavailable device when its backoff expired."""
-        return (self.clock() if now is None else now) >= self.health.next_poll_at
+        """Whether to poll now: always while healthy; an unavailable device when its backoff expired.
+
+        A retry further ahead than any backoff (its cap) means the clock was stepped back: due now,
+        or a silent meter would go unpolled for as long as the step.
+        """
+        wait = self.health.next_poll_at - (self.clock() if now is None else now)
+        return wait <= 0 or wait > self.retry_cap_s + 1.0
 
     async def poll(self) -> bool:
         """Read every readable point; returns True on success. Never raises for bus errors.

@@ -123,3 +123,29 @@ async def test_dst_change_inside_an_event(broker: Mosquitto, tmp_path: Path, cha
     assert start + duration <= completed["ts"] < start + duration + 30
     assert settlement["end"] - settlement["start"] == pytest.approx(duration)
     site.check(obs, {"dst-1": (start, duration)})
+
+
+async def test_device_backoff_survives_the_clock_stepped_back() -> None:
+    """An unavailable device's retry is scheduled on the agent's clock; stepped back 10 min, it is
+    retried at once, not 10 minutes later (a meter would stay unknown that long)."""
+    from drivers.modbus import ModbusTransport
+    from drivers.profile import load_profile
+    from drivers.registry import kinds
+    from drivers.sim.server import free_port
+
+    now = [1_800_000_000.0]
+    k = kinds()["meter"]
+    transport = ModbusTransport("gone", host="127.0.0.1", port=free_port(), timeout_s=0.2)
+    cfg = k.config(name="m", kind="meter", endpoint="gone", unit_id=1, profile="eastron_sdm630")
+    dev = k.device(cfg, transport, load_profile("eastron_sdm630"))
+    dev.clock = lambda: now[0]
+    try:
+        for _ in range(4):
+            assert not await dev.poll()
+            now[0] = max(now[0], dev.health.next_poll_at)
+        assert not dev.health.available
+        assert not dev.due(now[0] - 0.5) or dev.health.next_poll_at <= now[0] - 0.5
+        now[0] -= 600.0  # the clock stepped back
+        assert dev.due(), "a step back postponed the retry by the step"
+    finally:
+        await transport.close()
