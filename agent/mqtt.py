@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -150,6 +151,9 @@ class MqttLink:
             keepalive=self.cfg.keepalive_s,
             tls_context=self._tls(),
             timeout=10,
+            # Without TCP_NODELAY the opt-in response to an event (a small write right after the
+            # event's PUBACK) waits for the broker's delayed ACK: 40 ms (bench/shed_latency.py).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
 
     async def run(self) -> None:
