@@ -480,6 +480,21 @@ class StorageConfig(_Model):
         default="dr-agent.sqlite",
         description="SQLite database; relative paths are under $DR_AGENT_STATE_DIR (or the working dir).",
     )
+    max_mb: float = Field(
+        default=512,
+        ge=16,
+        description="Disk budget of the database, MB: the retention below is shortened to fit it, and when "
+        "it is reached anyway the oldest history goes first (never a settlement, an undelivered message "
+        "or an open revert-journal row). 512 MB suits a gateway with 4 GB or more of eMMC.",
+    )
+    device_deadband_pct: float = Field(
+        default=1.0,
+        ge=0,
+        le=50,
+        description="A device's power (not the site meter's) is stored at poll rate only when it moved by "
+        "more than this share of its rated_kw (0.1 kW without a rating) since the last row kept, or "
+        "every 15 minutes; its 1- and 15-minute means always take every reading. 0 keeps every reading.",
+    )
     raw_retention_s: float = Field(
         default=2 * 86400, gt=0, description="Keep poll-rate readings this long, s."
     )

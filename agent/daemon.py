@@ -34,7 +34,7 @@ from agent.clock import Clock, SystemClock
 from agent.config import SiteConfig
 from agent.control import Controller, LoadFilter, MeterGuard
 from agent.events import DrEvent
-from agent.history import TEMPERATURE_KEY
+from agent.history import TEMPERATURE_KEY, Pruner, ReadingsBuffer, deadbands
 from agent.lifecycle import EventLifecycle, EventRecord
 from agent.logs import FailureLog
 from agent.mqtt import MqttLink, Topics
@@ -53,6 +53,9 @@ MAX_PENDING_READINGS = 100_000
 # A journalled shed no live event owns is restored after this long (wall seconds): long enough
 # for a `diagnose --test-shed` run beside the daemon, short enough that nothing stays shed.
 ORPHAN_GRACE_S = 600.0
+#: Readings go to SQLite this often, s: one transaction per flush, so fewer flushes write fewer
+#: pages (the eMMC wears by the page); a crash loses at most this much of the meter's rows.
+FLUSH_INTERVAL_S = 10.0
 #: The control path failing this many times in a row (no healthy run between) stops the agent
 #: safely: without control nothing would ever end a shed.
 CONTROL_MAX_FAILURES = 5
@@ -129,6 +132,12 @@ class Agent:
         # Recent raw site readings for the real-time baseline (15 min before control starts).
         self.recent: deque[tuple[float, float]] = deque(maxlen=7200)
         self.pending = PendingReadings()
+        #: What of the readings is stored, and when (agent/history.py).
+        self.buffer = ReadingsBuffer(
+            full_rate={cfg.site.meter, TEMPERATURE_KEY},
+            deadband_kw=deadbands(cfg.devices, cfg.storage.device_deadband_pct),
+        )
+        self.pruner = Pruner()
         self.wake = asyncio.Event()
         self.polled_once = asyncio.Event()
         self.outbox_pending = 0
@@ -244,7 +253,7 @@ class Agent:
             if not clean:
                 await self._fail_safe(reason or "stopped abnormally")
             with contextlib.suppress(sqlite3.Error):
-                await self._flush()
+                await self._flush(final=True)
             for t in self.transports.values():
                 with contextlib.suppress(Exception):
                     await t.close()
@@ -397,43 +406,47 @@ class Agent:
             return None
         return self.filter.value
 
-    async def _flush(self) -> None:
+    async def _flush(self, final: bool = False) -> None:
+        """The readings polled since the last flush to SQLite in one transaction (what is kept:
+        agent/history.py); `final` (a stop) also writes the minutes still open."""
         rows, self.pending.rows = self.pending.rows, []
-        if not rows:
+        for r in rows:
+            self.buffer.add(*r)
+        raw, minutes = self.buffer.take(self.clock.now(), final)
+        if not raw and not minutes:
             return
         try:
-            await self.store.add_readings(rows)
+            await self.store.add_batch(raw, minutes)
             self._flush_failures.ok()
         except sqlite3.Error as exc:
-            # Keep the rows for the next try, bounded: a long outage drops the oldest, counted.
+            # Keep the batch for the next try, bounded: a long outage drops the oldest, counted.
             self._flush_failures.failed(str(exc))
-            keep = (rows + self.pending.rows)[-MAX_PENDING_READINGS:]
-            self.readings_dropped += len(rows) + len(self.pending.rows) - len(keep)
-            self.pending.rows = keep
+            self.readings_dropped += self.buffer.put_back(raw, minutes, MAX_PENDING_READINGS)
+
+    async def flush_once(self, now: float) -> None:
+        """One turn of the flush loop: the readings, the outbox's depth, the retention once an
+        hour and the disk budget's backstop (a chunk at a time, so a journal write waits for one
+        chunk at most)."""
+        await self._flush()
+        with contextlib.suppress(sqlite3.Error):
+            self.outbox_pending = len(await self.store.outbox_pending(1000))
+        st, sync = self.cfg.storage, self.store.sync
+        try:
+            if self.pruner.due(now):
+                await self.store.call(
+                    self.pruner.run, sync, st, [*self.devices, TEMPERATURE_KEY], self.meter.name, now
+                )
+            for _ in range(100):
+                if not await self.store.call(self.pruner.budget_step, sync, st, self.meter.name, now):
+                    break
+        except sqlite3.Error as exc:
+            log.error("event=history_prune_failed error=%r", exc)
 
     async def _flush_loop(self) -> None:
-        from agent.history import Pruner
-
-        pruner = Pruner()  # the metering history's retention, applied once an hour
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(FLUSH_INTERVAL_S)
             failpoints.hit("flush")
-            await self._flush()
-            with contextlib.suppress(sqlite3.Error):
-                self.outbox_pending = len(await self.store.outbox_pending(1000))
-            now = self.clock.now()
-            if pruner.due(now):
-                try:
-                    await self.store.call(
-                        pruner.run,
-                        self.store.sync,
-                        self.cfg.storage,
-                        [*self.devices, TEMPERATURE_KEY],
-                        self.meter.name,
-                        now,
-                    )
-                except sqlite3.Error as exc:
-                    log.error("event=history_prune_failed error=%r", exc)
+            await self.flush_once(self.clock.now())
 
     # -- events in -----------------------------------------------------------------
 

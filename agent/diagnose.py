@@ -740,6 +740,60 @@ def check_history(cfg: SiteConfig, store: Store | None, tz: ZoneInfo) -> list[Ch
     return out
 
 
+def check_storage(cfg: SiteConfig, store: Store, now: float) -> Check:
+    """The database against its budget, and the days of history each baseline rule has."""
+    from agent.history import DAY_S, TEMPERATURE_KEY, plan_retention, rule_lookback_days
+
+    st = cfg.storage
+    used = store.usage_bytes()
+    meter = cfg.site.meter
+    plan = plan_retention(st, len([d for d in cfg.devices if d.name != meter]))
+    minute = store.oldest("readings_1m", meter)
+    raw = store.oldest_raw({meter})
+    minute_d = 0.0 if minute is None else max(0.0, (now - minute) / DAY_S)
+    raw_d = 0.0 if raw is None else max(0.0, (now - raw) / DAY_S)
+    rules: dict[str, dict[str, float]] = {}
+    short: list[str] = []
+    for rule, need in rule_lookback_days().items():
+        has = raw_d if rule.startswith("realtime") else minute_d
+        kept = plan.raw_s / DAY_S if rule.startswith("realtime") else plan.meter_minute_days
+        rules[rule] = {"needs_days": round(need, 2), "has_days": round(has, 2), "kept_days": round(kept, 2)}
+        if kept < need:
+            short.append(f"{rule} needs {need:g} d, the budget keeps {kept:.0f} d")
+    pct = used / (st.max_mb * 2**20) * 100
+    shown = ", ".join(
+        f"{r} {min(v['has_days'], v['needs_days']):.1f}/{v['needs_days']:g} d" for r, v in rules.items()
+    )
+    detail = (
+        f"{_mb(used / 1e6)} of a {st.max_mb:g} MB budget ({pct:.0f} %); meter history: 1-min {minute_d:.1f} d,"
+        f" poll-rate {raw_d:.1f} d; rules (history/look-back): {shown}"
+    )
+    if plan.shortened:
+        detail += f"; shortened to fit: {', '.join(plan.shortened)}"
+    data = {
+        "used_bytes": used,
+        "budget_mb": st.max_mb,
+        "meter_minute_days": round(minute_d, 2),
+        "meter_raw_days": round(raw_d, 2),
+        "rules": rules,
+        "retention": {
+            "raw_s": plan.raw_s,
+            "device_raw_s": plan.device_raw_s,
+            "meter_minute_days": plan.meter_minute_days,
+            "device_minute_days": plan.device_minute_days,
+            "quarter_days": plan.quarter_days,
+            "shortened": list(plan.shortened),
+        },
+        "temperature_key": TEMPERATURE_KEY,
+    }
+    hint = "raise storage.max_mb (docs/operations.md#storage) or keep fewer devices' history"
+    if used > st.max_mb * 2**20:
+        return Check("storage", "fail", detail, "the agent deletes the oldest history; " + hint, data)
+    if short:
+        return Check("storage", "warn", detail + "; " + "; ".join(short), hint, data)
+    return Check("storage", "ok", detail, "", data)
+
+
 # -- the daemon ------------------------------------------------------------------------------------
 
 
@@ -848,6 +902,8 @@ async def diagnose(cfg: SiteConfig, opts: Options, warnings: list[str] | None = 
     checks += modbus
     try:
         checks += await asyncio.to_thread(check_history, cfg, store, tz)
+        if store is not None:
+            checks.append(await asyncio.to_thread(check_storage, cfg, store, time.time()))
     except (sqlite3.Error, KeyError, ValueError) as exc:
         checks.append(
             Check("events", "fail", f"cannot read events: {exc}", "the database may be from another version")

@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS readings(
     device TEXT NOT NULL, ts REAL NOT NULL, kw REAL NOT NULL,
-    PRIMARY KEY(device, ts)) WITHOUT ROWID;
+    PRIMARY KEY(ts, device)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS readings_1m(
     device TEXT NOT NULL, minute INTEGER NOT NULL,
     kw_sum REAL NOT NULL, n INTEGER NOT NULL, kw_min REAL, kw_max REAL,
@@ -109,7 +109,9 @@ class Store:
         try:
             self.db = self._open(check=recover_corrupt)
         except sqlite3.DatabaseError as exc:
-            corrupt = isinstance(exc, CorruptDatabase) or getattr(exc, "sqlite_errorname", "") in CORRUPT_ERRORS
+            corrupt = (
+                isinstance(exc, CorruptDatabase) or getattr(exc, "sqlite_errorname", "") in CORRUPT_ERRORS
+            )
             if not (recover_corrupt and corrupt and str(path) != ":memory:"):
                 raise
             self.moved_aside = self._move_aside()
@@ -121,13 +123,17 @@ class Store:
                 str(exc),
             )
             self.db = self._open(check=False)
-            self.audit(f"database corrupt at start-up ({exc}): moved aside to {self.moved_aside}; started clean")
+            self.audit(
+                f"database corrupt at start-up ({exc}): moved aside to {self.moved_aside}; started clean"
+            )
 
     def _open(self, check: bool) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            # The WAL is cut back to this after a checkpoint: it counts against the disk budget.
+            db.execute("PRAGMA journal_size_limit=4194304")
             if check:
                 rows = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
                 if rows != ["ok"]:
@@ -190,6 +196,131 @@ class Store:
                        kw_min = min(kw_min, excluded.kw_min), kw_max = max(kw_max, excluded.kw_max)""",
                     [(d, m, a[0], a[1], a[2], a[3]) for (d, m), a in agg.items()],
                 )
+
+    def add_batch(
+        self,
+        raw: Iterable[tuple[str, float, float]],
+        minutes: Iterable[tuple[str, int, float, int, float, float]],
+    ) -> None:
+        """One flush of the daemon in one transaction: poll-rate rows (device, ts, kw) as they
+        are kept, and closed 1-minute aggregates (device, minute, kw_sum, n, kw_min, kw_max),
+        folded into the 15-minute ones. An aggregate already stored (a minute split by a
+        restart) is added to, not replaced."""
+        raw = list(raw)
+        minutes = list(minutes)
+        if not raw and not minutes:
+            return
+        quarters: dict[tuple[str, int], list[float]] = {}
+        for dev, minute, kw_sum, n, lo, hi in minutes:
+            q = quarters.setdefault((dev, minute // 15), [0.0, 0, lo, hi])
+            q[0] += kw_sum
+            q[1] += n
+            q[2] = min(q[2], lo)
+            q[3] = max(q[3], hi)
+        with self.transaction():
+            if raw:
+                self.db.executemany("INSERT OR REPLACE INTO readings(device, ts, kw) VALUES (?,?,?)", raw)
+            for table, col, rows in (
+                ("readings_1m", "minute", minutes),
+                ("readings_15m", "quarter", [(d, k, *a) for (d, k), a in quarters.items()]),
+            ):
+                self.db.executemany(
+                    f"""INSERT INTO {table} VALUES (?,?,?,?,?,?)
+                       ON CONFLICT(device, {col}) DO UPDATE SET
+                       kw_sum = kw_sum + excluded.kw_sum, n = n + excluded.n,
+                       kw_min = min(kw_min, excluded.kw_min), kw_max = max(kw_max, excluded.kw_max)""",
+                    rows,
+                )
+
+    # -- what the history costs, and the disk budget ------------------------------------
+
+    def raw_time_first(self) -> bool:
+        """True when `readings` is keyed (ts, device) (databases created since the disk budget)."""
+        row = self.db.execute("SELECT sql FROM sqlite_master WHERE name='readings'").fetchone()
+        return bool(row) and "PRIMARY KEY(ts, device)" in str(row[0])
+
+    def usage_bytes(self) -> int:
+        """Bytes the database holds: pages in use plus its write-ahead log."""
+        page = int(self.db.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(self.db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self.db.execute("PRAGMA freelist_count").fetchone()[0])
+        wal = Path(f"{self.path}-wal")
+        return (pages - free) * page + (wal.stat().st_size if wal.exists() else 0)
+
+    def keys(self, table: str) -> list[str]:
+        """The devices (series keys) `table` holds rows of: one index seek each on a table keyed
+        by device first; a scan of `readings` when it is keyed by time first (short, thinned)."""
+        if table == "readings" and self.raw_time_first():
+            return [r[0] for r in self.db.execute("SELECT DISTINCT device FROM readings")]
+        out: list[str] = []
+        row = self.db.execute(f"SELECT device FROM {table} ORDER BY device LIMIT 1").fetchone()
+        while row is not None:
+            out.append(str(row[0]))
+            row = self.db.execute(
+                f"SELECT device FROM {table} WHERE device > ? ORDER BY device LIMIT 1", (row[0],)
+            ).fetchone()
+        return out
+
+    def oldest(self, table: str, device: str) -> float | None:
+        """The time of `device`'s oldest row in `table` (s), or None."""
+        col, step = {"readings": ("ts", 1), "readings_1m": ("minute", 60), "readings_15m": ("quarter", 900)}[
+            table
+        ]
+        row = self.db.execute(f"SELECT MIN({col}) FROM {table} WHERE device=?", (device,)).fetchone()
+        return None if row is None or row[0] is None else float(row[0]) * step
+
+    def oldest_raw(self, keys: Collection[str], *, others: bool = False) -> float | None:
+        """The time of the oldest poll-rate row of `keys` (or, `others`, of every other key)."""
+        marks = ",".join("?" * len(keys))
+        if self.raw_time_first():  # the first row in time order that matches: a short walk
+            q = f"SELECT ts FROM readings WHERE device {'NOT IN' if others else 'IN'} ({marks}) ORDER BY ts LIMIT 1"
+            row = self.db.execute(q, tuple(keys)).fetchone()
+            return None if row is None else float(row[0])
+        olds = [
+            t
+            for k in self.keys("readings")
+            if (k in keys) != others and (t := self.oldest("readings", k)) is not None
+        ]
+        return min(olds) if olds else None
+
+    def prune_raw(self, before: float, keys: Collection[str] | None = None, *, others: bool = False) -> int:
+        """Drop poll-rate rows older than `before`: of every key, of `keys`, or (`others`) of every
+        key but `keys`. A range on the key's time, not a table scan, on a time-first table."""
+        args: tuple[str, ...] = ()
+        cond = ""
+        if keys is not None:
+            marks = ",".join("?" * len(keys))
+            cond, args = f" AND device {'NOT IN' if others else 'IN'} ({marks})", tuple(keys)
+        with self.transaction():
+            if self.raw_time_first():
+                return self.db.execute(f"DELETE FROM readings WHERE ts < ?{cond}", (before, *args)).rowcount
+            n = 0  # keyed (device, ts): one range per device
+            for k in self.keys("readings"):
+                if keys is None or (k in keys) != others:
+                    n += self.db.execute("DELETE FROM readings WHERE device=? AND ts<?", (k, before)).rowcount
+            return n
+
+    def prune_aggregates(self, table: str, device: str, before: float) -> int:
+        """Drop `device`'s rows of readings_1m or readings_15m older than `before` (s)."""
+        col, step = {"readings_1m": ("minute", 60), "readings_15m": ("quarter", 900)}[table]
+        with self.transaction():
+            return self.db.execute(
+                f"DELETE FROM {table} WHERE device=? AND {col}<?", (device, int(before // step))
+            ).rowcount
+
+    def prune_bookkeeping(self, delivered_before: float, closed_before: float) -> int:
+        """Outbox rows delivered before `delivered_before`; closed journal rows and audit lines
+        older than `closed_before`. Never an undelivered message, an open journal row or a
+        settlement."""
+        with self.transaction():
+            n = self.db.execute(
+                "DELETE FROM outbox WHERE sent_ts IS NOT NULL AND sent_ts < ?", (delivered_before,)
+            ).rowcount
+            n += self.db.execute(
+                "DELETE FROM journal WHERE restored_ts IS NOT NULL AND restored_ts < ?", (closed_before,)
+            ).rowcount
+            n += self.db.execute("DELETE FROM audit WHERE ts < ?", (closed_before,)).rowcount
+        return n
 
     def readings(self, device: str, start: float, end: float) -> list[tuple[float, float]]:
         cur = self.db.execute(
@@ -342,6 +473,19 @@ class Store:
                 (device, role, original, written, time.time(), event_id, step, original_raw),
             )
         return int(cur.lastrowid or 0)
+
+    def journal_record_many(
+        self, rows: Iterable[tuple[str, str, float | None, float | None, str | None, str | None, str | None]]
+    ) -> None:
+        """Record several writes before they are sent, in one transaction:
+        (device, role, original, written, event_id, step, original_raw) each."""
+        now = time.time()
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO journal(device, role, original, written, ts, event_id, step, original_raw)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [(d, r, o, w, now, e, s, raw) for d, r, o, w, e, s, raw in rows],
+            )
 
     def journal_restored(self, device: str, role: str, note: str) -> None:
         with self.transaction():

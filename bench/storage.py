@@ -50,6 +50,7 @@ def table_bytes(db: Any) -> dict[str, int]:
 
 
 async def one_size(devices: int, hours: float, seed: int) -> dict[str, Any]:
+    from agent import daemon
     from agent.clock import ManualClock
     from agent.daemon import Agent
 
@@ -60,23 +61,23 @@ async def one_size(devices: int, hours: float, seed: int) -> dict[str, Any]:
         t0 = site.clock.origin_sim - 11 * 3600  # local midnight
         clock = ManualClock(t0)
         agent = Agent(site.cfg, clock, metrics=False)
-        names = [d.name for d in site.cfg.devices]
         meter = site.cfg.site.meter
-        level = {n: rng.uniform(1, 20) for n in names}
+        rated = {d.name: d.rated_kw or 10.0 for d in site.cfg.devices}
+        level = {n: rng.uniform(0.2, 1.0) * rated[n] for n in rated}
         budget = getattr(site.cfg.storage, "max_mb", None)
-        flush_s = getattr(agent, "FLUSH_INTERVAL_S", 2.0)
+        flush_s = getattr(daemon, "FLUSH_INTERVAL_S", 2.0)
         w0, c0 = wchar(), time.process_time()
         steps = int(hours * 3600)
         flush_every = int(flush_s)
         for s in range(steps):
             now = t0 + s
-            for n in names:
+            for n in rated:
                 if n == meter:
                     kw = 500 + 50 * rng.random()
                 else:
                     if rng.random() < 1 / 600:  # a load changes level every 10 minutes or so
-                        level[n] = rng.uniform(1, 20)
-                    kw = level[n] * (1 + rng.gauss(0, 0.005))
+                        level[n] = rng.uniform(0.2, 1.0) * rated[n]
+                    kw = level[n] * (1 + rng.gauss(0, 0.002))  # a steady load's ripple
                 agent.pending.rows.append((n, now, round(kw, 3)))
             if (s + 1) % flush_every == 0:
                 clock.advance(now + 1 - clock.now())
@@ -88,52 +89,76 @@ async def one_size(devices: int, hours: float, seed: int) -> dict[str, Any]:
                         from agent.history import Pruner
 
                         await agent.store.call(
-                            Pruner().run, agent.store.sync, site.cfg.storage, names, meter, now
+                            Pruner().run, agent.store.sync, site.cfg.storage, list(rated), meter, now
                         )
         cpu = time.process_time() - c0
-        await agent._flush()
         written = wchar() - w0
         db = agent.store.sync.db
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         page = db.execute("PRAGMA page_size").fetchone()[0]
-        used = (
+        pages = (
             db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
-        ) * page
+        )
+        used = pages * page
         tables = table_bytes(db)
-        rows = {
-            t: db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-            for t in ("readings", "readings_1m", "readings_15m")
-        }
+        rows: dict[str, dict[str, int]] = {}
+        for t in ("readings", "readings_1m", "readings_15m"):
+            total = db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            m = db.execute(f"SELECT COUNT(*) FROM {t} WHERE device=?", (meter,)).fetchone()[0]
+            rows[t] = {"meter": m, "others": total - m}
         await agent.store.close()
     scale = 24 / hours
-    per_day = {t: b * scale for t, b in tables.items()}
+    # Bytes a row costs in each table (its B-tree, indexes of WITHOUT ROWID tables included).
+    per_row = {t: tables.get(t, 0) / max(1, r["meter"] + r["others"]) for t, r in rows.items()}
     st = site.cfg.storage
-    retention = {
-        "readings": st.raw_retention_s / DAY,
-        "readings_1m": max(st.meter_minute_retention_days, st.device_minute_retention_days),
-        "readings_15m": st.quarter_hour_retention_days,
-    }
-    # A year, extrapolated: each table grows by its measured bytes a day until its retention
-    # (or the budget's share) stops it. Without a budget nothing stops the sum.
-    year = sum(per_day.get(t, 0) * min(365, d) for t, d in retention.items())
-    other = sum(b for t, b in tables.items() if t not in retention)
-    max_db = year + other
-    if budget:
-        max_db = min(max_db, budget * 1024 * 1024)
-    return {
+    if hasattr(st, "max_mb"):
+        from agent.history import plan_retention
+
+        plan = plan_retention(st, devices - 1)
+        keep = {
+            ("readings", "meter"): plan.raw_s / DAY,
+            ("readings", "others"): plan.device_raw_s / DAY,
+            ("readings_1m", "meter"): plan.meter_minute_days,
+            ("readings_1m", "others"): plan.device_minute_days,
+            ("readings_15m", "meter"): max(plan.meter_minute_days, plan.quarter_days),
+            ("readings_15m", "others"): plan.quarter_days,
+        }
+    else:
+        keep = {
+            ("readings", "meter"): st.raw_retention_s / DAY,
+            ("readings", "others"): st.raw_retention_s / DAY,
+            ("readings_1m", "meter"): st.meter_minute_retention_days,
+            ("readings_1m", "others"): st.device_minute_retention_days,
+            ("readings_15m", "meter"): st.quarter_hour_retention_days,
+            ("readings_15m", "others"): st.quarter_hour_retention_days,
+        }
+    # A year, extrapolated from the measured day: each table grows by its bytes a day until its
+    # retention stops it; the largest the database gets over 365 days.
+    other = sum(b for t, b in tables.items() if t not in rows)
+
+    def size_at(day: float) -> float:
+        return other + sum(
+            rows[t][who] * scale * per_row[t] * min(day, days) for (t, who), days in keep.items()
+        )
+
+    max_db = max(size_at(d) for d in range(1, 366))
+    out = {
         "devices": devices,
         "hours_simulated": hours,
         "flush_interval_s": flush_s,
-        "rows_per_day": {t: round(n * scale) for t, n in rows.items()},
+        "rows_per_day": {t: {k: round(v * scale) for k, v in r.items()} for t, r in rows.items()},
         "mb_per_day": round(used * scale / 2**20, 1),
         "write_mb_per_day": round(written * scale / 2**20, 1),
         "cpu_s_per_day": round(cpu * scale, 1),
-        "table_mb_per_day": {t: round(b / 2**20, 2) for t, b in per_day.items() if t in retention},
-        "retention_days": retention,
-        "year": "extrapolated from the measured day",
+        "bytes_per_row": {t: round(b, 1) for t, b in per_row.items()},
+        "retention_days": {f"{t}/{who}": round(d, 2) for (t, who), d in keep.items()},
+        "year": "extrapolated from the measured day and the retention planned for the budget",
         "max_db_mb": round(max_db / 2**20, 1),
         "budget_mb": budget,
     }
+    if budget:
+        out["within_budget"] = max_db <= budget * 2**20
+    return out
 
 
 def main() -> int:

@@ -43,21 +43,23 @@ async def test_readings_are_kept_while_the_database_refuses_writes(tmp_path: Pat
     agent, _plant = make_agent(tmp_path)
     try:
         await agent._poll_all()
-        n = len(agent.pending.rows)
-        assert n > 0
-        real = agent.store.sync.add_readings
+        assert agent.pending.rows
+        real = agent.store.sync.add_batch
 
-        def full_disk(rows: object) -> None:
+        def full_disk(raw: object, minutes: object) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
-        agent.store.sync.add_readings = full_disk  # type: ignore[method-assign]
-        await agent._flush()  # must not raise
-        assert len(agent.pending.rows) == n
-        agent.store.sync.add_readings = real  # type: ignore[method-assign]
+        agent.store.sync.add_batch = full_disk  # type: ignore[method-assign]
+        await agent._flush(final=True)  # must not raise
+        kept = agent.buffer.pending()
+        assert kept > 0 and agent.readings_dropped == 0
+        agent.store.sync.add_batch = real  # type: ignore[method-assign]
         await agent._flush()
-        assert agent.pending.rows == []
+        assert agent.buffer.pending() == 0
         rows = await agent.store.readings(agent.meter.name, 0, 2e9)
         assert len(rows) == 1
+        minutes = await agent.store.minute_means(agent.meter.name, 0, 2e9)
+        assert len(minutes) == 1
     finally:
         await agent.store.close()
 

@@ -1,0 +1,218 @@
+"""The metering history inside a disk budget, on real SQLite files: what is written, every table
+bounded, and the budget's backstop deleting the oldest history but never what must stay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agent.config import StorageConfig
+from agent.history import (
+    AGGREGATE_EVERY_S,
+    DAY_S,
+    HEARTBEAT_S,
+    ReadingsBuffer,
+    enforce_budget,
+    load_series,
+    plan_retention,
+    prune,
+)
+from agent.store import Store
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_752_000_000.0 // 900 * 900  # a quarter-hour boundary
+
+
+def test_the_meter_is_kept_at_poll_rate_devices_on_change_and_minutes_once_closed(tmp_path: Path) -> None:
+    s = Store(tmp_path / "h.sqlite")
+    buf = ReadingsBuffer(full_rate={"meter"}, deadband_kw={"chiller": 1.0})
+    for t in range(0, 180):
+        buf.add("meter", T0 + t, 500.0 + t % 3)
+        # The chiller sits at 50 kW with 0.2 kW of noise, then steps to 60 kW at t=120.
+        buf.add("chiller", T0 + t, (50.0 if t < 120 else 60.0) + (0.2 if t % 2 else 0.0))
+        if t % 10 == 9:
+            s.add_batch(*buf.take(T0 + t + 1))
+    raw = dict.fromkeys(["meter", "chiller"], 0)
+    for dev, n in s.db.execute("SELECT device, COUNT(*) FROM readings GROUP BY device"):
+        raw[dev] = n
+    assert raw == {"meter": 180, "chiller": 2}  # its first reading and the step
+    # The meter's closed minutes are written at once, the chiller's wait for the batch.
+    assert [m for m, _ in s.minute_means("meter", T0, T0 + 600)] == [int(T0 // 60), int(T0 // 60) + 1]
+    assert s.minute_means("chiller", T0, T0 + 600) == []
+    s.add_batch(*buf.take(T0 + 180 + AGGREGATE_EVERY_S))
+    assert [round(kw, 1) for _, kw in s.minute_means("chiller", T0, T0 + 600)] == [50.1, 50.1]
+    # A stop writes the minutes still open; the rest of a split minute adds to it later.
+    s.add_batch(*buf.take(T0 + 181, final=True))
+    for t in range(180, 240):
+        buf.add("meter", T0 + t, 500.0)
+    s.add_batch(*buf.take(T0 + 241, final=True))
+    assert s.db.execute(
+        "SELECT n FROM readings_1m WHERE device='meter' AND minute=?", (int(T0 // 60) + 3,)
+    ).fetchone() == (60,)
+    assert load_series(s, "chiller", T0, T0 + 180).values == pytest.approx([50.1, 50.1, 60.1])
+    assert s.db.execute("SELECT SUM(n) FROM readings_15m WHERE device='chiller'").fetchone() == (180,)
+    s.close()
+
+
+def test_a_device_that_does_not_move_is_still_stored_every_heartbeat(tmp_path: Path) -> None:
+    buf = ReadingsBuffer(full_rate={"meter"}, deadband_kw={"pump": 0.5})
+    for t in range(0, int(2 * HEARTBEAT_S) + 1):
+        buf.add("pump", T0 + t, 3.0)
+    raw, _ = buf.take(T0 + 2 * HEARTBEAT_S)
+    assert [ts - T0 for _, ts, _ in raw] == [0.0, HEARTBEAT_S, 2 * HEARTBEAT_S]
+
+
+def test_raw_rows_are_keyed_time_first(tmp_path: Path) -> None:
+    s = Store(tmp_path / "h.sqlite")
+    assert s.raw_time_first()
+    s.close()
+
+
+def seed(s: Store, now: float) -> None:
+    """History of the meter, a configured device and a removed one, and the bookkeeping tables."""
+    for age in (0.5, 3, 40, 100, 500):
+        t = now - age * DAY_S
+        s.add_readings([("meter", t, 1.0), ("chiller", t, 2.0), ("removed-ahu", t, 3.0)])
+    s.outbox_put("t/sent-old", "{}", 1, False)
+    s.outbox_put("t/sent-new", "{}", 1, False)
+    s.outbox_put("t/pending-old", "{}", 1, False)
+    s.db.execute("UPDATE outbox SET created_ts=?", (now - 30 * DAY_S,))
+    s.db.execute("UPDATE outbox SET sent_ts=? WHERE topic='t/sent-old'", (now - 2 * DAY_S,))
+    s.db.execute("UPDATE outbox SET sent_ts=? WHERE topic='t/sent-new'", (now - 600,))
+    s.journal_record("chiller", "setpoint_c", 22.0, 25.0, "ev-open", "hvac")
+    s.journal_record("ahu", "setpoint_c", 22.0, 25.0, "ev-closed", "hvac")
+    s.journal_restored("ahu", "setpoint_c", "event ended")
+    s.db.execute(
+        "UPDATE journal SET ts=?, restored_ts=CASE WHEN restored_ts IS NULL THEN NULL ELSE ? END",
+        (now - 500 * DAY_S, now - 500 * DAY_S),
+    )
+    s.save_settlement("ev-ancient", {"event_id": "ev-ancient", "total": 1})
+    s.db.execute("UPDATE settlements SET ts=?", (now - 900 * DAY_S,))
+
+
+def test_prune_bounds_every_table_and_ages_out_removed_devices(tmp_path: Path) -> None:
+    s = Store(tmp_path / "h.sqlite")
+    now = T0 + 1000 * DAY_S
+    seed(s, now)
+    storage = StorageConfig(
+        raw_retention_s=2 * DAY_S,
+        meter_minute_retention_days=400,
+        device_minute_retention_days=35,
+        quarter_hour_retention_days=200,
+    )
+    prune(s, storage, ["meter", "chiller"], "meter", now)  # removed-ahu is no longer configured
+
+    def ages(table: str, col: str, step: float) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for dev, v in s.db.execute(f"SELECT device, {col} FROM {table} ORDER BY {col} DESC"):
+            out.setdefault(dev, []).append(round((now - v * step) / DAY_S, 1))
+        return out
+
+    assert ages("readings", "ts", 1) == {"meter": [0.5], "chiller": [0.5], "removed-ahu": [0.5]}
+    assert ages("readings_1m", "minute", 60) == {
+        "meter": [0.5, 3, 40, 100],
+        "chiller": [0.5, 3],
+        "removed-ahu": [0.5, 3],
+    }
+    assert set(ages("readings_15m", "quarter", 900)["removed-ahu"]) == {0.5, 3, 40, 100}
+    # Delivered outbox rows go after a day; an undelivered one stays whatever its age.
+    assert sorted(r[0] for r in s.db.execute("SELECT topic FROM outbox")) == ["t/pending-old", "t/sent-new"]
+    # A closed journal row ages out, an open one never; settlements stay.
+    assert [(e.device, e.event_id) for e in s.journal_open()] == [("chiller", "ev-open")]
+    assert s.db.execute("SELECT COUNT(*) FROM journal").fetchone() == (1,)
+    assert s.settlement("ev-ancient") == {"event_id": "ev-ancient", "total": 1}
+    s.close()
+
+
+def test_the_budget_takes_the_oldest_history_first_and_never_what_must_stay(tmp_path: Path) -> None:
+    s = Store(tmp_path / "h.sqlite")
+    now = T0 + 120 * DAY_S
+    seed(s, now)
+    # 30 days of a row a minute of the meter and 12 devices, and their minutes: past 16 MB.
+    devices = [f"dev-{i:02d}" for i in range(12)]
+    for day in range(30, 0, -1):
+        t0 = now - day * DAY_S
+        raw = [(d, t0 + k * 60, float(k % 50)) for k in range(1440) for d in ("meter", *devices)]
+        s.add_batch(raw, [(d, int(ts // 60), kw, 1, kw, kw) for d, ts, kw in raw])
+    storage = StorageConfig(max_mb=16)
+    before = s.usage_bytes()
+    assert before > 16 * 2**20
+    deleted = []
+    while True:
+        n, what = enforce_budget(s, storage, "meter", now)
+        if not n:
+            break
+        deleted.append(what)
+    assert what is None, what  # within the budget again, not stuck
+    assert s.usage_bytes() <= 16 * 2**20
+    # Other devices' oldest poll-rate rows went first; the meter's last day stayed.
+    assert (deleted[0] or "").startswith("readings of other devices")
+    last_day = s.readings("meter", now - DAY_S, now)
+    assert len(last_day) == 1440  # every row of the last day
+    # Never a settlement, an undelivered message or an open journal row.
+    assert s.settlement("ev-ancient") is not None
+    assert [m.topic for m in s.outbox_pending()] == ["t/pending-old"]
+    assert [e.event_id for e in s.journal_open()] == ["ev-open"]
+    s.close()
+
+
+def test_only_protected_data_left_is_said_not_deleted(tmp_path: Path) -> None:
+    s = Store(tmp_path / "h.sqlite")
+    now = T0
+    big = json.dumps({"x": "y" * 1000})
+    with s.transaction():
+        s.db.executemany(
+            "INSERT INTO outbox(topic, payload, qos, retain, created_ts) VALUES (?,?,1,0,?)",
+            [("t/undelivered", big, now)] * 20_000,
+        )
+    n, what = enforce_budget(s, StorageConfig(max_mb=16), "meter", now)
+    assert n == 0 and what is not None and "only protected data left" in what
+    assert len(s.outbox_pending(100_000)) == 20_000
+    s.close()
+
+
+def test_retention_is_planned_to_fit_the_budget() -> None:
+    st = StorageConfig()  # 512 MB
+    small = plan_retention(st, 10)
+    assert small.shortened == () and small.device_minute_days == st.device_minute_retention_days
+    big = plan_retention(st, 1000)
+    assert big.shortened[0] == "device_minute_days"
+    assert big.device_minute_days < st.device_minute_retention_days
+    assert big.meter_minute_days >= 70  # the baselines' look-back stays
+    assert big.planned_bytes <= st.max_mb * 2**20
+
+
+def test_diagnose_shows_usage_and_the_history_each_rule_has(tmp_path: Path) -> None:
+    from agent.configload import load_site_config
+    from agent.diagnose import check_storage, open_read_only
+    from tests.conftest import DEMO_CONFIG
+
+    cfg, _ = load_site_config(DEMO_CONFIG)
+    meter = cfg.site.meter
+    path = tmp_path / "agent.sqlite"
+    s = Store(path)
+    now = T0 + 100 * DAY_S
+    for day in range(10, 0, -1):  # ten days of the meter's minutes, two of its poll-rate rows
+        t0 = now - day * DAY_S
+        s.add_batch(
+            [(meter, t0 + k * 60, 500.0) for k in range(1440)] if day <= 2 else [],
+            [(meter, int(t0 // 60) + k, 500.0, 1, 500.0, 500.0) for k in range(1440)],
+        )
+    s.close()
+    ro = open_read_only(path)
+    assert ro is not None
+    c = check_storage(cfg, ro, now)
+    assert c.status == "ok", c.detail
+    assert "of a 512 MB budget" in c.detail and "1-min 10.0 d" in c.detail and "poll-rate 2.0 d" in c.detail
+    assert c.data["rules"]["jiangsu_5day"] == {"needs_days": 45.0, "has_days": 10.0, "kept_days": 400.0}
+    assert c.data["rules"]["realtime_15min"]["has_days"] == 2.0
+    small = cfg.model_copy(update={"storage": cfg.storage.model_copy(update={"max_mb": 16})})
+    s = Store(path)
+    s.add_batch([(f"dev-{i}", now - k, 1.0) for i in range(40) for k in range(0, 20000)], [])
+    s.close()
+    c = check_storage(small, ro, now)
+    assert c.status == "fail" and "of a 16 MB budget" in c.detail
+    ro.db.close()
