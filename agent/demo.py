@@ -1,4 +1,4 @@
-"""`dr-agent demo`: a simulated plant, an embedded broker, the real agent, one event, a settlement.
+"""`dr-agent demo`: a simulated plant, an in-process broker, the real agent, one event, a settlement.
 
 Everything runs in one process on loopback with a time-compressed clock
 (60x by default): the plant's devices are served over real Modbus TCP, the
@@ -35,7 +35,6 @@ from agent.clock import ScaledClock
 from agent.config import SiteConfig
 from agent.configload import ConfigError, load_site_config
 from agent.daemon import Agent, build_devices
-from agent.minibroker import MiniBroker
 from agent.reload import Reloader
 from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from drivers.sim.server import free_port
@@ -59,6 +58,45 @@ STATE_WORDS = {
     "completed": "completed: the event is over and every device is back; the settlement follows",
     "cancelled": "cancelled: the agent restores every device",
 }
+
+
+class DemoError(Exception):
+    """The demo cannot start (its broker is not installed); the message says what to do."""
+
+
+class DemoBroker:
+    """The demo's MQTT broker: amqtt (the `demo` extra) on a loopback port, in this process.
+
+    So the demo needs nothing but Python; a site runs Mosquitto. amqtt keeps no queue for an
+    anonymous client's persistent session while it is away, and on each CONNECT it sends the
+    retained messages of every client's subscriptions: neither matters here, where the agent and
+    the provider stay connected and the agent reads only its own input topics.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self._broker: Any = None
+
+    async def start(self) -> int:
+        try:
+            from amqtt.broker import Broker
+        except ImportError as exc:
+            raise DemoError(
+                "demo: its MQTT broker is amqtt: pip install 'dr-agent[demo]' (./dev demo installs it)"
+            ) from exc
+        self._broker = Broker(
+            {
+                "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
+                "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            }
+        )
+        await self._broker.start()
+        return self.port
+
+    async def stop(self) -> None:
+        if self._broker is not None:
+            await self._broker.shutdown()
+            self._broker = None
 
 
 def relocate(cfg: SiteConfig, broker_port: int, state_dir: Path, db: Path | None = None) -> SiteConfig:
@@ -139,12 +177,17 @@ async def demo(args: argparse.Namespace, out: TextIO) -> dict[str, Any]:
     today = datetime.now(tz).replace(hour=10, minute=30, second=0, microsecond=0)
     clock = ScaledClock(args.speed, origin_sim=today.timestamp())
     keep_running = bool(getattr(args, "keep_running", False))
-    if keep_running:
-        # Kept after the demo: the printed commands name it, and `report --db` reads it afterwards.
-        folder = Path(tempfile.mkdtemp(prefix="dr-agent-demo-"))
-        return await _demo(args, out, path, base_cfg, tz, clock, folder, keep_running)
-    with tempfile.TemporaryDirectory(prefix="dr-agent-demo-") as tmp:
-        return await _demo(args, out, path, base_cfg, tz, clock, Path(tmp), keep_running)
+    broker = DemoBroker()
+    port = await broker.start()  # first: a demo without its broker leaves no folder behind
+    try:
+        if keep_running:
+            # Kept after the demo: the printed commands name it, and `report --db` reads it afterwards.
+            folder = Path(tempfile.mkdtemp(prefix="dr-agent-demo-"))
+            return await _demo(args, out, path, base_cfg, tz, clock, folder, keep_running, port)
+        with tempfile.TemporaryDirectory(prefix="dr-agent-demo-") as tmp:
+            return await _demo(args, out, path, base_cfg, tz, clock, Path(tmp), keep_running, port)
+    finally:
+        await broker.stop()  # after the agent: its `stopped` status reaches the broker
 
 
 async def _demo(
@@ -156,9 +199,8 @@ async def _demo(
     clock: ScaledClock,
     folder: Path,
     keep_running: bool,
+    port: int,
 ) -> dict[str, Any]:
-    broker = MiniBroker()
-    port = await broker.start()
     keep = Path(args.keep_db) if getattr(args, "keep_db", None) else None
     cfg = relocate(base_cfg, port, folder, keep)
     config_file = folder / CONFIG_NAME
@@ -184,7 +226,7 @@ async def _demo(
     eps = ", ".join(f"{e.name} 127.0.0.1:{e.port}" for e in cfg.modbus.endpoints)
     for k, v in (
         ("config", f"{config_file} (this run's effective config; folder {where})"),
-        ("broker", f"mqtt://127.0.0.1:{port} (embedded), topics {cfg.topic_root}/..."),
+        ("broker", f"mqtt://127.0.0.1:{port} (amqtt, in this process), topics {cfg.topic_root}/..."),
         ("modbus", f"{eps} ({len(cfg.devices)} simulated devices)"),
         ("metrics", f"http://127.0.0.1:{cfg.metrics.port}/metrics"),
         ("database", str(db)),
@@ -244,7 +286,6 @@ async def _demo(
                 result["restored"] = _restored(before, after, out)
             plant_task.cancel()
             await plant.stop()
-            await broker.stop()
             for sig in signals:
                 loop.remove_signal_handler(sig)
     return result
@@ -506,6 +547,9 @@ def run_demo(args: argparse.Namespace) -> int:
         result = asyncio.run(demo(args, out))
     except ConfigError as exc:
         print("\n".join(exc.lines), file=sys.stderr)
+        return 1
+    except DemoError as exc:
+        print(exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -30,7 +30,7 @@ if str(REPO) not in sys.path:
 
 from agent.clock import ScaledClock
 from agent.configload import load_site_config
-from agent.minibroker import MiniBroker
+from agent.demo import DemoBroker
 from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from drivers.sim.server import free_port
 
@@ -74,13 +74,13 @@ async def start_broker(tmp: Path) -> tuple[int, Any]:
         proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(0.3)
         return port, proc
-    broker = MiniBroker(port=port)
+    broker = DemoBroker(port=port)
     await broker.start()
     return port, broker
 
 
 async def stop_broker(broker: Any) -> None:
-    if isinstance(broker, MiniBroker):
+    if isinstance(broker, DemoBroker):
         await broker.stop()
     else:
         broker.terminate()

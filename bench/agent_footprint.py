@@ -36,7 +36,7 @@ import yaml
 
 from agent.clock import ScaledClock
 from agent.configload import load_site_config
-from agent.minibroker import MiniBroker
+from agent.demo import DemoBroker
 from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from drivers.sim.server import free_port
 
@@ -66,7 +66,7 @@ async def start_broker(tmp: Path) -> tuple[int, Any]:
         proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(0.3)
         return port, proc
-    broker = MiniBroker(port=port)
+    broker = DemoBroker(port=port)
     await broker.start()
     return port, broker
 
@@ -117,7 +117,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         result: dict[str, Any] = {
             "devices": len(cfg.devices),
-            "broker": "mosquitto" if not isinstance(broker, MiniBroker) else "embedded",
+            "broker": "mosquitto" if not isinstance(broker, DemoBroker) else "amqtt",
         }
         try:
             async with aiomqtt.Client("127.0.0.1", port, identifier="bench-provider") as client:
@@ -171,7 +171,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             agent.wait(30)
             plant_task.cancel()
             await plant.stop()
-            if isinstance(broker, MiniBroker):
+            if isinstance(broker, DemoBroker):
                 await broker.stop()
             else:
                 broker.terminate()
