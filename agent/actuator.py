@@ -76,12 +76,18 @@ class Actuator:
             return entries[0].original
         return self.devices[device].reading(role)
 
-    async def originals(self, keys: Sequence[tuple[str, str]]) -> list[float | None]:
-        """`original` for several (device, role) at once, in one read of the journal."""
-        first: dict[tuple[str, str], float | None] = {}
+    async def originals(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> tuple[list[float | None], dict[tuple[str, str], JournalEntry]]:
+        """`original` for several (device, role) at once, in one read of the journal; and the
+        open entries it read (by device and role), for `shed_many` to reuse."""
+        open_by_key: dict[tuple[str, str], JournalEntry] = {}
         for e in await self.store.journal_open():
-            first.setdefault((e.device, e.role), e.original)
-        return [first[k] if k in first else self.devices[k[0]].reading(k[1]) for k in keys]
+            open_by_key.setdefault((e.device, e.role), e)
+        out = [
+            open_by_key[k].original if k in open_by_key else self.devices[k[0]].reading(k[1]) for k in keys
+        ]
+        return out, open_by_key
 
     async def shed(
         self, device: str, role: str, value: float | bool, event_id: str | None, step: str
@@ -117,14 +123,17 @@ class Actuator:
         log.info("event_id=%s device=%s step=%s action=shed %s=%s", event_id, device, step, role, value)
         return back
 
-    async def shed_many(self, sheds: Sequence[Shed]) -> list[float | BaseException]:
+    async def shed_many(
+        self, sheds: Sequence[Shed], open_entries: Mapping[tuple[str, str], JournalEntry] | None = None
+    ) -> list[float | BaseException]:
         """Several sheds at once (a stage entering): each device's original read fresh in
         parallel, every original journalled in one transaction, then every write in parallel.
 
         The journal still holds each original before its write goes out; nothing but that one
         transaction sits between the reads and the writes. Two sheds of one (device, role) go
-        one after the other. Returns, per shed, the read-back value or the exception that
-        refused it (LimitViolation, WriteError), like `shed` raises.
+        one after the other. `open_entries` is the open journal as `originals` just read it (one
+        database trip fewer), else it is read here. Returns, per shed, the read-back value or
+        the exception that refused it (LimitViolation, WriteError), like `shed` raises.
         """
         keys = [(s.device, s.role) for s in sheds]
         if len(set(keys)) != len(keys):
@@ -142,9 +151,9 @@ class Actuator:
                 self.limit_refusals += 1
                 results[i] = LimitViolation(f"device {s.device}: {problem}")
         todo = [i for i, r in enumerate(results) if r is None]
-        open_by_key: dict[tuple[str, str], JournalEntry] = {}
-        for e in await self.store.journal_open():
-            open_by_key.setdefault((e.device, e.role), e)
+        if open_entries is None:
+            open_entries = (await self.originals([]))[1]
+        open_by_key = open_entries
 
         async def snap(i: int) -> Snapshot | None:
             s = sheds[i]

@@ -870,12 +870,14 @@ class Controller:
             return
         await self._added(ev, a, now, kw)
 
-    async def _add_many(self, ev: EventControl, adds: list[Decision], now: float, load_kw: float | None) -> None:
+    async def _add_many(
+        self, ev: EventControl, adds: list[Decision], now: float, load_kw: float | None
+    ) -> None:
         """Several adds of one cycle (a stage entering) at once: the devices' originals read in
         parallel, journalled in one transaction, written in parallel (Actuator.shed_many), so
         the last device of a stage is not written after every other one's round trips."""
         steps = [d.step for d in adds if d.step is not None]
-        originals = await self.actuator.originals([(st.device, st.role) for st in steps])
+        originals, open_entries = await self.actuator.originals([(st.device, st.role) for st in steps])
         ready: list[tuple[Decision, ActiveStep, float | bool]] = []
         for d, original in zip(adds, originals, strict=True):
             assert d.step is not None
@@ -889,7 +891,8 @@ class Controller:
             results: list[float | BaseException] = [0.0] * len(ready)
         else:
             results = await self.actuator.shed_many(
-                [Shed(a.step.device, a.step.role, value, ev.event_id, a.step.id) for _, a, value in ready]
+                [Shed(a.step.device, a.step.role, value, ev.event_id, a.step.id) for _, a, value in ready],
+                open_entries,
             )
         for (d, a, _), r in zip(ready, results, strict=True):
             if isinstance(r, BaseException):
