@@ -4,9 +4,17 @@ The simulators run in a child process (so their CPU is not counted); this
 process runs the daemon's own poll path (`Agent._poll_endpoint` over real
 `ModbusTransport`s and `Device`s) for `--duration` seconds and reports
 requests/s, registers/s, the agent's CPU share of one core, and how much read
-coalescing saves against one request per point.
+coalescing saves against one request per point. Two maps, each said in the output:
 
-    python bench/modbus_poll.py --devices 100 --points 20 --json
+- `synthetic`: a meter-like map of `--points` points with one-register holes,
+  marked `reads_unmapped: true` (a device that answers reads across its holes,
+  so coalescing may span them): the best case for coalescing;
+- `site-mix`: the demo site's mix of shipped profiles (meter, HVAC, lighting,
+  chargers, a SunSpec battery) repeated to `--devices`, each read as its
+  profile allows (strict devices: no spanning of unmapped registers).
+
+    python bench/modbus_poll.py --devices 100 --points 20 --json          # both maps
+    python bench/modbus_poll.py --map site-mix --devices 100 --json
     python bench/modbus_poll.py --devices 100 --points 20 --no-coalesce   # one request per point
 """
 
@@ -23,11 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 import yaml
 
@@ -40,7 +50,8 @@ TYPES = ("float32", "int16", "uint32", "float32", "uint16")
 
 
 def synthetic_profile(points: int, coalesce: bool) -> dict[str, Any]:
-    """A meter-like map: mixed types, small holes between points, like a real vendor table."""
+    """A meter-like map: mixed types, small holes between points, like a real vendor table, on a
+    device that answers reads across the holes (`reads_unmapped: true`, said in the output)."""
     pts: list[dict[str, Any]] = []
     addr = 0
     for i in range(points):
@@ -57,6 +68,7 @@ def synthetic_profile(points: int, coalesce: bool) -> dict[str, Any]:
         "source": "synthetic (bench/modbus_poll.py)",
         "max_block": 125 if coalesce else 2,
         "max_gap": 8 if coalesce else 0,
+        "reads_unmapped": True,
         "points": pts,
     }
 
@@ -88,13 +100,67 @@ async def serve(profile_path: str, ports: list[int], units: int) -> None:
         await s.stop()
 
 
+async def serve_site(config_path: str) -> None:
+    """The site mix: the simulated plant of a site config, its physics stepped every second."""
+    from agent.clock import SystemClock
+    from agent.configload import load_site_config
+    from drivers.sim.plant import SimEndpoint, SimulatedPlant
+
+    cfg, _ = load_site_config(Path(config_path))
+    plant = SimulatedPlant.build(cfg.devices, peak_kw=cfg.contract.peak_kw, meter_name=cfg.site.meter)
+    await plant.serve([SimEndpoint(e.name, "127.0.0.1", e.port) for e in cfg.modbus.endpoints])
+    task = asyncio.create_task(plant.run(SystemClock()))
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    task.cancel()
+    await plant.stop()
+
+
+def site_mix_config(tmp: Path, devices: int, endpoints: int) -> Path:
+    """The demo site's devices (one of each shipped profile it uses) repeated to `devices`, dealt
+    round-robin over `endpoints` endpoints: a realistic mix of shipped profiles."""
+    from agent.configload import load_site_config
+
+    base, _ = load_site_config(REPO / "config" / "demo-site.yaml")
+    raw = base.model_dump(mode="json", exclude_none=True)
+    ports = free_ports(endpoints)
+    raw["modbus"]["endpoints"] = [
+        {"name": f"ep{i}", "protocol": "tcp", "host": "127.0.0.1", "port": p, "timeout_s": 1.0}
+        for i, p in enumerate(ports)
+    ]
+    templates = raw["devices"]
+    out, units = [], [1] * endpoints
+    for i in range(devices):
+        d = dict(templates[i % len(templates)])
+        ep = i % endpoints
+        d.update(name=f"{d['name']}-{i}", endpoint=f"ep{ep}", unit_id=units[ep])
+        units[ep] += 1
+        out.append(d)
+    raw["devices"] = out
+    raw["site"]["meter"] = out[0]["name"]
+    raw["strategies"] = [
+        {
+            "name": "bench",
+            "description": "polling only",
+            "programs": ["contracted", "realtime"],
+            "default": True,
+            "stages": [
+                {"name": "lights", "actions": [{"kind": "lighting", "group": "warehouse", "level_pct": 50}]}
+            ],
+        }
+    ]
+    raw.pop("outdoor_temperature", None)
+    path = tmp / "site-mix.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
 # -- the agent side -----------------------------------------------------------------
 
 
-async def poll(args: argparse.Namespace, profile: Profile, ports: list[int]) -> dict[str, Any]:
-    from agent.clock import SystemClock
-    from agent.daemon import Agent
-
+def synthetic_groups(args: argparse.Namespace, profile: Profile, ports: list[int]) -> list[list[Device]]:
     meter = kinds()["meter"]
     transports = [
         ModbusTransport(f"ep{i}", host="127.0.0.1", port=port, timeout_s=args.timeout)
@@ -111,6 +177,73 @@ async def poll(args: argparse.Namespace, profile: Profile, ports: list[int]) -> 
             )
             devs.append(meter.device(cfg, t, profile))
         groups.append(devs)
+    return groups
+
+
+def site_groups(config: Path) -> list[list[Device]]:
+    from agent.configload import load_site_config
+    from agent.daemon import build_devices
+
+    cfg, _ = load_site_config(config)
+    _transports, devices = build_devices(cfg)
+    by_ep: dict[str, list[Device]] = {}
+    for d in devices.values():
+        by_ep.setdefault(d.transport.name, []).append(d)
+    return list(by_ep.values())
+
+
+async def reference(args: argparse.Namespace, groups: list[list[Device]]) -> float:
+    """A bare pymodbus client per endpoint sending the agent's very requests (the same blocks,
+    endpoints in parallel, one request at a time on each) at the same rate, nothing decoded:
+    its CPU ms per request, the yardstick for the agent's."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    plan = [
+        (g[0].transport, [(d.unit_id, b.function, b.address, b.count) for d in g for b in d._blocks])
+        for g in groups
+    ]
+    clients = []
+    for t, _ in plan:
+        host, port = str(getattr(t, "address", "")).rsplit(":", 1)
+        clients.append(AsyncModbusTcpClient(host, port=int(port), timeout=args.timeout))
+    for c in clients:
+        await c.connect()
+
+    async def one(c: Any, reqs: Sequence[tuple[int, str, int, int]]) -> int:
+        for unit, fn, addr, count in reqs:
+            if fn == "holding_register":
+                await c.read_holding_registers(addr, count=count, device_id=unit)
+            elif fn == "input_register":
+                await c.read_input_registers(addr, count=count, device_id=unit)
+            elif fn == "coil":
+                await c.read_coils(addr, count=count, device_id=unit)
+            else:
+                await c.read_discrete_inputs(addr, count=count, device_id=unit)
+        return len(reqs)
+
+    async def cycle() -> int:
+        return sum(await asyncio.gather(*(one(c, reqs) for c, (_, reqs) in zip(clients, plan, strict=True))))
+
+    await cycle()
+    n = 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    next_at = wall0
+    while time.perf_counter() - wall0 < args.duration:
+        n += await cycle()
+        next_at += args.period
+        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+    cpu = time.process_time() - cpu0
+    for c in clients:
+        c.close()
+    return cpu / max(1, n) * 1000
+
+
+async def poll(args: argparse.Namespace, build: Any) -> dict[str, Any]:
+    from agent.clock import SystemClock
+    from agent.daemon import Agent
+
+    groups: list[list[Device]] = build()
+    transports: list[Any] = [g[0].transport for g in groups]
     devices = [d for g in groups for d in g]
     fake_agent = SimpleNamespace(clock=SystemClock())
 
@@ -119,7 +252,7 @@ async def poll(args: argparse.Namespace, profile: Profile, ports: list[int]) -> 
         await asyncio.gather(*(Agent._poll_endpoint(fake_agent, g) for g in groups))  # type: ignore[arg-type]
         return time.perf_counter() - t0
 
-    for _ in range(2):  # connect and warm up
+    for _ in range(3):  # connect, discover (SunSpec), warm up
         await cycle()
     req0 = sum(t.stats.requests for t in transports)
     fail0 = sum(t.stats.failures for t in transports)
@@ -136,12 +269,13 @@ async def poll(args: argparse.Namespace, profile: Profile, ports: list[int]) -> 
     failures = sum(t.stats.failures for t in transports) - fail0
     for t in transports:
         await t.close()
+    ref_ms = await reference(args, groups)
     regs_per_cycle = sum(b.count for d in devices for b in d._blocks)
     points_per_cycle = sum(d.points_per_poll for d in devices)
     ok = sum(1 for d in devices if d.health.available and d.values)
     return {
         "devices": len(devices),
-        "points_per_device": args.points,
+        "points_per_device": round(sum(d.points_per_poll for d in devices) / len(devices), 1),
         "endpoints": len(transports),
         "coalesce": not args.no_coalesce,
         "duration_s": round(wall, 2),
@@ -156,6 +290,8 @@ async def poll(args: argparse.Namespace, profile: Profile, ports: list[int]) -> 
         "points_per_s": round(points_per_cycle * cycles / wall, 1),
         "cpu_pct_one_core": round(cpu / wall * 100, 2),
         "cpu_ms_per_request": round(cpu / max(1, requests) * 1000, 4),
+        "ref_cpu_ms_per_request": round(ref_ms, 4),
+        "cpu_per_request_vs_ref": round(cpu / max(1, requests) * 1000 / ref_ms, 2),
         "cycle_ms_p50": round(statistics.median(durations) * 1000, 1),
         "cycle_ms_max": round(max(durations) * 1000, 1),
         "failures": failures,
@@ -170,12 +306,65 @@ def free_ports(n: int) -> list[int]:
     return [free_port() for _ in range(n)]
 
 
+def run_map(args: argparse.Namespace, which: str) -> dict[str, Any]:
+    """One map's figures, its simulators in a child process."""
+    endpoints = max(1, min(args.endpoints, args.devices))
+    units = -(-args.devices // endpoints)
+    with tempfile.TemporaryDirectory() as tmp:
+        if which == "synthetic":
+            path = Path(tmp) / "bench.yaml"
+            path.write_text(yaml.safe_dump(synthetic_profile(args.points, not args.no_coalesce)))
+            profile = load_profile(path)
+            ports = free_ports(endpoints)
+            serve_args = ["--serve", str(path), "--ports", ",".join(map(str, ports)), "--units", str(units)]
+            label = f"synthetic map, {args.points} points with one-register holes, reads_unmapped: true"
+
+            def build() -> list[list[Device]]:
+                return synthetic_groups(args, profile, ports)
+
+        else:
+            config = site_mix_config(Path(tmp), args.devices, endpoints)
+            serve_args = ["--serve-site", str(config)]
+            label = "site mix of shipped profiles (the demo site's devices repeated), strict reads"
+
+            def build() -> list[list[Device]]:
+                return site_groups(config)
+
+        child = subprocess.Popen([sys.executable, __file__, *serve_args], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError("simulators did not start")
+            try:
+                import uvloop
+
+                runner: Any = uvloop.run
+            except ImportError:
+                runner = asyncio.run
+            result = runner(poll(args, build))
+        finally:
+            child.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(5)
+            if child.poll() is None:
+                child.kill()
+    result = {"map": label, **result}
+    result["loop"] = "uvloop" if runner is not asyncio.run else "asyncio"
+    result["cpu_count"] = os.cpu_count()
+    return result
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=100, help="simulated devices (default 100)")
-    ap.add_argument("--points", type=int, default=20, help="points per device (default 20)")
+    ap.add_argument(
+        "--points", type=int, default=20, help="points per device of the synthetic map (default 20)"
+    )
     ap.add_argument(
         "--endpoints", type=int, default=10, help="Modbus TCP endpoints (gateways) they share (default 10)"
+    )
+    ap.add_argument(
+        "--map", choices=("both", "synthetic", "site-mix"), default="both", help="which map (default both)"
     )
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
     ap.add_argument("--period", type=float, default=1.0, help="poll period, s (default 1)")
@@ -183,6 +372,7 @@ def main() -> int:
     ap.add_argument("--no-coalesce", action="store_true", help="one request per point (the baseline)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--serve-site", help=argparse.SUPPRESS)
     ap.add_argument("--ports", help=argparse.SUPPRESS)
     ap.add_argument("--units", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -190,54 +380,24 @@ def main() -> int:
     if args.serve:
         asyncio.run(serve(args.serve, [int(p) for p in args.ports.split(",")], args.units))
         return 0
-
-    endpoints = max(1, min(args.endpoints, args.devices))
-    units = -(-args.devices // endpoints)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "bench.yaml"
-        path.write_text(yaml.safe_dump(synthetic_profile(args.points, not args.no_coalesce)))
-        profile = load_profile(path)
-        ports = free_ports(endpoints)
-        child = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--serve",
-                str(path),
-                "--ports",
-                ",".join(map(str, ports)),
-                "--units",
-                str(units),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert child.stdout is not None
-            if child.stdout.readline().strip() != "ready":
-                print("simulators did not start", file=sys.stderr)
-                return 1
-            try:
-                import uvloop
-
-                runner: Any = uvloop.run
-            except ImportError:
-                runner = asyncio.run
-            result = runner(poll(args, profile, ports))
-        finally:
-            child.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(5)
-            if child.poll() is None:
-                child.kill()
-    result["loop"] = "uvloop" if runner is not asyncio.run else "asyncio"
-    result["cpu_count"] = os.cpu_count()
+    if args.serve_site:
+        asyncio.run(serve_site(args.serve_site))
+        return 0
+    maps = ["synthetic", "site-mix"] if args.map == "both" else [args.map]
+    results = [run_map(args, m) for m in maps]
+    # The first map's figures at the top level (as before), the second under "site_mix".
+    out = dict(results[0])
+    if len(results) > 1:
+        out["site_mix"] = results[1]
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(out))
     else:
-        for k, v in result.items():
-            print(f"{k:>22}: {v}")
-    return 0 if result["failures"] == 0 and result["devices_ok"] == result["devices"] else 1
+        for r in results:
+            for k, v in r.items():
+                print(f"{k:>22}: {v}")
+            print()
+    ok = all(r["failures"] == 0 and r["devices_ok"] == r["devices"] for r in results)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
