@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, ValidationError
 
 from agent.config import SiteConfig
@@ -115,6 +116,11 @@ def _check_devices(
         except ValidationError as exc:
             errors.append(
                 (("devices", i, "profile"), f"profile {d.profile!r} is invalid: {exc.errors()[0]['msg']}")
+            )
+            continue
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # a name too long, a directory, not YAML
+            errors.append(
+                (("devices", i, "profile"), f"profile {d.profile[:80]!r} cannot be read: {str(exc)[:160]}")
             )
             continue
         if profile.kind != d.kind:

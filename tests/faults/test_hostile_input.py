@@ -267,6 +267,12 @@ CONFIG_CASES: list[tuple[str, str, str]] = [
     ("python tag", DEMO.replace("peak_kw: 1000", "peak_kw: !!python/object:os.system {}"), "yaml"),
     ("duplicate key", DEMO.replace("peak_kw: 1000", "peak_kw: 1000\n  peak_kw: 900"), "duplicate key"),
     ("a list at the top", "- 1\n- 2\n", "top level must be a mapping"),
+    (
+        "profile name too long",
+        DEMO.replace("profile: eastron_sdm630", "profile: eastron_" + "9" * 300),
+        "cannot be read",
+    ),
+    ("profile is a directory", DEMO.replace("profile: eastron_sdm630", "profile: /tmp/"), "no profile"),
 ]
 
 
@@ -274,7 +280,7 @@ CONFIG_CASES: list[tuple[str, str, str]] = [
 def test_hostile_config_is_refused_with_file_line_col(
     tmp_path: Path, label: str, text: str, says: str
 ) -> None:
-    assert "peak_kw: 1000" in DEMO and "demo-plant" in DEMO and "port: 1883" in DEMO
+    assert all(s in DEMO for s in ("peak_kw: 1000", "demo-plant", "port: 1883", "profile: eastron_sdm630"))
     got = config_target(tmp_path / "site.yaml", text.encode())
     assert isinstance(got, ConfigError), label
     assert any(says in line for line in got.lines), got.lines
