@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -729,12 +730,13 @@ class EventLifecycle:
     async def settle(self, rec: EventRecord, end: float | None = None) -> None:
         """Settle `rec` (agent/books.py computes the record), store it and publish it with the year to date."""
         if rec.settled:
+            rec.settle_pending = False
             return
         a = self.agent
         ev = rec.event
         if rec.settle_pending:
-            # Ended while the agent was down (or restarted in its recovery window); the devices are back.
-            rec.settle_pending = False
+            # Ended while the agent was down (or restarted in its recovery window); the devices are
+            # back. Pending until settled: a database failing here retries next cycle.
             await self._set_state(rec, State.COMPLETED)
         await a._flush()
         c = rec.control
@@ -752,10 +754,15 @@ class EventLifecycle:
             resumed=bool(rt.get("resumed")),
             received_ts=rec.received_ts,
         )
-        body = await settle_event(a.store, a.cfg, run, meter=a.meter.name, end=end)
-        rec.settled = True
-        await a.store.save_settlement(ev.event_id, body)
-        await a._send(a.topics.settlement(ev.event_id), published(body), retain=True)
+        try:
+            body = await settle_event(a.store, a.cfg, run, meter=a.meter.name, end=end)
+            await a.store.save_settlement(ev.event_id, body)
+            await a._send(a.topics.settlement(ev.event_id), published(body), retain=True)
+        except (sqlite3.Error, OSError):
+            # A full or failing database: settle again next cycle, never drop the settlement.
+            rec.settle_pending = True
+            raise
+        rec.settled, rec.settle_pending = True, False
         log.info(
             "event_id=%s event=settled baseline=%s verified_kw=%.1f pct_of_peak=%.2f in_band_fraction=%.3f quality=%s",
             ev.event_id,

@@ -168,7 +168,10 @@ class Store:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # sqlite rolls back by itself on some errors (SQLITE_FULL): a second ROLLBACK would
+            # raise "no transaction is active" and hide the real error.
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
 

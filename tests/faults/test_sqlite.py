@@ -90,6 +90,8 @@ async def test_database_fault_mid_event_and_through_the_end(broker: Mosquitto, t
                 # Through the end of the event: devices come back without a database.
                 await site.wait_restored(duration + 60)
                 assert site.clock.now() > start + duration
+                # ... and past the recovery window: the settlement is due while it cannot be stored.
+                await site.sleep(start + duration + 20 + 15 - site.clock.now())
         finally:
             if fault == "locked":
                 lock.release()
