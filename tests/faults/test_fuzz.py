@@ -8,7 +8,7 @@ only return a result or its own refusal with a clear message (tests/faults/
 targets.py says what that is per target); anything else, or an input taking
 longer than HANG_S, is a crash and is listed with the input that caused it.
 
-CI runs a fixed number of inputs per target (about a minute in all, the same
+CI runs a fixed number of inputs per target (under a minute in all, the same
 inputs every run). A longer local run, with fresh inputs each time:
 
     DR_AGENT_FUZZ_SECONDS=600 DR_AGENT_FUZZ_SEED=$RANDOM \\
@@ -157,13 +157,13 @@ EVENT_CORPUS = [
 
 
 def test_fuzz_event_parser() -> None:
-    counts = fuzz("event", event_target, EVENT_CORPUS, examples=40_000)
+    counts = fuzz("event", event_target, EVENT_CORPUS, examples=120_000)
     assert counts["accepted"] > 0 and counts["refused"] > 0  # the mutations reach both sides
 
 
 def test_fuzz_price_parser() -> None:
     corpus = [_json(PRICE), _json({**PRICE, "kind": "realtime", "intervals": PRICE["intervals"][:1]})]
-    counts = fuzz("price", price_target, corpus, examples=20_000)
+    counts = fuzz("price", price_target, corpus, examples=60_000)
     assert counts["accepted"] > 0 and counts["refused"] > 0
 
 
@@ -190,26 +190,26 @@ def test_fuzz_signed_envelope() -> None:
         return got
 
     try:
-        fuzz("envelope", resigning, corpus, examples=8_000)
+        fuzz("envelope", resigning, corpus, examples=24_000)
     finally:
         loop.close()
 
 
 def test_fuzz_config_loader(tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
-    counts = fuzz("config", lambda raw: config_target(path, raw), [DEMO_CONFIG.read_bytes()], examples=400)
+    counts = fuzz("config", lambda raw: config_target(path, raw), [DEMO_CONFIG.read_bytes()], examples=1_200)
     assert counts["accepted"] > 0 and counts["refused"] > 0
 
 
 def test_fuzz_strategy_loader(tmp_path: Path) -> None:
     path = tmp_path / "s.strategy.yaml"
     corpus = [p.read_bytes() for p in sorted((REPO / "strategies" / "examples").glob("*.yaml"))]
-    fuzz("strategy", lambda raw: config_target(path, raw, strategy=True), corpus, examples=800)
+    fuzz("strategy", lambda raw: config_target(path, raw, strategy=True), corpus, examples=2_400)
 
 
 def test_fuzz_modbus_decoder() -> None:
     corpus = [bytes(range(256)), b"\x7f\xc0\x00\x00" * 32, b"\xff" * 64, b"\x00\x01" * 100, b""]
-    fuzz("modbus", modbus_target, corpus, examples=3_000)
+    fuzz("modbus", modbus_target, corpus, examples=9_000)
 
 
 def test_accepted_inputs_are_models_not_coercions() -> None:
