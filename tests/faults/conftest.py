@@ -214,7 +214,16 @@ async def open_site(
 @contextlib.asynccontextmanager
 async def observer(site: Site, name: str = "fault-observer") -> AsyncIterator[SessionObserver]:
     async with SessionObserver(site.broker.host, site.broker.port, site.cfg.topic_root, name) as obs:
+        obs.connected_at = asyncio.get_running_loop().time()  # type: ignore[attr-defined]
         yield obs
+
+
+async def session_saved(obs: SessionObserver) -> None:
+    """Wait until the broker has saved the observer's session (autosave every second): a broker
+    SIGKILLed before that forgets the subscription, and what the agent publishes after the restart
+    would reach nobody until the observer subscribed again, which is the test's loss, not the agent's."""
+    left = obs.connected_at + 2.5 - asyncio.get_running_loop().time()  # type: ignore[attr-defined]
+    await asyncio.sleep(max(0.0, left))
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ import pytest
 
 from agent.config import SiteConfig
 from tests.conftest import Mosquitto
-from tests.faults.conftest import AgentProcess, kill_broker, observer, online, open_site
+from tests.faults.conftest import AgentProcess, kill_broker, observer, online, open_site, session_saved
 
 pytestmark = pytest.mark.e2e
 
@@ -27,6 +27,7 @@ async def test_broker_killed_and_restarted(broker: Mosquitto, tmp_path: Path, wh
         try:
             await agent.start()
             await online(obs)
+            await session_saved(obs)
             lead = 60.0 if when == "mid-event" else 90.0
             start = await site.send_event(obs, "bk-1", lead, duration)
             if when == "mid-event":
@@ -75,6 +76,7 @@ async def test_broker_down_for_hours_of_injected_time(broker: Mosquitto, tmp_pat
         try:
             await agent.start()
             await online(obs)
+            await session_saved(obs)
             start = await site.send_event(obs, "hours-1", 600, duration, recovery_s=300)
             kill_broker(broker)
             down_at = site.clock.now()
