@@ -64,7 +64,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from agent.clock import Clock, ScaledClock, SystemClock
     from agent.configload import ConfigError, load_site_config
-    from agent.daemon import Agent
+    from agent.daemon import Agent, AgentFailed
     from agent.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
@@ -90,7 +90,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, Reloader(agent, args.config).request)
         await agent.run(stop)
 
-    _run_loop(main())
+    try:
+        _run_loop(main())
+    except AgentFailed as exc:
+        # Devices were restored (or what could not be is in the log and the audit), and the
+        # broker shows `failed`: exit non-zero so systemd and the operator see it.
+        print(f"dr-agent: stopped after a failure: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
