@@ -6,7 +6,7 @@ meter's registers show the new load to the first live report (`…/out/report`) 
 `measured_kw` has moved by at least half the step: the report interval, the poll, the
 load filter (`control.filter_s`) and the outbox together.
 
-    python bench/report_latency.py [--changes 12] [--report-interval 5] [--json]
+    python bench/report_latency.py [--changes 5] [--report-interval 2] [--json]
 """
 
 from __future__ import annotations
@@ -79,8 +79,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 rng = random.Random(1)
                 await asyncio.sleep(2 * args.report_interval)
                 for i in range(args.changes):
-                    # Settle at the current level first: the filter has caught up with the last step.
-                    await asyncio.sleep(args.report_interval * rng.uniform(1.0, 2.0))
+                    # Settle first: the filtered load has caught up with the last step (two reports
+                    # in a row within 2 kW), then a random part of a report interval.
+                    await _site.until(
+                        lambda: len(reports) >= 2 and abs(reports[-1][1] - reports[-2][1]) < 2.0,
+                        90,
+                        args.report_interval,
+                    )
+                    await asyncio.sleep(args.report_interval * rng.uniform(0.0, 1.0))
                     level = reports[-1][1] if reports else None
                     changed.clear()
                     changed["want"] = 1
@@ -119,10 +125,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, default=50, help="devices on the site (default 50)")
-    ap.add_argument("--changes", type=int, default=12, help="load steps measured (default 12)")
+    ap.add_argument("--changes", type=int, default=5, help="load steps measured (default 5)")
     ap.add_argument("--step-kw", type=float, default=80.0, help="size of each load step, kW (default 80)")
     ap.add_argument(
-        "--report-interval", type=float, default=5.0, help="control.report_interval_s (default 5)"
+        "--report-interval", type=float, default=2.0, help="control.report_interval_s (default 2)"
     )
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     r = asyncio.run(run(ap.parse_args()))
