@@ -757,16 +757,20 @@ def check_storage(cfg: SiteConfig, store: Store, now: float) -> Check:
     for rule, need in rule_lookback_days().items():
         has = raw_d if rule.startswith("realtime") else minute_d
         kept = plan.raw_s / DAY_S if rule.startswith("realtime") else plan.meter_minute_days
-        rules[rule] = {"needs_days": round(need, 2), "has_days": round(has, 2), "kept_days": round(kept, 2)}
+        rules[rule] = {"needs_days": round(need, 4), "has_days": round(has, 4), "kept_days": round(kept, 4)}
         if kept < need:
             short.append(f"{rule} needs {need:g} d, the budget keeps {kept:.0f} d")
     pct = used / (st.max_mb * 2**20) * 100
+
+    def span(days: float) -> str:
+        return f"{days:.1f} d" if days >= 1 else f"{days * 1440:.0f} min"
+
     shown = ", ".join(
-        f"{r} {min(v['has_days'], v['needs_days']):.1f}/{v['needs_days']:g} d" for r, v in rules.items()
+        f"{r} {span(min(v['has_days'], v['needs_days']))}/{span(v['needs_days'])}" for r, v in rules.items()
     )
     detail = (
-        f"{_mb(used / 1e6)} of a {st.max_mb:g} MB budget ({pct:.0f} %); meter history: 1-min {minute_d:.1f} d,"
-        f" poll-rate {raw_d:.1f} d; rules (history/look-back): {shown}"
+        f"{_mb(used / 1e6)} of a {st.max_mb:g} MB budget ({pct:.0f} %); meter history: 1-min {span(minute_d)},"
+        f" poll-rate {span(raw_d)}; rules (history/look-back): {shown}"
     )
     if plan.shortened:
         detail += f"; shortened to fit: {', '.join(plan.shortened)}"
