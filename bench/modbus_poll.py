@@ -301,9 +301,14 @@ async def poll(args: argparse.Namespace, build: Any) -> dict[str, Any]:
 
 
 def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (free_port() may hand out the same port twice in a row)."""
     from drivers.sim.server import free_port
 
-    return [free_port() for _ in range(n)]
+    ports: list[int] = []
+    while len(ports) < n:
+        if (p := free_port()) not in ports:
+            ports.append(p)
+    return ports
 
 
 def run_map(args: argparse.Namespace, which: str) -> dict[str, Any]:
