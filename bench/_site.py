@@ -28,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from agent.clock import ScaledClock
-from agent.configload import load_site_config
-from agent.demo import DemoBroker
+from agent.cli.demo import DemoBroker
+from agent.config.load import load_site_config
+from agent.platform.clock import ScaledClock
 from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from drivers.sim.server import free_port
 

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
 
-from agent.clock import ScaledClock
-from agent.configload import load_site_config
-from agent.demo import DemoBroker
+from agent.cli.demo import DemoBroker
+from agent.config.load import load_site_config
+from agent.platform.clock import ScaledClock
 from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from drivers.sim.server import free_port
 

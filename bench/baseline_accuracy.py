@@ -48,9 +48,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.baseline import METHODS, EventWindow, LoadSeries
-from agent.calendar import Calendar
-from agent.config import ContractConfig
+from agent.config.calendar import Calendar
+from agent.config.model import ContractConfig
+from agent.settlement.baseline import METHODS, EventWindow, LoadSeries
 
 WINDOWS = {"10-12": (time(10), time(12)), "14-16": (time(14), time(16))}
 CALTRACK_FIT_DAYS = 90

@@ -7,7 +7,7 @@
 Every scenario (bench/scenarios/*.yaml) is one simulated day at a factory,
 an office or a warehouse: a load profile, noise, process steps, device
 failures, meter outages, target changes and one DR event. Each runs twice
-through `agent.simulate.simulate_event` — the real Agent with a manual clock
+through `agent.cli.simulate.simulate_event` — the real Agent with a manual clock
 over loopback transports — once with the production `Controller` ("ours")
 and once with `NaiveController` ("naive": everything shed in strategy order
 at the start, everything released at the end). The figures come from the
@@ -34,11 +34,11 @@ from zoneinfo import ZoneInfo
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from agent.configload import load_site_config
-from agent.control import Controller, Decision, EventControl
-from agent.daemon import Agent
-from agent.events import DrEvent
-from agent.simulate import SimResult, simulate_event
+from agent.cli.simulate import SimResult, simulate_event
+from agent.config.load import load_site_config
+from agent.control.controller import Controller, Decision, EventControl
+from agent.events.model import DrEvent
+from agent.runtime.daemon import Agent
 from drivers.sim.plant import SimulatedPlant
 from drivers.sim.scenario import Disturbances, Scenario, load_scenario
 

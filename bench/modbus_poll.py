@@ -102,8 +102,8 @@ async def serve(profile_path: str, ports: list[int], units: int) -> None:
 
 async def serve_site(config_path: str) -> None:
     """The site mix: the simulated plant of a site config, its physics stepped every second."""
-    from agent.clock import SystemClock
-    from agent.configload import load_site_config
+    from agent.config.load import load_site_config
+    from agent.platform.clock import SystemClock
     from drivers.sim.plant import SimEndpoint, SimulatedPlant
 
     cfg, _ = load_site_config(Path(config_path))
@@ -121,7 +121,7 @@ async def serve_site(config_path: str) -> None:
 def site_mix_config(tmp: Path, devices: int, endpoints: int) -> Path:
     """The demo site's devices (one of each shipped profile it uses) repeated to `devices`, dealt
     round-robin over `endpoints` endpoints: a realistic mix of shipped profiles."""
-    from agent.configload import load_site_config
+    from agent.config.load import load_site_config
 
     base, _ = load_site_config(REPO / "config" / "demo-site.yaml")
     raw = base.model_dump(mode="json", exclude_none=True)
@@ -181,8 +181,8 @@ def synthetic_groups(args: argparse.Namespace, profile: Profile, ports: list[int
 
 
 def site_groups(config: Path) -> list[list[Device]]:
-    from agent.configload import load_site_config
-    from agent.daemon import build_devices
+    from agent.config.load import load_site_config
+    from agent.runtime.daemon import build_devices
 
     cfg, _ = load_site_config(config)
     _transports, devices = build_devices(cfg)
@@ -239,8 +239,8 @@ async def reference(args: argparse.Namespace, groups: list[list[Device]]) -> flo
 
 
 async def poll(args: argparse.Namespace, build: Any) -> dict[str, Any]:
-    from agent.clock import SystemClock
-    from agent.daemon import Agent
+    from agent.platform.clock import SystemClock
+    from agent.runtime.daemon import Agent
 
     groups: list[list[Device]] = build()
     transports: list[Any] = [g[0].transport for g in groups]

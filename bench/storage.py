@@ -50,9 +50,9 @@ def table_bytes(db: Any) -> dict[str, int]:
 
 
 async def one_size(devices: int, hours: float, seed: int) -> dict[str, Any]:
-    from agent import daemon
-    from agent.clock import ManualClock
-    from agent.daemon import Agent
+    from agent.platform.clock import ManualClock
+    from agent.runtime import daemon
+    from agent.runtime.daemon import Agent
 
     rng = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="dr-agent-bench-") as tmp_s:
@@ -86,7 +86,7 @@ async def one_size(devices: int, hours: float, seed: int) -> dict[str, Any]:
                 else:  # the flush loop as it was: every 2 s, retention once an hour
                     await agent._flush()
                     if s % 3600 == 0:
-                        from agent.history import Pruner
+                        from agent.settlement.history import Pruner
 
                         await agent.store.call(
                             Pruner().run, agent.store.sync, site.cfg.storage, list(rated), meter, now
@@ -112,7 +112,7 @@ async def one_size(devices: int, hours: float, seed: int) -> dict[str, Any]:
     per_row = {t: tables.get(t, 0) / max(1, r["meter"] + r["others"]) for t, r in rows.items()}
     st = site.cfg.storage
     if hasattr(st, "max_mb"):
-        from agent.history import plan_retention
+        from agent.settlement.history import plan_retention
 
         plan = plan_retention(st, devices - 1)
         keep = {

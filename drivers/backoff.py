@@ -1,7 +1,7 @@
 """The one retry backoff of the agent: capped exponential with full jitter.
 
 Used for an unavailable device, a lost Modbus connection, the MQTT reconnect
-loop and every supervised component's restart (agent/supervisor.py). It lives
+loop and every supervised component's restart (agent/runtime/supervisor.py). It lives
 in `drivers/` because drivers may not import `agent/`, and the agent may import
 drivers. Full jitter (a uniform delay between 0 and the capped exponential,
 AWS architecture blog) spreads retries of many gateways after a shared outage.

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import SiteConfig
-from agent.configload import load_site_config
+from agent.config.load import load_site_config
+from agent.config.model import SiteConfig
 from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from drivers.sim.server import free_port
 

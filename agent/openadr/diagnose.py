@@ -7,8 +7,8 @@ import json
 import time
 from typing import Any
 
-from agent.config import SiteConfig
-from agent.diagnose import Check, open_read_only
+from agent.cli.diagnose import Check, open_read_only
+from agent.config.model import SiteConfig
 from agent.openadr.ven import META_KEY, VtnError, VtnLink
 
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent.config import ContractConfig
-from agent.events import DrEvent, EventError, Interval, Target
-from agent.openadr.config import LevelTarget, OpenAdrConfig
+from agent.config.model import ContractConfig
+from agent.config.openadr import LevelTarget, OpenAdrConfig
+from agent.events.model import DrEvent, EventError, Interval, Target
 
 PREFIX = "oadr:"
 _ID_OK = re.compile(r"^[A-Za-z0-9_.:-]{1,120}$")

@@ -33,14 +33,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.events import FINAL_STATES, EventError
-from agent.logs import FailureLog
-from agent.openadr.config import OpenAdrConfig
+from agent.config.openadr import OpenAdrConfig
+from agent.events.model import FINAL_STATES, EventError
 from agent.openadr.mapping import PREFIX, Refusal, our_id, to_dr_event
+from agent.platform.logs import FailureLog
 from drivers.backoff import Backoff
 
 if TYPE_CHECKING:
-    from agent.daemon import Agent
+    from agent.runtime.daemon import Agent
 
 log = logging.getLogger("dr_agent")
 

@@ -144,8 +144,8 @@ def test_default_plan_time(now: str, duration_min: float, expected: str, says: s
     from datetime import date, datetime, time
     from zoneinfo import ZoneInfo
 
-    from agent.cmd_plan import _at
-    from agent.configload import load_site_config
+    from agent.cli.cmd_plan import _at
+    from agent.config.load import load_site_config
 
     cfg, _ = load_site_config(EXAMPLES / "factory.yaml")
     tz = ZoneInfo(cfg.site.timezone)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.configload import load_site_config
-from agent.simulate import BASELINE_LEAD_S, simulate_event
+from agent.cli.simulate import BASELINE_LEAD_S, simulate_event
+from agent.config.load import load_site_config
 from tests.helpers import dr_agent
 from tests.integration.test_settlement_sim import DEMO, Recorder, demo_event, history_rows
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cmd_simulate
+from agent.cli import cmd_simulate
 from tests.helpers import dr_agent
 
 pytestmark = pytest.mark.e2e

@@ -137,8 +137,8 @@ def run(argv: list[str], *more: str) -> subprocess.CompletedProcess[str]:
 
 def control_values(config: Path) -> dict[tuple[str, str], float]:
     """Every setpoint, level and current limit of the demo's devices, read over Modbus from here."""
-    from agent.configload import load_site_config
-    from agent.daemon import build_devices
+    from agent.config.load import load_site_config
+    from agent.runtime.daemon import build_devices
 
     cfg, _ = load_site_config(config)
 
@@ -171,8 +171,8 @@ def open_sheds(db: Path) -> tuple[int, int]:
 
 def test_keep_running_mid_event_diagnose_status_then_sigterm_restores() -> None:
     """diagnose and status from a second terminal during the event; SIGTERM restores and exits 0."""
-    from agent.configload import load_site_config
-    from agent.diagnose import check_clock, probe_clock
+    from agent.cli.diagnose import check_clock, probe_clock
+    from agent.config.load import load_site_config
 
     demo = DemoProcess("--speed", "60", "--duration-min", "30")
     try:

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import ScaledClock
+from agent.platform.clock import ScaledClock
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import Observer, agent_command, event_payload, write_config
 from tests.integration.test_event_end_to_end import controllable_state
@@ -132,8 +132,8 @@ async def test_sighup_mid_event_rejects_invalid_and_applies_valid(
 
 async def test_apply_config_keeps_busy_devices_and_restart_only_sections(tmp_path: Path) -> None:
     """In process, the rules Agent.reload applies (no broker or Modbus traffic needed)."""
-    from agent.daemon import Agent
-    from agent.reload import apply_config
+    from agent.runtime.daemon import Agent
+    from agent.runtime.reload import apply_config
 
     cfg = site_config(1883, tmp_path)
     agent = Agent(cfg, metrics=False)

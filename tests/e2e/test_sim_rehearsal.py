@@ -19,9 +19,9 @@ from typing import Any, BinaryIO
 import pytest
 import yaml
 
-from agent.clock import ScaledClock
-from agent.configload import load_site_config
-from agent.daemon import build_devices
+from agent.config.load import load_site_config
+from agent.platform.clock import ScaledClock
+from agent.runtime.daemon import build_devices
 from tests.conftest import Mosquitto
 from tests.helpers import Observer, dr_agent, event_payload
 
@@ -175,7 +175,7 @@ async def test_an_overlay_beside_a_conf_d_is_refused(tmp_path: Path) -> None:
 
 
 def test_rehearsal_config_of_a_site_with_strategy_files_loads_anywhere(tmp_path: Path) -> None:
-    from agent.cmd_sim import rehearsal_config
+    from agent.cli.cmd_sim import rehearsal_config
 
     site = REPO / "strategies" / "examples" / "office.yaml"
     cfg, _ = load_site_config(site)
@@ -207,7 +207,7 @@ def test_where_the_simulated_day_starts(now: str, at: str | None, expected: str,
     from datetime import date, datetime, time
     from zoneinfo import ZoneInfo
 
-    from agent.cmd_sim import sim_origin
+    from agent.cli.cmd_sim import sim_origin
 
     cfg, _ = load_site_config(SITE)
     tz = ZoneInfo(cfg.site.timezone)
@@ -233,7 +233,7 @@ def sim_args(overlay: Path, site: Path = SITE) -> argparse.Namespace:
 def test_sim_never_overwrites_a_config_or_the_site_database(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agent.cmd_sim import HEADER, prepare
+    from agent.cli.cmd_sim import HEADER, prepare
 
     # The site's own config as the overlay: refused, untouched.
     site = tmp_path / "site.yaml"

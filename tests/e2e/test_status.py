@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import ScaledClock
-from agent.statefile import read_state, state_path
+from agent.platform.clock import ScaledClock
+from agent.runtime.statefile import read_state, state_path
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import Observer, agent_command, dr_agent, event_payload, write_config
 

@@ -1,4 +1,4 @@
-"""Faults injected into a real `dr-agent run` mid-event (DR_AGENT_FAILPOINTS, agent/failpoints.py).
+"""Faults injected into a real `dr-agent run` mid-event (DR_AGENT_FAILPOINTS, agent/platform/failpoints.py).
 
 - One exception in every component (each endpoint's poll, control, the MQTT
   link, flush, report, state file, metrics): each is restarted, the event goes
@@ -23,9 +23,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import ScaledClock
-from agent.config import SiteConfig
-from agent.store import Store
+from agent.config.model import SiteConfig
+from agent.platform.clock import ScaledClock
+from agent.platform.store import Store
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import Observer, agent_command, event_payload, write_config
 from tests.integration.test_supervision import changed, read_back

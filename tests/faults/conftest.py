@@ -25,10 +25,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import Clock, ScaledClock
-from agent.config import SiteConfig
-from agent.daemon import Agent
-from agent.store import Store
+from agent.config.model import SiteConfig
+from agent.platform.clock import Clock, ScaledClock
+from agent.platform.store import Store
+from agent.runtime.daemon import Agent
 from drivers.sim.plant import SimulatedPlant
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.faults.proxy import ModbusFaultProxy

@@ -14,9 +14,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from agent.config import MessageSecurity
-from agent.configload import ConfigError, load_site_config, load_strategy_file
-from agent.events import (
+from agent.config.load import ConfigError, load_site_config, load_strategy_file
+from agent.config.model import MessageSecurity
+from agent.events.model import (
     ERROR_CODES,
     MAX_SEQUENCE,
     DrEvent,
@@ -26,7 +26,7 @@ from agent.events import (
     parse_event,
     parse_price,
 )
-from agent.signing import Verifier, sign
+from agent.events.signing import Verifier, sign
 from drivers.codec import decode
 from drivers.profile import Profile, decode_block, load_profile, plan_reads
 

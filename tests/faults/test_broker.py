@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import SiteConfig
+from agent.config.model import SiteConfig
 from tests.conftest import Mosquitto
 from tests.faults.conftest import AgentProcess, kill_broker, observer, online, open_site, session_saved
 

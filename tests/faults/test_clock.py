@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import ScaledClock
-from agent.config import SiteConfig
+from agent.config.model import SiteConfig
+from agent.platform.clock import ScaledClock
 from tests.conftest import Mosquitto
 from tests.faults.conftest import agent_in_process, observer, open_site
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from agent.events import DrEvent, EventError, PriceSignal
+from agent.events.model import DrEvent, EventError, PriceSignal
 from tests.conftest import DEMO_CONFIG
 from tests.faults.targets import (
     EVENT,

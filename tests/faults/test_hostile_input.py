@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.clock import ManualClock
-from agent.configload import ConfigError, load_site_config
-from agent.daemon import Agent
-from agent.events import MAX_JSON_DEPTH, DrEvent, EventError, json_depth
-from agent.simulate import loopback_transports
+from agent.cli.simulate import loopback_transports
+from agent.config.load import ConfigError, load_site_config
+from agent.events.model import MAX_JSON_DEPTH, DrEvent, EventError, json_depth
+from agent.platform.clock import ManualClock
+from agent.runtime.daemon import Agent
 from drivers.codec import decode
 from drivers.sim.plant import SimulatedPlant
 from tests.conftest import DEMO_CONFIG

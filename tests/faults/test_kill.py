@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import SiteConfig
+from agent.config.model import SiteConfig
 from tests.conftest import Mosquitto
 from tests.faults.conftest import AgentProcess, observer, online, open_site, wait_until
 

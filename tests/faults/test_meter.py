@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.control import METER_FROZEN_S
+from agent.control.controller import METER_FROZEN_S
 from drivers.sim.models import MeterModel
 from drivers.sim.plant import SimulatedPlant
 from tests.conftest import Mosquitto

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.daemon import Agent
-from agent.store import Store
+from agent.platform.store import Store
+from agent.runtime.daemon import Agent
 from tests.conftest import Mosquitto
 from tests.faults.conftest import AgentProcess, Site, agent_in_process, observer, online, open_site
 

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import ScaledClock
-from agent.store import Store
+from agent.platform.clock import ScaledClock
+from agent.platform.store import Store
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import agent_command, event_payload, write_config
 from tests.integration.test_broker_outage import SessionObserver, quick_restore

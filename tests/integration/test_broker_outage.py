@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 import aiomqtt
 import pytest
 
-from agent.clock import ScaledClock
-from agent.config import SiteConfig
-from agent.daemon import Agent
+from agent.config.model import SiteConfig
+from agent.platform.clock import ScaledClock
+from agent.runtime.daemon import Agent
 from drivers.sim.server import free_port
 from tests.conftest import Mosquitto, _spawn_mosquitto, serve_plant, site_config
 from tests.helpers import Observer, event_payload

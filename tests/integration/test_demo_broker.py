@@ -13,7 +13,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from agent.demo import DemoBroker
+from agent.cli.demo import DemoBroker
 
 pytestmark = pytest.mark.integration
 

@@ -20,12 +20,12 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from agent.clock import ScaledClock
-from agent.config import SiteConfig
-from agent.daemon import Agent
-from agent.diagnose import ClockFacts, Options, diagnose, exit_code, render, shed_test
-from agent.statefile import read_state, state_path
-from agent.store import Store
+from agent.cli.diagnose import ClockFacts, Options, diagnose, exit_code, render, shed_test
+from agent.config.model import SiteConfig
+from agent.platform.clock import ScaledClock
+from agent.platform.store import Store
+from agent.runtime.daemon import Agent
+from agent.runtime.statefile import read_state, state_path
 from tests.conftest import REPO, Mosquitto, serve_plant, site_config, start_mosquitto
 
 pytestmark = pytest.mark.integration

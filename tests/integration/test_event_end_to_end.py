@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import ScaledClock
-from agent.daemon import Agent
+from agent.platform.clock import ScaledClock
+from agent.runtime.daemon import Agent
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import Observer, event_payload
 

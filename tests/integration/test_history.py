@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import StorageConfig
-from agent.history import Pruner, load_series, prune, series_gaps
-from agent.store import Store
+from agent.config.model import StorageConfig
+from agent.platform.store import Store
+from agent.settlement.history import Pruner, load_series, prune, series_gaps
 
 pytestmark = pytest.mark.integration
 

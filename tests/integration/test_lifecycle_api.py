@@ -17,10 +17,10 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from agent.clock import ScaledClock
-from agent.config import ContractConfig
-from agent.daemon import Agent
-from agent.store import Store
+from agent.config.model import ContractConfig
+from agent.platform.clock import ScaledClock
+from agent.platform.store import Store
+from agent.runtime.daemon import Agent
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import Observer
 from tests.integration.test_broker_outage import quick_restore

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.configload import load_site_config
-from agent.events import DrEvent
-from agent.simulate import simulate_event
+from agent.cli.simulate import simulate_event
+from agent.config.load import load_site_config
+from agent.events.model import DrEvent
 from tests.conftest import DEMO_CONFIG
 from tests.integration.test_broker_outage import quick_restore
 

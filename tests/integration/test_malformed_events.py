@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.clock import SystemClock
-from agent.daemon import Agent
-from agent.store import Store
+from agent.platform.clock import SystemClock
+from agent.platform.store import Store
+from agent.runtime.daemon import Agent
 from tests.conftest import Mosquitto, site_config
 from tests.helpers import Observer, event_payload
 

@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.clock import ScaledClock
-from agent.daemon import Agent
+from agent.platform.clock import ScaledClock
+from agent.runtime.daemon import Agent
 from tests.conftest import REPO, Mosquitto, serve_plant, site_config
 from tests.helpers import Observer, event_payload
 from tests.unit.test_metrics import catalogue

@@ -14,8 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.clock import SystemClock
-from agent.daemon import Agent
+from agent.platform.clock import SystemClock
+from agent.runtime.daemon import Agent
 from drivers.device import Device
 from drivers.modbus import ModbusTransport
 from drivers.profile import load_profile

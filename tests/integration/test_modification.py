@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import ScaledClock
-from agent.daemon import Agent
+from agent.platform.clock import ScaledClock
+from agent.runtime.daemon import Agent
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import Observer, event_payload
 from tests.integration.test_event_end_to_end import controllable_state

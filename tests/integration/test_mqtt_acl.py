@@ -19,9 +19,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from agent.clock import SystemClock
-from agent.config import TlsConfig
-from agent.daemon import Agent
+from agent.config.model import TlsConfig
+from agent.platform.clock import SystemClock
+from agent.runtime.daemon import Agent
 from drivers.sim.server import free_port
 from tests.conftest import REPO, Mosquitto, _spawn_mosquitto, site_config
 from tests.helpers import event_payload

@@ -26,10 +26,10 @@ import pytest
 # The openadr extra (./dev test installs it).
 from openleadr import OpenADRServer, objects
 
-from agent.clock import ScaledClock
-from agent.config import SiteConfig
-from agent.daemon import Agent
-from agent.openadr.config import OpenAdrConfig
+from agent.config.model import SiteConfig
+from agent.config.openadr import OpenAdrConfig
+from agent.platform.clock import ScaledClock
+from agent.runtime.daemon import Agent
 from drivers.sim.server import free_port
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import Observer

@@ -22,10 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.clock import ScaledClock
-from agent.daemon import Agent
 from agent.openadr.diagnose import check_openadr
 from agent.openadr.ven import fingerprint_of_der
+from agent.platform.clock import ScaledClock
+from agent.runtime.daemon import Agent
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import Observer
 from tests.integration.test_openadr import stop_agent, until, vtn_on_loopback, with_openadr

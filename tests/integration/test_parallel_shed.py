@@ -8,11 +8,11 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from agent.actuator import Actuator, LimitViolation, Shed
-from agent.clock import SystemClock
-from agent.config import SiteConfig
-from agent.daemon import build_devices
-from agent.store import AsyncStore, Store
+from agent.config.model import SiteConfig
+from agent.control.actuator import Actuator, LimitViolation, Shed
+from agent.platform.clock import SystemClock
+from agent.platform.store import AsyncStore, Store
+from agent.runtime.daemon import build_devices
 from drivers.codec import Value
 from drivers.device import WriteError
 from tests.conftest import serve_plant, site_config

@@ -19,9 +19,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
-from agent.cmd_sim import rehearsal_config
-from agent.configload import load_site_config
-from agent.daemon import build_devices
+from agent.cli.cmd_sim import rehearsal_config
+from agent.config.load import load_site_config
+from agent.runtime.daemon import build_devices
 from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from drivers.sim.server import free_port
 from tests.helpers import dr_agent, event_payload

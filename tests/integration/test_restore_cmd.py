@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import SiteConfig
-from agent.diagnose import check_modbus, shed_test
-from agent.store import Store
+from agent.cli.diagnose import check_modbus, shed_test
+from agent.config.model import SiteConfig
+from agent.platform.store import Store
 from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from tests.conftest import REPO, site_config
 from tests.helpers import dr_agent, write_config

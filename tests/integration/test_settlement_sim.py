@@ -18,12 +18,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.config import OutdoorTemperature
-from agent.configload import load_site_config
-from agent.daemon import Agent
-from agent.events import DrEvent
-from agent.history import TEMPERATURE_KEY
-from agent.simulate import BASELINE_LEAD_S, simulate_event
+from agent.cli.simulate import BASELINE_LEAD_S, simulate_event
+from agent.config.load import load_site_config
+from agent.config.model import OutdoorTemperature
+from agent.events.model import DrEvent
+from agent.runtime.daemon import Agent
+from agent.settlement.history import TEMPERATURE_KEY
 from drivers.sim.models import FACTORY_DAY
 from drivers.sim.plant import SimulatedPlant
 

@@ -13,10 +13,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.clock import SystemClock
-from agent.config import MessageSecurity, SiteConfig
-from agent.daemon import Agent
-from agent.signing import sign
+from agent.config.model import MessageSecurity, SiteConfig
+from agent.events.signing import sign
+from agent.platform.clock import SystemClock
+from agent.runtime.daemon import Agent
 from tests.conftest import Mosquitto, site_config
 from tests.helpers import Observer, event_payload
 

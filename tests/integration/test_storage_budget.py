@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import StorageConfig
-from agent.history import (
+from agent.config.model import StorageConfig
+from agent.platform.store import Store
+from agent.settlement.history import (
     AGGREGATE_EVERY_S,
     DAY_S,
     HEARTBEAT_S,
@@ -19,7 +20,6 @@ from agent.history import (
     plan_retention,
     prune,
 )
-from agent.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -186,8 +186,8 @@ def test_retention_is_planned_to_fit_the_budget() -> None:
 
 
 def test_diagnose_shows_usage_and_the_history_each_rule_has(tmp_path: Path) -> None:
-    from agent.configload import load_site_config
-    from agent.diagnose import check_storage, open_read_only
+    from agent.cli.diagnose import check_storage, open_read_only
+    from agent.config.load import load_site_config
     from tests.conftest import DEMO_CONFIG
 
     cfg, _ = load_site_config(DEMO_CONFIG)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.actuator import Actuator
-from agent.store import AsyncStore, Store
+from agent.control.actuator import Actuator
+from agent.platform.store import AsyncStore, Store
 from drivers.device import Device
 from drivers.modbus import ModbusTransport
 from drivers.profile import load_profile

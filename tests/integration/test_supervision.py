@@ -18,10 +18,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.clock import ScaledClock, SystemClock
-from agent.config import SiteConfig
-from agent.daemon import Agent, build_devices
-from agent.events import parse_event
+from agent.config.model import SiteConfig
+from agent.events.model import parse_event
+from agent.platform.clock import ScaledClock, SystemClock
+from agent.runtime.daemon import Agent, build_devices
 from drivers.sim.server import free_port
 from tests.conftest import Mosquitto, serve_plant, site_config
 from tests.helpers import event_payload

@@ -41,7 +41,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.baseline import (
+from agent.config.calendar import Calendar
+from agent.settlement.baseline import (
     METHODS,
     EventWindow,
     LoadSeries,
@@ -55,7 +56,6 @@ from agent.baseline import (
     realtime_15min_from_samples,
     regression,
 )
-from agent.calendar import Calendar
 
 LON = ZoneInfo("Europe/London")
 EXCLUDED = frozenset({date(2024, 3, 20)})

@@ -11,12 +11,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.baseline import LoadSeries
-from agent.calendar import Calendar
 from agent.cli import main
-from agent.cmd_baseline import backtest, pseudo_event_days
-from agent.configload import load_site_config
-from agent.store import Store
+from agent.cli.cmd_baseline import backtest, pseudo_event_days
+from agent.config.calendar import Calendar
+from agent.config.load import load_site_config
+from agent.platform.store import Store
+from agent.settlement.baseline import LoadSeries
 
 REPO = Path(__file__).resolve().parents[2]
 SH = ZoneInfo("Asia/Shanghai")
@@ -120,7 +120,7 @@ def test_mark_shutdown_writes_a_fragment_that_validates(
 
 
 def test_advise_window_from_the_contract() -> None:
-    from agent.cmd_baseline import contract_window
+    from agent.cli.cmd_baseline import contract_window
 
     cfg, _ = load_site_config(REPO / "config" / "demo-site.yaml")
     assert contract_window(cfg, None) == (time(10), time(12))  # allowed 10:00-15:00: its first 2 h

@@ -13,7 +13,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.baseline import (
+from agent.config.calendar import Calendar
+from agent.settlement.baseline import (
     METHODS,
     EventWindow,
     LoadSeries,
@@ -26,8 +27,7 @@ from agent.baseline import (
     realtime_window,
     regression,
 )
-from agent.calendar import Calendar
-from agent.history import control_periods
+from agent.settlement.history import control_periods
 
 LON = ZoneInfo("Europe/London")
 HOLIDAYS = frozenset({date(2024, 5, 27), date(2024, 5, 6)})  # bank holidays (Mondays)

@@ -5,7 +5,7 @@ from zoneinfo import ZoneInfoNotFoundError
 
 import pytest
 
-from agent.calendar import Calendar
+from agent.config.calendar import Calendar
 
 # China 2024: National Day golden week Oct 1-7, with make-up Sundays Sep 29 and Oct 12.
 CN = Calendar(
@@ -80,7 +80,7 @@ def test_local_date_and_days_before() -> None:
 
 
 def test_calendar_from_the_site_config() -> None:
-    from agent.config import CalendarConfig
+    from agent.config.model import CalendarConfig
 
     cfg = CalendarConfig.model_validate(
         {

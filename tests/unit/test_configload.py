@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.configload import ConfigError, load_site_config
+from agent.config.load import ConfigError, load_site_config
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "strategies" / "examples"
@@ -98,7 +98,7 @@ def test_a_zone_may_hold_several_kinds(tmp_path: Path) -> None:
     """`group: north` takes the lighting for a lighting action and the HVAC for an HVAC action."""
     write(tmp_path, "s/a.yaml", STRATEGY.format(name="n", program="contracted"))
     cfg, _ = load_site_config(write(tmp_path, "site.yaml", SITE + "strategy_files: [s/a.yaml]\n"))
-    from agent.daemon import build_devices
+    from agent.runtime.daemon import build_devices
     from strategies.engine import build_steps
 
     _t, devices = build_devices(cfg, {"bus": object()})  # type: ignore[dict-item]

@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.config import ContractConfig
-from agent.contract import decide
-from agent.events import DrEvent
-from agent.ledger import Ledger, LedgerEntry
+from agent.config.model import ContractConfig
+from agent.events.contract import decide
+from agent.events.ledger import Ledger, LedgerEntry
+from agent.events.model import DrEvent
 
 TZ = ZoneInfo("Asia/Shanghai")
 DAY = date(2026, 7, 1)

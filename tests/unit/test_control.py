@@ -10,14 +10,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.actuator import Actuator
-from agent.config import SiteConfig
-from agent.configload import load_site_config
-from agent.control import LEARNED_META_KEY, Controller, QualityTracker, rebound_peak_pct
-from agent.daemon import Agent
-from agent.events import DrEvent
-from agent.simulate import simulate_event
-from agent.store import AsyncStore, Store
+from agent.cli.simulate import simulate_event
+from agent.config.load import load_site_config
+from agent.config.model import SiteConfig
+from agent.control.actuator import Actuator
+from agent.control.controller import LEARNED_META_KEY, Controller, QualityTracker, rebound_peak_pct
+from agent.events.model import DrEvent
+from agent.platform.store import AsyncStore, Store
+from agent.runtime.daemon import Agent
 from drivers.sim.plant import SimulatedPlant
 
 REPO = Path(__file__).resolve().parents[2]

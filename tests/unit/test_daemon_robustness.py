@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.clock import ManualClock
-from agent.configload import load_site_config
-from agent.daemon import ORPHAN_GRACE_S, Agent
-from agent.simulate import loopback_transports
-from agent.store import Store
+from agent.cli.simulate import loopback_transports
+from agent.config.load import load_site_config
+from agent.platform.clock import ManualClock
+from agent.platform.store import Store
+from agent.runtime.daemon import ORPHAN_GRACE_S, Agent
 from drivers.sim.plant import SimulatedPlant
 from tests.conftest import DEMO_CONFIG
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.control import Decision, Held, Option, aim_kw, decide
+from agent.control.controller import Decision, Held, Option, aim_kw, decide
 from strategies.engine import Step
 from strategies.model import LightingAction, StorageAction
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.control import Decision, Held, Option, decide
+from agent.control.controller import Decision, Held, Option, decide
 from strategies.engine import Step
 from strategies.model import HvacAction, LightingAction, StorageAction
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from agent.config import ModbusConfig
+from agent.config.model import ModbusConfig
 from drivers.registry import kinds
 
 

@@ -9,8 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.configload import load_site_config
-from agent.diagnose import (
+from agent.cli.diagnose import (
     Check,
     ClockFacts,
     check_clock,
@@ -20,7 +19,8 @@ from agent.diagnose import (
     render,
     to_json,
 )
-from agent.statefile import liveness
+from agent.config.load import load_site_config
+from agent.runtime.statefile import liveness
 
 REPO = Path(__file__).resolve().parents[2]
 CFG, _ = load_site_config(REPO / "config/demo-site.yaml")
@@ -106,7 +106,7 @@ def test_invalid_config_is_one_failed_check(tmp_path: Path) -> None:
 
 
 async def test_the_installed_example_config_is_valid_and_builds() -> None:
-    from agent.daemon import build_devices
+    from agent.runtime.daemon import build_devices
 
     proc = subprocess.run(  # noqa: ASYNC221 (the async is for pymodbus's serial client below)
         [sys.executable, "-m", "agent.cli", "validate", "-c", "config/site.example.yaml"],

@@ -1,5 +1,5 @@
 """docs/mqtt-api.md and config/schemas/ stay true: every JSON block in the API doc is a valid payload,
-and the payload schemas are what the models generate (`python -m agent.events config/schemas`)."""
+and the payload schemas are what the models generate (`python -m agent.events.model config/schemas`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.config import ContractConfig
-from agent.events import ERROR_CODES, parse_event, payload_models, payload_schemas
+from agent.config.model import ContractConfig
+from agent.events.model import ERROR_CODES, parse_event, payload_models, payload_schemas
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "mqtt-api.md"
@@ -66,9 +66,9 @@ def test_doc_block_is_a_valid_payload(block: tuple[str, str, str, str]) -> None:
 def test_schemas_are_generated_from_the_models() -> None:
     for stem, schema in payload_schemas().items():
         path = SCHEMAS / f"{stem}.schema.json"
-        assert path.exists(), f"{path} missing: run python -m agent.events config/schemas"
+        assert path.exists(), f"{path} missing: run python -m agent.events.model config/schemas"
         assert json.loads(path.read_text()) == schema, (
-            f"{path} is stale: run python -m agent.events config/schemas"
+            f"{path} is stale: run python -m agent.events.model config/schemas"
         )
 
 

@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.config import PriceResponse
-from agent.configload import load_site_config
-from agent.events import EventError, parse_event, parse_price
-from agent.lifecycle import EventLifecycle
+from agent.config.load import load_site_config
+from agent.config.model import PriceResponse
+from agent.events.lifecycle import EventLifecycle
+from agent.events.model import EventError, parse_event, parse_price
 from tests.conftest import DEMO_CONFIG
 
 TZ = ZoneInfo("Asia/Shanghai")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from agent.config import ContractConfig
-from agent.ledger import Ledger, LedgerEntry
+from agent.config.model import ContractConfig
+from agent.events.ledger import Ledger, LedgerEntry
 
 TZ = ZoneInfo("Asia/Shanghai")
 

@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from agent.logs import FailureLog, JsonFormatter, parse_pairs, setup_logging
+from agent.platform.logs import FailureLog, JsonFormatter, parse_pairs, setup_logging
 
 
 def test_pairs_are_parsed_with_quotes_and_spaces() -> None:

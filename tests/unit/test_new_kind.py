@@ -21,10 +21,10 @@ import pytest
 import yaml
 from pydantic import Field
 
-from agent.actuator import Actuator, LimitViolation
-from agent.config import SiteConfig
-from agent.configload import ConfigError, load_site_config
-from agent.store import AsyncStore, Store
+from agent.config.load import ConfigError, load_site_config
+from agent.config.model import SiteConfig
+from agent.control.actuator import Actuator, LimitViolation
+from agent.platform.store import AsyncStore, Store
 from drivers.actions import ActionBase, ControlTraits, NotApplicable
 from drivers.codec import Value
 from drivers.device import Device, DeviceConfigBase

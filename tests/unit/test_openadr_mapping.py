@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent.configload import load_site_config
-from agent.events import DrEvent
-from agent.openadr.config import OpenAdrConfig
+from agent.config.load import load_site_config
+from agent.config.openadr import OpenAdrConfig
+from agent.events.model import DrEvent
 from agent.openadr.mapping import LOWEST_PRIORITY, Refusal, our_id, to_dr_event
 
 REPO = Path(__file__).resolve().parents[2]

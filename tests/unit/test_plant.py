@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.configload import load_site_config
+from agent.config.load import load_site_config
 from drivers.profile import load_profile
 from drivers.sim.bank import RegisterBank
 from drivers.sim.models import EvChargerModel, EvSession, HvacModel, LightingModel, MeterModel, ProcessStep

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agent.plot import assign_lanes, group_actions, plot_event, step_table
+from agent.cli.plot import assign_lanes, group_actions, plot_event, step_table
 
 
 def _t(ts: float) -> datetime:

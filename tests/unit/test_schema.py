@@ -13,8 +13,8 @@ import jsonschema
 import pytest
 import yaml
 
-from agent.config import SiteConfig
-from agent.configload import is_strategy_file, json_schema, load_site_config, load_strategy_file
+from agent.config.load import is_strategy_file, json_schema, load_site_config, load_strategy_file
+from agent.config.model import SiteConfig
 from strategies.model import Strategy
 from tests.helpers import dr_agent
 

@@ -1,4 +1,4 @@
-"""agent.sdnotify against real AF_UNIX datagram sockets (path and abstract)."""
+"""agent.runtime.sdnotify against real AF_UNIX datagram sockets (path and abstract)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sdnotify import Notifier
+from agent.runtime.sdnotify import Notifier
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def fields(sock: socket.socket) -> dict[str, str]:
 def test_no_notify_socket_is_a_silent_no_op(caplog: pytest.LogCaptureFixture) -> None:
     n = Notifier(environ={})
     assert not n.enabled
-    with caplog.at_level(logging.DEBUG, logger="agent.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="agent.runtime.sdnotify"):
         n.ready("up")
         n.watchdog()
         n.reloading()
@@ -114,7 +114,7 @@ def test_abstract_socket(abstract_listener: tuple[socket.socket, str]) -> None:
 
 
 def test_unsupported_address_disables(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="agent.sdnotify"):
+    with caplog.at_level(logging.WARNING, logger="agent.runtime.sdnotify"):
         n = Notifier(environ={"NOTIFY_SOCKET": "vsock:2:1234"})
     assert not n.enabled
     assert "not supported" in caplog.text
@@ -123,7 +123,7 @@ def test_unsupported_address_disables(caplog: pytest.LogCaptureFixture) -> None:
 def test_missing_socket_logs_once_and_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     with tempfile.TemporaryDirectory(prefix="sdn-", dir="/tmp") as tmp:
         n = Notifier(environ={"NOTIFY_SOCKET": str(Path(tmp) / "gone")})
-        with caplog.at_level(logging.DEBUG, logger="agent.sdnotify"):
+        with caplog.at_level(logging.DEBUG, logger="agent.runtime.sdnotify"):
             for _ in range(5):
                 n.watchdog()
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -137,7 +137,7 @@ def test_full_queue_never_blocks_then_recovers(
     sock, path = listener
     n = Notifier(environ={"NOTIFY_SOCKET": path})
     start = time.monotonic()
-    with caplog.at_level(logging.DEBUG, logger="agent.sdnotify"):
+    with caplog.at_level(logging.DEBUG, logger="agent.runtime.sdnotify"):
         # Nobody reads: the receiver's queue fills (net.unix.max_dgram_qlen,
         # 10 by default) and a blocking socket would hang here.
         for _ in range(500):
@@ -154,7 +154,7 @@ def test_full_queue_never_blocks_then_recovers(
         except BlockingIOError:
             break
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="agent.sdnotify"):
+    with caplog.at_level(logging.INFO, logger="agent.runtime.sdnotify"):
         assert n.send({"WATCHDOG": "1"}) is True
     assert "recovered" in caplog.text
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.settlement import energy_kwh, minute_means, settle
+from agent.settlement.formula import energy_kwh, minute_means, settle
 
 
 def test_energy_holds_each_sample_until_the_next() -> None:

@@ -7,10 +7,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.baseline import BaselineResult
-from agent.books import incentive_rate, ledger_entries, money, participation_factor, year_books
-from agent.config import ContractConfig
-from agent.settlement import data_quality, sample_gaps, settle
+from agent.config.model import ContractConfig
+from agent.settlement.baseline import BaselineResult
+from agent.settlement.books import incentive_rate, ledger_entries, money, participation_factor, year_books
+from agent.settlement.formula import data_quality, sample_gaps, settle
 
 TZ = ZoneInfo("Asia/Shanghai")
 

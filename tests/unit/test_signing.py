@@ -9,9 +9,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.config import MessageSecurity
-from agent.events import EventError
-from agent.signing import Verifier, sign
+from agent.config.model import MessageSecurity
+from agent.events.model import EventError
+from agent.events.signing import Verifier, sign
 
 TOPIC = "dr/site-a/in/event"
 NOW = 1_782_871_200.0

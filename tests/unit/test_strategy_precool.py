@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from agent.configload import load_site_config
-from agent.events import DrEvent
-from agent.simulate import simulate_event
+from agent.cli.simulate import simulate_event
+from agent.config.load import load_site_config
+from agent.events.model import DrEvent
 
 SITE = """\
 version: 1

@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from agent.actuator import Actuator, LimitViolation
-from agent.config import SiteConfig
-from agent.configload import load_site_config
-from agent.events import DrEvent
-from agent.simulate import simulate_event
-from agent.store import AsyncStore, Store
+from agent.cli.simulate import simulate_event
+from agent.config.load import load_site_config
+from agent.config.model import SiteConfig
+from agent.control.actuator import Actuator, LimitViolation
+from agent.events.model import DrEvent
+from agent.platform.store import AsyncStore, Store
 from drivers.profile import load_profile
 from drivers.registry import kinds
 from strategies.engine import NotApplicable, build_steps, precool_value, shed_value, within_limits

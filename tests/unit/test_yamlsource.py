@@ -11,7 +11,7 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from agent.yamlsource import (
+from agent.config.yamlsource import (
     ConfigFileError,
     FieldError,
     LoadedYaml,

@@ -1,0 +1,5 @@
+"""`python -m agent.cli` is `dr-agent`."""
+
+from agent.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,359 @@
+"""Writes to devices with a durable revert journal: shed, restore, and recover after a crash.
+
+Every shed write first records the value it replaces (once per device and
+role while shed), then writes and reads back. Restore writes the journalled
+original back and closes the entry. After a crash-restart the open entries
+say exactly what to put back. While the process lives it also keeps the
+originals in memory, so a database that fails mid-event (a full disk) cannot
+keep a device shed: restore then works from memory, and the journal entry is
+closed (or restored again, harmlessly) once the database answers.
+
+Never shed what could not be undone: before the first write of a shed, the
+device's current value is read fresh and must be plausible and writable back
+(`Device.snapshot`), else the shed is refused with the reason. The journal
+keeps the exact registers it replaced (the role's point and its enable
+flags), and a restore writes those back verbatim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from agent.platform.store import AsyncStore, JournalEntry
+from drivers.device import Device, RawRegisters, Snapshot, WriteError
+from strategies.engine import within_limits
+
+log = logging.getLogger("dr_agent.actuator")
+
+
+class LimitViolation(Exception):
+    """A write would breach a device's configured comfort/safety limit: never sent."""
+
+
+@dataclass(frozen=True)
+class Shed:
+    """One shed write of `Actuator.shed_many`: `value` to `role` of `device`, for `event_id`'s `step`."""
+
+    device: str
+    role: str
+    value: float | bool
+    event_id: str | None
+    step: str
+
+
+def fail_safe_of(dev: Device) -> str:
+    """What a device does on its own when the agent cannot put it back (its config and profile):
+    a charger's failsafe current, a battery's setpoint revert timer, a watchdog register."""
+    parts = [f"{role}={value:g}" for role, value in dev.setup_writes() if dev.point_for(role) is not None]
+    w = dev.profile.watchdog
+    if w is not None:
+        parts.append(f"watchdog {w.point} (falls back when no longer fed)")
+    return ", ".join(parts) if parts else "none: it keeps the shed value until restored by hand"
+
+
+class Actuator:
+    def __init__(self, devices: Mapping[str, Device], store: AsyncStore) -> None:
+        self.devices = devices
+        self.store = store
+        self.writes = 0
+        self.limit_refusals = 0
+        #: (device, role) -> the original journalled for it, mirrored for when the database fails.
+        self._originals: dict[tuple[str, str], float | None] = {}
+        self._raw_originals: dict[tuple[str, str], RawRegisters] = {}
+        #: (device, role) -> event id of a restore that failed (device unreachable): retried when it answers.
+        self.failed_restores: dict[tuple[str, str], str | None] = {}
+
+    async def original(self, device: str, role: str) -> float | None:
+        """The pre-event value: the open journal entry's original if shed, else the latest reading."""
+        entries = await self.store.journal_open(device, role)
+        if entries:
+            return entries[0].original
+        return self.devices[device].reading(role)
+
+    async def originals(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> tuple[list[float | None], dict[tuple[str, str], JournalEntry]]:
+        """`original` for several (device, role) at once, in one read of the journal; and the
+        open entries it read (by device and role), for `shed_many` to reuse."""
+        open_by_key: dict[tuple[str, str], JournalEntry] = {}
+        for e in await self.store.journal_open():
+            open_by_key.setdefault((e.device, e.role), e)
+        out = [
+            open_by_key[k].original if k in open_by_key else self.devices[k[0]].reading(k[1]) for k in keys
+        ]
+        return out, open_by_key
+
+    async def shed(
+        self, device: str, role: str, value: float | bool, event_id: str | None, step: str
+    ) -> float:
+        """Journal the original, then write `value` and read it back. Returns the read-back value."""
+        dev = self.devices[device]
+        problem = within_limits(dev, role, value)
+        if problem:
+            self.limit_refusals += 1
+            raise LimitViolation(f"device {device}: {problem}")
+        entries = await self.store.journal_open(device, role)
+        if not entries:
+            # Never shed what could not be put back: read it fresh, check it, keep its exact registers.
+            snap = await dev.snapshot(role)
+            original = snap.value
+            await self.store.journal_record(
+                device, role, original, float(value), event_id, step, json.dumps(snap.raw)
+            )
+            self._raw_originals.setdefault((device, role), snap.raw)
+        else:
+            original = entries[0].original
+            await self.store.journal_record(device, role, original, float(value), event_id, step)
+        self._originals.setdefault((device, role), original)
+        try:
+            back = await dev.write_role(role, value)
+        except WriteError:
+            if not entries:
+                # The write may have reached the device (its answer lost with the connection):
+                # put the original back now, or as soon as the device answers (failed_restores).
+                await self.restore(device, role, "shed write failed: undone", event_id)
+            raise
+        self.writes += 1
+        log.info("event_id=%s device=%s step=%s action=shed %s=%s", event_id, device, step, role, value)
+        return back
+
+    async def shed_many(
+        self, sheds: Sequence[Shed], open_entries: Mapping[tuple[str, str], JournalEntry] | None = None
+    ) -> list[float | BaseException]:
+        """Several sheds at once (a stage entering): each device's original read fresh in
+        parallel, every original journalled in one transaction, then every write in parallel.
+
+        The journal still holds each original before its write goes out; nothing but that one
+        transaction sits between the reads and the writes. Two sheds of one (device, role) go
+        one after the other. `open_entries` is the open journal as `originals` just read it (one
+        database trip fewer), else it is read here. Returns, per shed, the read-back value or
+        the exception that refused it (LimitViolation, WriteError), like `shed` raises.
+        """
+        keys = [(s.device, s.role) for s in sheds]
+        if len(set(keys)) != len(keys):
+            out: list[float | BaseException] = []
+            for s in sheds:
+                try:
+                    out.append(await self.shed(s.device, s.role, s.value, s.event_id, s.step))
+                except (LimitViolation, WriteError) as exc:
+                    out.append(exc)
+            return out
+        results: list[float | BaseException | None] = [None] * len(sheds)
+        for i, s in enumerate(sheds):
+            problem = within_limits(self.devices[s.device], s.role, s.value)
+            if problem:
+                self.limit_refusals += 1
+                results[i] = LimitViolation(f"device {s.device}: {problem}")
+        todo = [i for i, r in enumerate(results) if r is None]
+        if open_entries is None:
+            open_entries = (await self.originals([]))[1]
+        open_by_key = open_entries
+
+        async def snap(i: int) -> Snapshot | None:
+            s = sheds[i]
+            if (s.device, s.role) in open_by_key:
+                return None
+            return await self.devices[s.device].snapshot(s.role)
+
+        snaps = await asyncio.gather(*(snap(i) for i in todo), return_exceptions=True)
+        rows: list[tuple[str, str, float | None, float, str | None, str | None, str | None]] = []
+        firsts: set[int] = set()
+        go: list[int] = []
+        for i, sn in zip(todo, snaps, strict=True):
+            s = sheds[i]
+            if isinstance(sn, BaseException):
+                if not isinstance(sn, WriteError):
+                    raise sn
+                results[i] = sn
+                continue
+            key = (s.device, s.role)
+            if sn is None:
+                original = open_by_key[key].original
+                rows.append((s.device, s.role, original, float(s.value), s.event_id, s.step, None))
+            else:
+                original = sn.value
+                rows.append(
+                    (s.device, s.role, original, float(s.value), s.event_id, s.step, json.dumps(sn.raw))
+                )
+                self._raw_originals.setdefault(key, sn.raw)
+                firsts.add(i)
+            self._originals.setdefault(key, original)
+            go.append(i)
+        if rows:
+            await self.store.journal_record_many(rows)
+
+        async def write(i: int) -> float:
+            s = sheds[i]
+            try:
+                back = await self.devices[s.device].write_role(s.role, s.value)
+            except WriteError:
+                if i in firsts:
+                    await self.restore(s.device, s.role, "shed write failed: undone", s.event_id)
+                raise
+            self.writes += 1
+            log.info(
+                "event_id=%s device=%s step=%s action=shed %s=%s",
+                s.event_id,
+                s.device,
+                s.step,
+                s.role,
+                s.value,
+            )
+            return back
+
+        backs = await asyncio.gather(*(write(i) for i in go), return_exceptions=True)
+        for i, b in zip(go, backs, strict=True):
+            if isinstance(b, BaseException) and not isinstance(b, WriteError):
+                raise b
+            results[i] = b
+        return [r if r is not None else WriteError("not attempted") for r in results]
+
+    async def restore(self, device: str, role: str, reason: str, event_id: str | None = None) -> bool:
+        """Write back the journalled original. Returns True if the device took it (or nothing was open)."""
+        key = (device, role)
+        try:
+            entries = await self.store.journal_open(device, role)
+        except sqlite3.Error as exc:
+            if key not in self._originals:
+                raise
+            log.error("device=%s event=journal_unreadable restoring_from=memory error=%r", device, str(exc))
+            return await self._restore_from_memory(device, role, reason, event_id)
+        if not entries:
+            self._originals.pop(key, None)
+            return True
+        original = entries[0].original
+        dev = self.devices.get(device)
+        if dev is None:
+            await self.store.journal_restored(device, role, f"device no longer configured ({reason})")
+            await self.store.audit(f"restore {role}: device no longer configured", event_id, device)
+            return True
+        if original is None:
+            await self.store.journal_restored(device, role, f"no original recorded ({reason})")
+            return True
+        try:
+            await self._put_back(dev, role, original, entries[0].original_raw)
+        except WriteError as exc:
+            log.error("event_id=%s device=%s action=restore_failed error=%r", event_id, device, str(exc))
+            self.failed_restores[key] = event_id
+            await self.store.audit(f"restore {role}={original} failed: {exc}", event_id, device)
+            return False
+        self.writes += 1
+        self.failed_restores.pop(key, None)
+        self._originals.pop(key, None)
+        self._raw_originals.pop(key, None)
+        try:
+            await self.store.journal_restored(device, role, reason)
+            await self.store.audit(f"restored {role}={original} ({reason})", event_id, device)
+        except sqlite3.Error as exc:
+            # The device is back; an entry left open is only restored again (to the same value) later.
+            log.error("device=%s event=journal_not_closed error=%r", device, str(exc))
+        log.info(
+            "event_id=%s device=%s action=restore %s=%s reason=%s", event_id, device, role, original, reason
+        )
+        return True
+
+    @staticmethod
+    async def _put_back(dev: Device, role: str, original: float, original_raw: str | None) -> None:
+        """The exact registers the shed replaced; rows journalled before they were kept get the value."""
+        if original_raw:
+            raw: RawRegisters = json.loads(original_raw)
+            await dev.write_raw(raw)
+        else:
+            await dev.write_role(role, bool(original) if role == "switch" else original)
+
+    async def _restore_from_memory(self, device: str, role: str, reason: str, event_id: str | None) -> bool:
+        original = self._originals.get((device, role))
+        dev = self.devices.get(device)
+        if dev is None or original is None:
+            return False
+        raw = self._raw_originals.get((device, role))
+        try:
+            await self._put_back(dev, role, original, None if raw is None else json.dumps(raw))
+        except WriteError as exc:
+            log.error("event_id=%s device=%s action=restore_failed error=%r", event_id, device, str(exc))
+            self.failed_restores[(device, role)] = event_id
+            return False
+        self.writes += 1
+        self.failed_restores.pop((device, role), None)
+        self._originals.pop((device, role), None)
+        self._raw_originals.pop((device, role), None)
+        log.warning(
+            "event_id=%s device=%s action=restore %s=%s reason=%s journal=left_open (database failing;"
+            " it is closed or harmlessly restored again later)",
+            event_id,
+            device,
+            role,
+            original,
+            reason,
+        )
+        try:
+            await self.store.journal_restored(device, role, f"{reason} (restored from memory)")
+        except sqlite3.Error:
+            pass
+        return True
+
+    async def retry_failed_restores(self, held: set[tuple[str, str]]) -> list[str]:
+        """Restore again what failed to restore (unreachable at the event's end, a shed write in
+        doubt) once the device answers: a healed endpoint must not leave a device shed until the
+        next restart. A (device, role) a live event's step `held` again is that event's to
+        restore. Returns the device.role names restored."""
+        done = []
+        for (device, role), event_id in list(self.failed_restores.items()):
+            dev = self.devices.get(device)
+            if (device, role) in held:
+                self.failed_restores.pop((device, role), None)
+                continue
+            if dev is None or not dev.health.available:
+                continue  # the poll loop finds out when it answers again; no write into a timeout
+            if await self.restore(device, role, "restore retried: the device answers again", event_id):
+                log.warning("event_id=%s device=%s event=restore_recovered role=%s", event_id, device, role)
+                done.append(f"{device}.{role}")
+        return done
+
+    async def restore_all(self, reason: str) -> list[str]:
+        """Restore every open journal entry (shutdown, crash recovery). Returns what could not be restored.
+
+        Each device left shed is logged and audited with its own fail-safe (fail_safe_of), so the
+        operator knows what it will do by itself and what needs a hand.
+        """
+        failed: list[tuple[str, str, str | None]] = []
+        try:
+            entries = await self.store.journal_open()
+        except sqlite3.Error as exc:
+            log.error(
+                "event=journal_unreadable restoring_from=memory n=%d error=%r", len(self._originals), str(exc)
+            )
+            for device, role in list(self._originals):
+                if not await self._restore_from_memory(device, role, reason, None):
+                    failed.append((device, role, None))
+        else:
+            seen: set[tuple[str, str]] = set()
+            for e in reversed(entries):
+                key = (e.device, e.role)
+                if key in seen:
+                    continue
+                seen.add(key)
+                if not await self.restore(e.device, e.role, reason, e.event_id):
+                    failed.append((e.device, e.role, e.event_id))
+        for device, role, event_id in failed:
+            dev = self.devices.get(device)
+            fail_safe = fail_safe_of(dev) if dev is not None else "unknown (device not configured)"
+            log.critical(
+                "event_id=%s device=%s event=left_shed role=%s reason=%r fail_safe=%r",
+                event_id,
+                device,
+                role,
+                reason,
+                fail_safe,
+            )
+            with contextlib.suppress(sqlite3.Error):
+                await self.store.audit(
+                    f"left shed {role} ({reason}); its own fail-safe: {fail_safe}", event_id, device
+                )
+        return [f"{device}.{role}" for device, role, _ in failed]

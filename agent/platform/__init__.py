@@ -1,0 +1,1 @@
+"""What the process stands on: SQLite storage, the injected clock, logging, failpoints."""

@@ -1,0 +1,1 @@
+"""The process: the daemon (composition root), supervision, MQTT link, metrics, state file, reload."""

@@ -1,0 +1,1 @@
+"""Money: baselines, metering history, the settlement formula and the books."""
