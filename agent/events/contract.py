@@ -17,8 +17,8 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from agent.config.model import ContractConfig
-from agent.events.ledger import Ledger, LedgerEntry
 from agent.events.model import DrEvent, Target
+from agent.settlement.ledger import Ledger, LedgerEntry
 
 EPS = 1e-6
 

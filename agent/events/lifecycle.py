@@ -26,7 +26,6 @@ from agent.control.controller import ActiveStep, EventControl, aim_kw
 from agent.events.contract import Decision as OptDecision
 from agent.events.contract import commit_kw
 from agent.events.contract import decide as decide_opt
-from agent.events.ledger import Ledger, LedgerEntry
 from agent.events.model import (
     FINAL_STATES,
     MAX_AHEAD_S,
@@ -50,6 +49,7 @@ from agent.openadr.mapping import PREFIX as OPENADR_PREFIX
 from agent.settlement.baseline import Period, realtime_baseline
 from agent.settlement.books import EventRun, published, settle_event, year_to_date
 from agent.settlement.history import control_periods
+from agent.settlement.ledger import Ledger, LedgerEntry
 from strategies.engine import build_steps
 
 if TYPE_CHECKING:

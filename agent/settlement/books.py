@@ -7,7 +7,7 @@ history from the store (on the store's thread), runs every baseline method
 control started on), settles on the contract's official one, lists the
 others beside it and adds the control figures. The lifecycle only stores
 and publishes the record. `year_books` adds
-what the ledger (`agent/events/ledger.py`: events, hours, days, participation)
+what the ledger (`agent/settlement/ledger.py`: events, hours, days, participation)
 does not know: verified kW and the estimated incentive, year to date, with
 the participation rule applied (Jiangsu: fewer than 10 responses pays pro
 rata, fewer than 5 is a default).
@@ -25,7 +25,6 @@ from zoneinfo import ZoneInfo
 
 from agent.config.calendar import Calendar
 from agent.config.model import ContractConfig, SiteConfig
-from agent.events.ledger import Ledger, LedgerEntry
 from agent.events.model import DrEvent, Settlement, State
 from agent.platform.store import AsyncStore, Store
 from agent.settlement.baseline import (
@@ -39,6 +38,7 @@ from agent.settlement.baseline import (
 )
 from agent.settlement.formula import settle
 from agent.settlement.history import LOOKBACK_DAYS, TEMPERATURE_KEY, control_periods, load_series
+from agent.settlement.ledger import Ledger, LedgerEntry
 
 if TYPE_CHECKING:
     from agent.control.controller import EventControl

@@ -10,8 +10,8 @@ import pytest
 
 from agent.config.model import ContractConfig
 from agent.events.contract import decide
-from agent.events.ledger import Ledger, LedgerEntry
 from agent.events.model import DrEvent
+from agent.settlement.ledger import Ledger, LedgerEntry
 
 TZ = ZoneInfo("Asia/Shanghai")
 DAY = date(2026, 7, 1)

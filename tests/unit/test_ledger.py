@@ -6,7 +6,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from agent.config.model import ContractConfig
-from agent.events.ledger import Ledger, LedgerEntry
+from agent.settlement.ledger import Ledger, LedgerEntry
 
 TZ = ZoneInfo("Asia/Shanghai")
 
