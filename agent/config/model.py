@@ -25,6 +25,18 @@ from drivers.device import DeviceConfigBase
 from drivers.registry import kinds, on_change
 from strategies.model import Program, Strategy, StrategySelection
 
+#: The baseline methods a programme can settle on. Configuration owns the names;
+#: `agent.settlement.baseline.METHODS` implements each (a unit test holds the two equal).
+BASELINE_METHODS: tuple[str, ...] = (
+    "jiangsu_5day",
+    "realtime_15min",
+    "beijing_5of10",
+    "caiso_10in10",
+    "pjm_high4of5",
+    "linear_trend",
+    "regression",
+)
+
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$")
 
 
@@ -416,12 +428,11 @@ class ContractConfig(_Model):
     @field_validator("official_baseline")
     @classmethod
     def _official(cls, v: str) -> str:
-        from agent.settlement.baseline import METHODS
-
-        if v not in METHODS:
-            hint = did_you_mean(v, METHODS)
+        if v not in BASELINE_METHODS:
+            hint = did_you_mean(v, BASELINE_METHODS)
             raise ValueError(
-                f"unknown baseline method {v!r}; {hint + ' ' if hint else ''}known: {', '.join(sorted(METHODS))}"
+                f"unknown baseline method {v!r}; {hint + ' ' if hint else ''}"
+                f"known: {', '.join(sorted(BASELINE_METHODS))}"
             )
         return v
 

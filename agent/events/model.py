@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from agent.settlement.model import Settlement
 from strategies.model import Program
 
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -540,21 +541,6 @@ class LiveReport(LiveState):
     """{root}/out/report: live progress during an event, every control.report_interval_s."""
 
     seq: int = Field(description="Increases by one per report, across restarts; dedupe on it.")
-
-
-class Settlement(BaseModel):
-    """{root}/out/settlement/<event_id> (retained): the verified result of an event."""
-
-    model_config = ConfigDict(extra="allow")
-
-    event_id: str = Field(description="The event.")
-    start: float = Field(description="Window start, epoch s.")
-    end: float = Field(description="Window end (the cancellation time if cancelled), epoch s.")
-    baseline_kw: float = Field(description="Baseline, kW.")
-    measured_kw: float = Field(description="Mean metered load in the window, kW.")
-    verified_reduction_kw: float = Field(description="(baseline energy - metered energy) / duration, kW.")
-    committed_kw: float | None = Field(description="kW committed.")
-    in_band: bool = Field(description="Verified reduction within the contract band.")
 
 
 class PriceReading(BaseModel):

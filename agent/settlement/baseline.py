@@ -1309,6 +1309,8 @@ def regression(
 
 Method = Callable[..., BaselineResult]
 
+#: One function per method name of `agent.config.model.BASELINE_METHODS` (configuration owns the
+#: names and validates `official_baseline` against them; a unit test holds the two equal).
 METHODS: dict[str, Method] = {
     "jiangsu_5day": jiangsu_5day,
     "realtime_15min": realtime_15min,

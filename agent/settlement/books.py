@@ -20,12 +20,11 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from agent.config.calendar import Calendar
 from agent.config.model import ContractConfig, SiteConfig
-from agent.events.model import DrEvent, Settlement, State
 from agent.platform.store import AsyncStore, Store
 from agent.settlement.baseline import (
     REALTIME_MAX_HOLD_S,
@@ -39,14 +38,15 @@ from agent.settlement.baseline import (
 from agent.settlement.formula import settle
 from agent.settlement.history import LOOKBACK_DAYS, TEMPERATURE_KEY, control_periods, load_series
 from agent.settlement.ledger import Ledger, LedgerEntry
+from agent.settlement.model import Settlement
 
 if TYPE_CHECKING:
     from agent.control.controller import EventControl
 
 log = logging.getLogger("dr_agent")
 
-#: Event states whose day is not a normal day any more (never a look-back day of a baseline).
-RAN_STATES = {State.ACTIVE, State.COMPLETED}
+#: Stored event states whose day is not a normal day any more (never a look-back day of a baseline).
+RAN_STATES = frozenset({"active", "completed"})
 #: The real-time baselines of control and settlement differ by more than this: the settlement says so.
 AGREE_KW = 0.0005
 
@@ -194,11 +194,28 @@ def _received_ts(store: Store, event_id: str, start_ts: float) -> float | None:
     return ts if start_ts - 30 * 86400 <= ts <= start_ts else None
 
 
+class SettledEvent(Protocol):
+    """What the books read of an event (a `DrEvent` is one): settlement does not import events."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def program(self) -> str: ...
+    @property
+    def test_event(self) -> bool: ...
+    @property
+    def start_ts(self) -> float: ...
+    @property
+    def end_ts(self) -> float: ...
+    @property
+    def recovery_s(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class EventRun:
     """What the settlement needs to know of one event and how it ran (the lifecycle fills it in)."""
 
-    event: DrEvent
+    event: SettledEvent
     state: str
     committed_kw: float | None
     #: The control state, when control ran in this process (metrics, actuations, skipped steps).
@@ -317,7 +334,7 @@ async def settle_event(
     return body
 
 
-def _recovery_s(ev: DrEvent, c: EventControl) -> float:
+def _recovery_s(ev: SettledEvent, c: EventControl) -> float:
     """The recovery window after the end: the event's own, else the strategy's rebound window."""
     return ev.recovery_s if ev.recovery_s > 0 else c.restore_policy.rebound_window_s
 

@@ -33,6 +33,7 @@ import logging
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from agent.config.model import StorageConfig
@@ -107,6 +108,23 @@ def series_gaps(series: LoadSeries, t0: float | None = None, t1: float | None = 
     return out
 
 
+def _stored_span(payload: Any) -> tuple[float, float, str] | None:
+    """(end, recovery_s, program) of a stored event payload (validated when it arrived), or None
+    if it cannot be read: the fields and defaults of `agent.events.model.DrEvent`."""
+    try:
+        start = datetime.fromisoformat(str(payload["start"]).upper())
+        if start.utcoffset() is None:
+            return None
+        duration = float(payload["duration_s"])
+        recovery = float(payload.get("recovery_s", 0.0))
+        program = str(payload.get("program", "contracted"))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not (math.isfinite(duration) and duration > 0 and math.isfinite(recovery) and recovery >= 0):
+        return None
+    return start.timestamp() + duration, recovery, program
+
+
 def control_periods(
     rows: Iterable[dict[str, Any]],
     before: float,
@@ -120,22 +138,20 @@ def control_periods(
     its early stop, plus its recovery window: the event's own, else `recovery_s(program)`, the
     strategy's rebound window. Only periods starting before `before`; opted-out events never ran.
     """
-    from agent.events.model import DrEvent
-
     out: list[Period] = []
     for row in rows:
         rt = row.get("runtime") or {}
         if row["event_id"] == exclude_event or row.get("opt") != "in" or rt.get("control_start") is None:
             continue
-        try:
-            ev = DrEvent.model_validate(row["payload"])
-        except Exception:  # a row this version cannot read ran no control we know of
+        span = _stored_span(row["payload"])
+        if span is None:  # a row this version cannot read ran no control we know of
             continue
+        ev_end, ev_recovery, program = span
         start = float(rt["control_start"])
         if start >= before:
             continue
-        end = ev.end_ts if rt.get("ended_ts") is None else min(ev.end_ts, float(rt["ended_ts"]))
-        rec = ev.recovery_s if ev.recovery_s > 0 else recovery_s(ev.program)
+        end = ev_end if rt.get("ended_ts") is None else min(ev_end, float(rt["ended_ts"]))
+        rec = ev_recovery if ev_recovery > 0 else recovery_s(program)
         out.append((start, end + rec))
     return out
 

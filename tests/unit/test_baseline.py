@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from agent.config.calendar import Calendar
+from agent.config.model import BASELINE_METHODS
 from agent.settlement.baseline import (
     METHODS,
     EventWindow,
@@ -342,6 +343,12 @@ def test_window_off_the_grid_is_unavailable() -> None:
         r = fn(MARCH, ev, CAL)
         assert not r.available, name
         assert "grid" in (r.reason or "")
+
+
+def test_every_configurable_method_is_implemented_and_no_other() -> None:
+    # Configuration validates official_baseline against its own names; settlement runs METHODS.
+    assert set(METHODS) == set(BASELINE_METHODS)
+    assert len(BASELINE_METHODS) == len(set(BASELINE_METHODS))
 
 
 # -- compute_all ---------------------------------------------------------------

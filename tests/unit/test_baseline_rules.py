@@ -318,3 +318,8 @@ def test_control_periods_from_stored_events() -> None:
     ]
     got = control_periods(rows, t10 + 3600, "me", lambda program: 600.0)
     assert got == [(t10, t10 + 3600 + 600), (t10, t10 + 1800 + 900)]
+    # A payload this version cannot read (no offset, no duration) ran no control we know of.
+    bad = [row("e", t10, 1), row("f", t10, 1)]
+    bad[0]["payload"] = {**bad[0]["payload"], "start": "2024-06-12T10:00:00"}  # type: ignore[dict-item]
+    bad[1]["payload"] = {"event_id": "f", "start": "2024-06-12T10:00:00+01:00"}
+    assert control_periods(bad, t10 + 3600, "me", lambda program: 600.0) == []
