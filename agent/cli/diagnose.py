@@ -884,7 +884,7 @@ async def diagnose(cfg: SiteConfig, opts: Options, warnings: list[str] | None = 
     mqtt_checks, mqtt_status = await _guard("mqtt", check_mqtt(cfg, opts.timeout_s))
     checks += mqtt_checks
     if cfg.openadr is not None and "openadr" in cfg.event_sources:
-        from agent.openadr.diagnose import check_openadr  # the VTN: reachable, TLS, registered, last poll
+        from agent.cli.diagnose_openadr import check_openadr  # the VTN: reachable, TLS, registered, last poll
 
         checks += (await _guard("openadr", _pair(check_openadr(cfg, opts.timeout_s))))[0]
     store = None

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.openadr.diagnose import check_openadr
+from agent.cli.diagnose_openadr import check_openadr
 from agent.openadr.ven import fingerprint_of_der
 from agent.platform.clock import ScaledClock
 from agent.runtime.daemon import Agent
