@@ -24,7 +24,7 @@ import shutil
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -32,9 +32,7 @@ from prometheus_client.registry import Collector
 
 from agent import __version__
 from agent.platform import failpoints
-
-if TYPE_CHECKING:
-    from agent.runtime.daemon import Agent
+from agent.runtime.ports import AgentView
 
 KW = 1000.0
 
@@ -55,8 +53,14 @@ def _c(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=float(value))
 
 
+class MetricsHost(AgentView, Protocol):
+    """The agent as the metrics server sees it: read at scrape time, told the port it bound."""
+
+    metrics_port: int | None
+
+
 class AgentCollector(Collector):
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentView) -> None:
         self.agent = agent
 
     def collect(self) -> Iterator[Metric]:
@@ -87,7 +91,7 @@ class AgentCollector(Collector):
             "Writes refused before sending because they would breach a device limit",
             a.actuator.limit_refusals,
         )
-        st: dict[str, Any] = a.config_status
+        st = a.config_status
         reloads = CounterMetricFamily(
             "dr_agent_config_reloads_total", "Configuration reloads (SIGHUP), by result", labels=["result"]
         )
@@ -278,8 +282,7 @@ class AgentCollector(Collector):
         )
 
     def _components(self) -> Iterator[Metric]:
-        sup = getattr(self.agent, "supervisor", None)
-        health = dict(sup.health) if sup is not None else {}
+        health = dict(self.agent.supervisor.health)
         restarts = CounterMetricFamily(
             "dr_agent_component_restarts_total",
             "Restarts of a supervised component after it failed",
@@ -303,7 +306,7 @@ class MetricsServer:
 
     CHECK_S = 5.0
 
-    def __init__(self, agent: Agent, host: str, port: int) -> None:
+    def __init__(self, agent: MetricsHost, host: str, port: int) -> None:
         self.agent = agent
         self.host = host
         self.port = port
@@ -338,7 +341,7 @@ class MetricsServer:
             await asyncio.to_thread(self.stop)
 
 
-def serve_metrics(agent: Agent, host: str, port: int) -> tuple[CollectorRegistry, int]:
+def serve_metrics(agent: AgentView, host: str, port: int) -> tuple[CollectorRegistry, int]:
     """Start the /metrics HTTP server (a daemon thread). Returns the registry and the bound port."""
     registry = CollectorRegistry()
     registry.register(AgentCollector(agent))

@@ -2,8 +2,8 @@
 
 `Reloader.request()` re-reads the config file plus conf.d/*.yaml, validates it
 exactly as `dr-agent validate` does, and either rejects it (logged with every
-error; the running config stays) or hands it to `Agent.reload`, which calls
-`apply_config` between two control cycles:
+error; the running config stays) or hands it to the agent's `reload`, which calls
+`apply_config` between two control cycles (both see the agent as a `Reloadable`):
 
 - contract, control tuning and strategies are swapped at once; a running
   event keeps its band, baseline and steps (new terms apply to later events);
@@ -21,17 +21,25 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from agent.config.load import ConfigError, load_site_config
 from agent.config.model import SiteConfig
 from agent.config.yamlsource import expand_config_paths
+from agent.events.model import FINAL_STATES
+from agent.runtime.devices import build_devices
 
 if TYPE_CHECKING:
-    from agent.runtime.daemon import Agent
+    from agent.control.controller import Controller, LoadFilter
+    from agent.events.lifecycle import EventRecord
+    from agent.platform.clock import Clock
+    from agent.platform.store import AsyncStore
+    from agent.runtime.mqtt import MqttLink
+    from agent.runtime.sdnotify import Notifier
     from drivers.device import Device
 
 log = logging.getLogger("dr_agent.reload")
@@ -52,6 +60,42 @@ class ReloadResult:
     restart_required: list[str] = field(default_factory=list)
 
 
+class Reloadable(Protocol):
+    """What a reload reads of the running agent and swaps in it: the configuration, the devices
+    and their transports (dicts shared with the actuator and controller, changed in place), the
+    controller's and the filter's tuning; and the agent's own `reload`, which applies between
+    two control cycles."""
+
+    cfg: SiteConfig
+    tz: ZoneInfo
+    meter: Device
+
+    @property
+    def clock(self) -> Clock: ...
+    @property
+    def store(self) -> AsyncStore: ...
+    @property
+    def devices(self) -> dict[str, Device]: ...
+    @property
+    def transports(self) -> dict[str, Any]: ...
+    @property
+    def events(self) -> Mapping[str, EventRecord]: ...
+    @property
+    def controller(self) -> Controller: ...
+    @property
+    def filter(self) -> LoadFilter: ...
+    @property
+    def config_status(self) -> dict[str, Any]: ...
+    @property
+    def notifier(self) -> Notifier: ...
+    @property
+    def mqtt(self) -> MqttLink | None: ...
+
+    async def reload(self, new: SiteConfig) -> ReloadResult:
+        """Apply `new` between two control cycles (calls `apply_config`)."""
+        ...
+
+
 def config_digest(path: str | Path) -> str:
     """sha256 over the main file and its conf.d fragments, in merge order (shown by status and diagnose)."""
     h = hashlib.sha256()
@@ -64,10 +108,8 @@ def config_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def in_use(agent: Agent, open_journal_devices: set[str]) -> set[str]:
+def in_use(agent: Reloadable, open_journal_devices: set[str]) -> set[str]:
     """Devices a reload must not replace now: in a running event's steps, or shed per the journal."""
-    from agent.events.lifecycle import FINAL_STATES
-
     names = set(open_journal_devices)
     for rec in agent.events.values():
         c = rec.control
@@ -82,10 +124,8 @@ def _endpoint(cfg: SiteConfig, name: str) -> Any:
     return next((e for e in cfg.modbus.endpoints if e.name == name), None)
 
 
-async def apply_config(agent: Agent, new: SiteConfig) -> ReloadResult:
-    """Swap `new` into a running agent; call between control cycles (Agent.reload holds the lock)."""
-    from agent.runtime.daemon import build_devices
-
+async def apply_config(agent: Reloadable, new: SiteConfig) -> ReloadResult:
+    """Swap `new` into a running agent; call between control cycles (the agent's reload holds the lock)."""
     old = agent.cfg
     res = ReloadResult(ok=True, ts=time.time())
     for section in RESTART_ONLY:
@@ -175,7 +215,7 @@ async def apply_config(agent: Agent, new: SiteConfig) -> ReloadResult:
 class Reloader:
     """Owns the config path of a running agent and turns SIGHUP into a validated reload."""
 
-    def __init__(self, agent: Agent, path: str | Path) -> None:
+    def __init__(self, agent: Reloadable, path: str | Path) -> None:
         self.agent = agent
         self.path = Path(path)
         self._task: asyncio.Task[ReloadResult] | None = None

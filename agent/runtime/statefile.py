@@ -19,14 +19,16 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__
+from agent.events.model import FINAL_STATES
 from agent.platform import failpoints
+from agent.runtime.ports import AgentView
 
 if TYPE_CHECKING:
     from agent.config.model import SiteConfig
-    from agent.runtime.daemon import Agent
+    from agent.runtime.sdnotify import Notifier
 
 log = logging.getLogger("dr_agent.state")
 
@@ -34,6 +36,13 @@ SCHEMA_VERSION = 1
 WRITE_INTERVAL_S = 2.0
 #: A running daemon's file older than this is stale: the daemon is wedged or gone.
 STALE_AFTER_S = 15.0
+
+
+class StateSource(AgentView, Protocol):
+    """The agent as the state file reads it, and the systemd notifier its status line goes to."""
+
+    @property
+    def notifier(self) -> Notifier: ...
 
 
 def state_path(cfg: SiteConfig) -> Path:
@@ -106,10 +115,8 @@ def _duration(s: float) -> str:
     return f"{s / 86400:.1f} d"
 
 
-async def snapshot(agent: Agent, state: str | None = None) -> dict[str, Any]:
+async def snapshot(agent: AgentView, state: str | None = None) -> dict[str, Any]:
     """The document: process, config, MQTT, the running event, every device, the events in flight."""
-    from agent.events.lifecycle import FINAL_STATES
-
     journal = await agent.store.journal_open()
     shed_by: dict[str, list[dict[str, Any]]] = {}
     for e in journal:
@@ -165,7 +172,7 @@ async def snapshot(agent: Agent, state: str | None = None) -> dict[str, Any]:
         "started_at": agent.started_at,
         "updated_at": time.time(),
         "clock_now": agent.clock.now(),
-        "config": dict(getattr(agent, "config_status", None) or {}),
+        "config": dict(agent.config_status),
         "mqtt": {
             "broker": f"{agent.cfg.mqtt.host}:{agent.cfg.mqtt.port}",
             "topic_root": agent.cfg.topic_root,
@@ -181,7 +188,7 @@ async def snapshot(agent: Agent, state: str | None = None) -> dict[str, Any]:
         "live": agent.live_state(),
         "components": {
             name: {"restarts": h.restarts, "failing": h.failing, "last_error": h.last_error}
-            for name, h in sorted(getattr(getattr(agent, "supervisor", None), "health", {}).items())
+            for name, h in sorted(agent.supervisor.health.items())
         },
         "events": events,
         "devices": devices,
@@ -205,7 +212,7 @@ def status_line(doc: dict[str, Any]) -> str:
     return f"idle; {health}; {mqtt}"
 
 
-async def run_writer(agent: Agent, interval_s: float = WRITE_INTERVAL_S) -> None:
+async def run_writer(agent: StateSource, interval_s: float = WRITE_INTERVAL_S) -> None:
     """Write the state file every `interval_s` (wall time); mirror a status line to systemd."""
     from agent.platform.logs import FailureLog
 
@@ -228,7 +235,7 @@ async def run_writer(agent: Agent, interval_s: float = WRITE_INTERVAL_S) -> None
         await asyncio.sleep(interval_s)
 
 
-async def write_final(agent: Agent) -> None:
+async def write_final(agent: AgentView) -> None:
     """The last write, on a clean stop: `dr-agent status` then says `stopped`, not `crashed`."""
     try:
         doc = await snapshot(agent, state="stopped")
