@@ -771,15 +771,27 @@ class Controller:
             urgent=ev.retargeting,
         )
         ev.last_decision = "; ".join(d.reason for d in decisions[:3])
-        adds = [d for d in decisions if d.action == "add" and d.step is not None]
+        # A stage's adds go out together; the next stage's after them, so a later stage never
+        # queues on a shared endpoint ahead of an earlier one's writes.
+        stages: list[list[Decision]] = []
+        for d in decisions:
+            if d.action == "add" and d.step is not None:
+                if stages and stages[-1][0].step is not None and stages[-1][0].step.stage == d.step.stage:
+                    stages[-1].append(d)
+                else:
+                    stages.append([d])
+        firsts = {id(group[0]): group for group in stages}
         for d in decisions:
             if d.step is None:
                 continue
             if d.action == "add":
-                if len(adds) == 1:
+                group = firsts.get(id(d))
+                if group is None:
+                    continue
+                if len(group) == 1:
                     await self._add(ev, d.step, now, load_kw, d.depth, d.kw)
-                elif d is adds[0]:
-                    await self._add_many(ev, adds, now, load_kw)
+                else:
+                    await self._add_many(ev, group, now, load_kw)
             elif d.action == "release":
                 hit = next((a for a in ev.active if a.step.id == d.step.id), None)
                 if hit is not None:
