@@ -59,7 +59,7 @@ OUTBOX_KEEP_S = DAY_S
 BOOKKEEPING_KEEP_S = 400 * DAY_S
 #: Bytes a row costs on disk by table, B-tree pages included (bench/storage.py measures them
 #: with dbstat on SQLite 3.40): what `plan_retention` sizes the tiers from.
-ROW_BYTES = {"readings": 34.0, "readings_1m": 52.0, "readings_15m": 52.0}
+ROW_BYTES = {"readings": 35.0, "readings_1m": 56.0, "readings_15m": 60.0}
 #: The share of other devices' readings the deadband keeps at poll rate, as planned (a device
 #: that moves all the time keeps more: the budget's backstop takes those rows first).
 DEVICE_RAW_SHARE = 0.05
@@ -292,8 +292,13 @@ class Retention:
     shortened: tuple[str, ...] = ()
 
 
-#: What `plan_retention` shortens, in this order, and how far at most.
+#: What `plan_retention` shortens, in this order, and how far at most: other devices' 15-minute
+#: means to 13 months (a year's season), their 1-minute means to a week, then both further,
+#: then their poll-rate rows; the meter's history last.
 PLAN_CUTS: tuple[tuple[str, float], ...] = (
+    ("quarter_days", 400.0),
+    ("device_minute_days", 7.0),
+    ("quarter_days", 90.0),
     ("device_minute_days", 1.0),
     ("quarter_days", 7.0),
     ("device_raw_s", 3600.0),
@@ -336,7 +341,8 @@ def plan_retention(storage: StorageConfig, devices: int) -> Retention:
         # The bytes one unit of this retention costs; shorten it by what is over, to its floor.
         one = planned_bytes({**r, name: r[name] + 1}, devices) - planned_bytes(r, devices)
         r[name] = max(floor, r[name] - over / one) if one > 0 else r[name]
-        shortened.append(name)
+        if name not in shortened:
+            shortened.append(name)
     return Retention(
         r["raw_s"],
         r["device_raw_s"],

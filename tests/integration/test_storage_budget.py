@@ -178,9 +178,13 @@ def test_retention_is_planned_to_fit_the_budget() -> None:
     st = StorageConfig()  # 512 MB
     small = plan_retention(st, 10)
     assert small.shortened == () and small.device_minute_days == st.device_minute_retention_days
+    mid = plan_retention(st, 100)  # devices' 15-minute means to 13 months, then their minutes
+    assert mid.shortened == ("quarter_days", "device_minute_days")
+    assert mid.quarter_days == 400 and 7 <= mid.device_minute_days < st.device_minute_retention_days
+    assert mid.meter_minute_days == st.meter_minute_retention_days
     big = plan_retention(st, 1000)
-    assert big.shortened[0] == "device_minute_days"
-    assert big.device_minute_days < st.device_minute_retention_days
+    assert big.shortened[:2] == ("quarter_days", "device_minute_days")
+    assert big.device_minute_days < 7
     assert big.meter_minute_days >= 70  # the baselines' look-back stays
     assert big.planned_bytes <= st.max_mb * 2**20
 
