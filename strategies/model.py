@@ -49,14 +49,19 @@ class _AnyAction:
     """
 
     @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+    def resolved_type(cls) -> Any:
+        """The union as it stands now (validate reads it to list an action's fields and suggest one)."""
         models = tuple(action_kinds().values())
         union: Any = models[0]
         for m in models[1:]:
             union = union | m
         if len(models) == 1:
-            return handler.generate_schema(union)
-        return handler.generate_schema(Annotated[union, Field(discriminator="kind")])
+            return union
+        return Annotated[union, Field(discriminator="kind")]
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return handler.generate_schema(cls.resolved_type())
 
 
 if TYPE_CHECKING:

@@ -543,8 +543,13 @@ def _find_field(model: type[BaseModel], key: Hashable) -> FieldInfo | None:
 
 
 def _strip(tp: Any) -> Any:
-    """Unwrap ``Annotated[X, ...]`` and ``X | None`` to ``X``."""
+    """Unwrap ``Annotated[X, ...]`` and ``X | None`` to ``X``, and a type that builds its union
+    when its schema is built (strategies' action union, from the kind registry) to that union."""
     while True:
+        resolve = getattr(tp, "resolved_type", None) if isinstance(tp, type) else None
+        if callable(resolve):
+            tp = resolve()
+            continue
         origin = get_origin(tp)
         if origin is Annotated:
             tp = get_args(tp)[0]

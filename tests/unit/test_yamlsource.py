@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import pytest
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, ValidationError, field_validator
+from pydantic_core import CoreSchema
 
 from agent.config.yamlsource import (
     ConfigFileError,
@@ -509,6 +510,41 @@ def test_literal_and_tag_errors_suggest_the_closest_value(tmp_path: Path) -> Non
         f"{path}:3:6: devices[0].kind: unknown value 'hvca'; did you mean 'hvac'? "
         "expected one of: 'meter', 'hvac'",
         f"{path}:4:28: devices[1].phases: Input should be 1 or 3, got 'x'",
+    ]
+
+
+class LateDevice:
+    """A union built when the schema is (as strategies build the action union from the kind registry)."""
+
+    members: ClassVar[list[type[BaseModel]]] = [Meter]
+
+    @classmethod
+    def resolved_type(cls) -> object:
+        union: object = cls.members[0]
+        for m in cls.members[1:]:
+            union = union | m
+        return Annotated[union, Field(discriminator="kind")]
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: object, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return handler.generate_schema(cls.resolved_type())
+
+
+class LateConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    devices: list[LateDevice]
+
+
+def test_a_late_built_union_still_names_the_fields_and_the_closest_one(tmp_path: Path) -> None:
+    LateDevice.members = [Meter, Hvac]
+    LateConfig.model_rebuild(force=True)
+    path = write(tmp_path, "config.yaml", "devices:\n  - {kind: hvac, name: a, setpont_c: 20, registers: {address: 1}}\n")
+    src = load_yaml(path)
+    with pytest.raises(ValidationError) as info:
+        LateConfig.model_validate(src.data)
+    assert format_validation_errors(info.value, src, LateConfig) == [
+        f"{path}:2:27: devices[0].setpont_c: unknown field 'setpont_c'; did you mean 'setpoint_c'? "
+        "allowed: kind, name, registers, setpoint_c"
     ]
 
 
