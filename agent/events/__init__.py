@@ -1,1 +1,1 @@
-"""DR events: the payload models, signatures, contract rules, the ledger and the event lifecycle."""
+"""DR events: the payload models, signatures, contract rules and the event lifecycle."""

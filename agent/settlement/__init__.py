@@ -1,1 +1,1 @@
-"""Money: baselines, metering history, the settlement formula and the books."""
+"""Money: baselines, metering history, the settlement formula and record, the books and the participation ledger."""
