@@ -84,7 +84,7 @@ async def one_size(devices: int, hours: float, seed: int) -> dict[str, Any]:
                 if hasattr(agent, "flush_once"):
                     await agent.flush_once(now + 1)
                 else:  # the flush loop as it was: every 2 s, retention once an hour
-                    await agent._flush()
+                    await agent.flush()
                     if s % 3600 == 0:
                         from agent.settlement.history import Pruner
 

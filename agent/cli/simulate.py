@@ -109,7 +109,7 @@ async def simulate_event(
         period = cfg.control.period_s
         control_from = event.start_ts - event.ramp_up_s - max(period, cfg.control.filter_s * 3)
         plant.step(clock.now())
-        await agent._poll_all()
+        await agent.poll_all()
         await agent.handle_event(event)
         result.response = next((p for t, p in result.messages if t.endswith("/out/response")), None)
         seen: set[str] = set()
@@ -119,7 +119,7 @@ async def simulate_event(
             while clock.now() < event.end_ts + tail_s:
                 now = clock.now()
                 plant.step(now)
-                await agent._poll_all()
+                await agent.poll_all()
                 await agent.control_cycle(now)
                 state = agent.live_state()
                 state["site_kw_raw"] = plant.site_kw()

@@ -17,11 +17,13 @@ from __future__ import annotations
 import logging
 import random
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
+from agent.config.model import SiteConfig
 from agent.control.controller import ActiveStep, EventControl, aim_kw
 from agent.events.contract import Decision as OptDecision
 from agent.events.contract import commit_kw
@@ -30,7 +32,9 @@ from agent.events.model import (
     FINAL_STATES,
     MAX_AHEAD_S,
     DrEvent,
+    ErrorReply,
     EventError,
+    EventResponse,
     EventState,
     Interval,
     LiveState,
@@ -41,24 +45,35 @@ from agent.events.model import (
     load_json,
     parse_event,
     parse_price,
-    response,
 )
+from agent.events.ports import OPENADR_PREFIX, LifecyclePorts
 from agent.events.precool import end_precool, precool
 from agent.events.signing import Verifier
-from agent.openadr.mapping import PREFIX as OPENADR_PREFIX
+from agent.platform.clock import Clock
 from agent.settlement.baseline import Period, realtime_baseline
-from agent.settlement.books import EventRun, published, settle_event, year_to_date
+from agent.settlement.books import EventRun, published
 from agent.settlement.history import control_periods
 from agent.settlement.ledger import Ledger, LedgerEntry
+from drivers.device import Device
 from strategies.engine import build_steps
-
-if TYPE_CHECKING:
-    from agent.runtime.daemon import Agent
 
 log = logging.getLogger("dr_agent")
 
 #: Final states re-published on reconnect for this long after the event's end (the broker may have lost them).
 REPUBLISH_FINAL_S = 86400.0
+
+
+def answer(event: DrEvent, opt: Literal["in", "out"], code: str, reason: str, **extra: Any) -> EventResponse:
+    """The answer to an event, checked by `EventResponse` (an unknown field is an error)."""
+    return EventResponse(
+        status="ok",
+        event_id=event.event_id,
+        modification_number=event.modification_number,
+        opt=opt,
+        code=code,
+        reason=reason,
+        **extra,
+    )
 
 
 @dataclass
@@ -92,29 +107,58 @@ class EventRecord:
 class EventLifecycle:
     """Every event the agent knows, and each state change of them (published and persisted)."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        config: Callable[[], SiteConfig],
+        clock: Clock,
+        devices: Mapping[str, Device],
+        ports: LifecyclePorts,
+        inputs: tuple[str, str] = ("", ""),
+    ) -> None:
+        """`config` gives the configuration in force (a reload replaces it); `devices` is the
+        live device map; `inputs` the event and price topics `on_message` takes."""
+        self.config = config
+        self.clock = clock
+        self.devices = devices
+        self.link = ports.link
+        self.actuation = ports.actuation
+        self.store = ports.store
+        self.readings = ports.readings
+        self.books = ports.books
+        self.wake = ports.wake
+        self.event_topic, self.price_topic = inputs
         self.events: dict[str, EventRecord] = {}
         self._rng = random.Random()
         self.verifier: Verifier | None = None
         self.participation_warning: str | None = None
-        sec = agent.cfg.mqtt.security
+        sec = self.cfg.mqtt.security
         if sec is not None:
             self.verifier = Verifier(sec, self._nonce_seen)
 
+    @property
+    def cfg(self) -> SiteConfig:
+        return self.config()
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.cfg.site.timezone)  # cached by zoneinfo: one instance per key
+
     async def _nonce_seen(self, nonce: str, ts: float, now: float, window: float) -> bool:
-        return bool(await self.agent.store.nonce_seen(nonce, ts, now, window))
+        return bool(await self.store.nonce_seen(nonce, ts, now, window))
+
+    async def refuse(self, err: EventError) -> None:
+        """A refusal to the provider's error topic."""
+        await self.link.send_error(ErrorReply(**err.payload()))
 
     # -- messages in ---------------------------------------------------------------
 
     async def on_message(self, topic: str, raw: bytes, retained: bool = False) -> None:
         """One message on {root}/in/event or {root}/in/price: check, then handle; refusals to out/error."""
-        a = self.agent
-        if topic not in (a.topics.event_in, a.topics.price_in):
+        if topic not in (self.event_topic, self.price_topic):
             return
-        now = a.clock.now()
+        now = self.clock.now()
         try:
-            data = load_json(raw, a.cfg.mqtt.max_payload_bytes)
+            data = load_json(raw, self.cfg.mqtt.max_payload_bytes)
             if self.verifier is not None:
                 try:
                     inner = await self.verifier.open(topic, data, now)
@@ -126,7 +170,7 @@ class EventLifecycle:
                     raise
                 if inner is not None:
                     data = inner
-            if topic == a.topics.price_in:
+            if topic == self.price_topic:
                 await self.handle_price(parse_price(data))
                 return
             ev = parse_event(data)
@@ -147,13 +191,13 @@ class EventLifecycle:
                 err.event_id,
                 err.message,
             )
-            await a._send(a.topics.error, err.payload())
+            await self.refuse(err)
             return
         await self.handle_event(ev)
 
     def _check_times(self, ev: DrEvent, now: float) -> None:
         if ev.end_ts <= now:
-            ended = datetime.fromtimestamp(ev.end_ts, self.agent.tz)
+            ended = datetime.fromtimestamp(ev.end_ts, self.tz)
             raise EventError(
                 "stale_event", f"the event ended at {ended.isoformat()}; refused", ev.event_id, "start"
             )
@@ -192,53 +236,49 @@ class EventLifecycle:
                     r.event.event_id, r.event.program, r.event.start_ts, end, state, r.event.test_event
                 )
             )
-        return Ledger(self.agent.cfg.contract, self.agent.tz, entries)
+        return Ledger(self.cfg.contract, self.tz, entries)
 
     async def handle_event(self, ev: DrEvent) -> None:
-        a = self.agent
-        now = a.clock.now()
+        now = self.clock.now()
         known = self.events.get(ev.event_id)
         if known is not None:
             if ev.modification_number < known.event.modification_number:
                 log.info("event_id=%s event=stale_modification n=%d", ev.event_id, ev.modification_number)
-                await a._send(
-                    a.topics.error,
+                await self.refuse(
                     EventError(
                         "stale_modification",
                         f"modification_number {ev.modification_number} is below the current "
                         f"{known.event.modification_number}; ignored",
                         ev.event_id,
                         "modification_number",
-                    ).payload(),
+                    )
                 )
                 return
             if ev.modification_number == known.event.modification_number:
                 # Same number: an idempotent re-acknowledgement.
-                await a._send(a.topics.response, self.response(known))
+                await self.link.send_response(self.response(known))
                 return
             if known.state in (State.COMPLETED, State.CANCELLED, State.SUPERSEDED):
-                await a._send(
-                    a.topics.error,
+                await self.refuse(
                     EventError(
                         "event_final",
                         f"the event is already {known.state}; modification {ev.modification_number} ignored",
                         ev.event_id,
                         "modification_number",
-                    ).payload(),
+                    )
                 )
                 return
             if ev.status == "cancelled":
                 await self.cancel(known, ev, now)
                 return
         elif ev.status == "cancelled":
-            await a._send(
-                a.topics.error,
+            await self.refuse(
                 EventError(
                     "unknown_event",
                     "cancellation of an event this agent never received",
                     ev.event_id,
                     "event_id",
-                ).payload(),
+                )
             )
             return
         accepted = [
@@ -246,8 +286,8 @@ class EventLifecycle:
             for r in self.events.values()
             if r.opt.opt == "in" and r.state not in FINAL_STATES and r.event.event_id != ev.event_id
         ]
-        baseline = known.control.baseline_kw if known and known.control else a.filter.value
-        opt = decide_opt(ev, a.cfg.contract, a.tz, accepted, now, baseline, self.ledger())
+        baseline = known.control.baseline_kw if known and known.control else self.readings.filtered_kw()
+        opt = decide_opt(ev, self.cfg.contract, self.tz, accepted, now, baseline, self.ledger())
         if known is not None:
             rec = known
             was_running = rec.control is not None and rec.control.phase in ("shedding", "restoring")
@@ -297,11 +337,11 @@ class EventLifecycle:
             warning = self.ledger().participation(now).warning
             if warning:
                 extra["participation_warning"] = warning
-        await a._send(a.topics.response, self.response(rec, **extra))
+        await self.link.send_response(self.response(rec, **extra))
         await self.publish_state(rec)
-        a.wake.set()
+        self.wake()
 
-    def response(self, rec: EventRecord, **more: Any) -> dict[str, Any]:
+    def response(self, rec: EventRecord, **more: Any) -> EventResponse:
         extra: dict[str, Any] = {}
         if rec.opt.committed_kw is not None:
             extra["committed_kw"] = round(rec.opt.committed_kw, 3)
@@ -310,27 +350,26 @@ class EventLifecycle:
         if rec.opt.intervals_kw is not None:
             extra["intervals_committed_kw"] = [round(k, 3) for k in rec.opt.intervals_kw]
         if rec.effective_start != rec.event.start_ts:
-            extra["effective_start"] = datetime.fromtimestamp(rec.effective_start, self.agent.tz).isoformat()
+            extra["effective_start"] = datetime.fromtimestamp(rec.effective_start, self.tz).isoformat()
         if rec.opt.supersedes:
             extra["supersedes"] = list(rec.opt.supersedes)
         extra.update(more)
-        return response(rec.event, rec.opt.opt, rec.opt.code, rec.opt.reason, **extra)
+        return answer(rec.event, rec.opt.opt, rec.opt.code, rec.opt.reason, **extra)
 
     async def _stop_early(self, rec: EventRecord, now: float, why: str) -> None:
         """Release everything now and settle what ran (cancel, supersede, opt-out on modification)."""
         c = rec.control
         if c is None:
-            await end_precool(self.agent, rec.event.event_id, why)
+            await end_precool(self.actuation, rec.event.event_id, why)
             return
         was_shedding = c.phase in ("shedding", "restoring")
-        await self.agent.controller.release_all(c, now, why)
+        await self.actuation.release_all(c, now, why)
         c.phase = "done"
         if was_shedding:
             rec.ended_ts = min(now, rec.event.end_ts)
             await self.settle(rec, end=now)
 
     async def _supersede(self, rec: EventRecord, by: EventRecord, now: float) -> None:
-        a = self.agent
         reason = (
             f"superseded: {by.event.event_id} (priority {by.event.priority}) overlaps and has higher priority "
             f"than this one ({rec.event.priority})"
@@ -340,11 +379,10 @@ class EventLifecycle:
         await self._stop_early(rec, now, "superseded by a higher-priority event")
         await self._persist(rec)
         log.info("event_id=%s event=superseded by=%s", rec.event.event_id, by.event.event_id)
-        await a._send(a.topics.response, self.response(rec, superseded_by=by.event.event_id))
+        await self.link.send_response(self.response(rec, superseded_by=by.event.event_id))
         await self.publish_state(rec)
 
     async def cancel(self, rec: EventRecord, ev: DrEvent, now: float) -> None:
-        a = self.agent
         rec.event = ev
         was_running = rec.control is not None and rec.control.phase in ("shedding", "restoring")
         rec.state = State.CANCELLED
@@ -355,14 +393,13 @@ class EventLifecycle:
         await self._stop_early(rec, now, "event cancelled")
         await self._persist(rec)
         log.info("event_id=%s event=cancelled was_running=%s", ev.event_id, was_running)
-        await a._send(a.topics.response, response(ev, rec.opt.opt, "cancelled", "cancelled by the provider"))
+        await self.link.send_response(answer(ev, rec.opt.opt, "cancelled", "cancelled by the provider"))
         await self.publish_state(rec)
 
     async def _persist(self, rec: EventRecord) -> None:
         """Store the event, its decision and what a restart needs."""
-        a = self.agent
         ev = rec.event
-        await a.store.save_event(
+        await self.store.save_event(
             ev.event_id,
             ev.modification_number,
             ev.model_dump(mode="json"),
@@ -393,16 +430,15 @@ class EventLifecycle:
                 }
             )
         rec.runtime = runtime
-        await a.store.set_event_runtime(ev.event_id, runtime)
+        await self.store.set_event_runtime(ev.event_id, runtime)
 
     async def _set_state(self, rec: EventRecord, state: State) -> None:
         rec.state = state
-        await self.agent.store.set_event_state(rec.event.event_id, state.value)
+        await self.store.set_event_state(rec.event.event_id, state.value)
         await self.publish_state(rec)
 
-    def state_payload(self, rec: EventRecord) -> dict[str, Any]:
+    def state(self, rec: EventRecord) -> EventState:
         """The retained state of `rec`: the commitment in force now (after a modification or interval)."""
-        a = self.agent
         ev = rec.event
         committed = rec.control.committed_kw if rec.control is not None else rec.opt.committed_kw
         return EventState(
@@ -415,19 +451,17 @@ class EventLifecycle:
             program=ev.program,
             priority=ev.priority,
             start=ev.start.isoformat(),
-            effective_start=datetime.fromtimestamp(rec.effective_start, a.tz).isoformat(),
-            end=datetime.fromtimestamp(ev.end_ts, a.tz).isoformat(),
+            effective_start=datetime.fromtimestamp(rec.effective_start, self.tz).isoformat(),
+            end=datetime.fromtimestamp(ev.end_ts, self.tz).isoformat(),
             interval=rec.interval,
             committed_kw=None if committed is None else round(committed, 3),
-            ts=a.clock.now(),
-        ).model_dump(mode="json")
-
-    async def publish_state(self, rec: EventRecord) -> None:
-        await self.agent._send(
-            self.agent.topics.event_state(rec.event.event_id), self.state_payload(rec), retain=True
+            ts=self.clock.now(),
         )
 
-    def live_report(self, load_kw: float | None, now: float) -> dict[str, Any] | None:
+    async def publish_state(self, rec: EventRecord) -> None:
+        await self.link.send_state(self.state(rec))
+
+    def live_report(self, load_kw: float | None, now: float) -> LiveState | None:
         """The live report of the running event (without its sequence number), or None."""
         rec = self.running()
         if rec is None or rec.control is None:
@@ -435,8 +469,8 @@ class EventLifecycle:
         c = rec.control
         realized = None if load_kw is None else c.baseline_kw - load_kw
         lo, hi = c.band
-        peak = c.peak_kw or self.agent.cfg.contract.peak_kw  # the event's own contract, even after a reload
-        db = self.agent.controller.deadband_kw(peak)
+        peak = c.peak_kw or self.cfg.contract.peak_kw  # the event's own contract, even after a reload
+        db = self.actuation.deadband_kw(peak)
         aim = aim_kw(c.committed_kw, c.band, db)
         return LiveState(
             ts=now,
@@ -455,11 +489,11 @@ class EventLifecycle:
             active_steps=[x.step.id for x in c.active],
             degraded=load_kw is None,
             last_decision=c.last_decision,
-        ).model_dump(mode="json")
+        )
 
     async def on_connected(self) -> None:
         """Re-publish every current state on each (re)connect: late subscribers, a broker that lost them."""
-        now = self.agent.clock.now()
+        now = self.clock.now()
         for rec in self.events.values():
             if rec.state not in FINAL_STATES or rec.event.end_ts > now - REPUBLISH_FINAL_S:
                 await self.publish_state(rec)
@@ -468,12 +502,11 @@ class EventLifecycle:
 
     def price_events(self, price: PriceSignal) -> list[DrEvent]:
         """The events a price schedule asks for: runs of intervals at or above a threshold, within allowed hours."""
-        a = self.agent
-        pr = a.cfg.contract.price
+        pr = self.cfg.contract.price
         if pr is None:
             return []
         levels = sorted(pr.thresholds, key=lambda t: t.at_least)
-        allowed = a.cfg.contract.allowed_hours
+        allowed = self.cfg.contract.allowed_hours
         # (start, end, threshold) pieces, clipped to the allowed hours of their day.
         pieces: list[tuple[float, float, int]] = []
         for iv in price.intervals:
@@ -482,13 +515,13 @@ class EventLifecycle:
                 continue
             s, e = iv.start_ts, iv.end_ts
             if allowed:
-                day = datetime.fromtimestamp(s, a.tz).date()
-                lo = datetime.combine(day, datetime.strptime(allowed[0], "%H:%M").time(), a.tz).timestamp()
+                day = datetime.fromtimestamp(s, self.tz).date()
+                lo = datetime.combine(day, datetime.strptime(allowed[0], "%H:%M").time(), self.tz).timestamp()
                 hi = (
-                    datetime.combine(day, datetime.min.time(), a.tz).timestamp() + 86400
+                    datetime.combine(day, datetime.min.time(), self.tz).timestamp() + 86400
                     if allowed[1] == "24:00"
                     else datetime.combine(
-                        day, datetime.strptime(allowed[1], "%H:%M").time(), a.tz
+                        day, datetime.strptime(allowed[1], "%H:%M").time(), self.tz
                     ).timestamp()
                 )
                 s, e = max(s, lo), min(e, hi)
@@ -517,7 +550,7 @@ class EventLifecycle:
                     event_id=f"price-{price.price_id}-{n}",
                     modification_number=price.revision,
                     program="price",
-                    start=datetime.fromtimestamp(run[0][0], a.tz),
+                    start=datetime.fromtimestamp(run[0][0], self.tz),
                     duration_s=run[-1][1] - run[0][0],
                     target=intervals[0].target,
                     intervals=intervals if len(intervals) > 1 else None,
@@ -533,8 +566,7 @@ class EventLifecycle:
 
     async def handle_price(self, price: PriceSignal) -> None:
         """Map a price schedule to events on the `price` programme; a new revision replaces the old one's."""
-        a = self.agent
-        now = a.clock.now()
+        now = self.clock.now()
         wanted = [e for e in self.price_events(price) if e.end_ts > now]
         wanted_ids = {e.event_id for e in wanted}
         prefix = f"price-{price.price_id}-"
@@ -562,7 +594,7 @@ class EventLifecycle:
             events=sorted(wanted_ids),
             ts=now,
         )
-        await a._send(a.topics.price_state, reading.model_dump(mode="json"), retain=True)
+        await self.link.send_price(reading)
         for ev in wanted:
             await self.handle_event(ev)
 
@@ -570,16 +602,15 @@ class EventLifecycle:
 
     async def tick(self, now: float) -> None:
         """Advance every opted-in event: far → near → active; after the end, restore and settle."""
-        a = self.agent
-        load = a.site_load_kw()
-        if a.actuator.failed_restores:
+        load = self.readings.site_load_kw()
+        if self.actuation.failed_restores:
             held = {
                 (s.step.device, s.step.role)
                 for r in self.events.values()
                 if r.control is not None and r.control.phase in ("shedding", "restoring", "recovering")
                 for s in r.control.active
             }
-            await a.actuator.retry_failed_restores(held)
+            await self.actuation.retry_failed_restores(held)
         for rec in list(self.events.values()):
             if rec.settle_pending:
                 await self.settle(rec)
@@ -598,7 +629,7 @@ class EventLifecycle:
                     log.info("event_id=%s event=ended restoring=%d", ev.event_id, len(c.active))
                 recovery = ev.recovery_s if ev.recovery_s > 0 else c.restore_policy.rebound_window_s
                 if c.phase == "restoring":
-                    done = await a.controller.restore_next(c, now, load, ev.end_ts + recovery)
+                    done = await self.actuation.restore_next(c, now, load, ev.end_ts + recovery)
                     if done:
                         # Devices are back; the settlement waits out the recovery window (it reports the rebound).
                         c.phase = "recovering"
@@ -609,11 +640,11 @@ class EventLifecycle:
                 continue
             if now >= rec.control_start:
                 if rec.control is None:
-                    await end_precool(a, ev.event_id, "pre-cooling ends: control starts")
+                    await end_precool(self.actuation, ev.event_id, "pre-cooling ends: control starts")
                     await self.begin(rec, now)
                 await self._follow_intervals(rec, now)
             else:
-                await precool(a, rec, now)
+                await precool(self.cfg, self.devices, self.actuation, rec, now)
                 if now >= ev.start_ts - ev.notification_s and rec.state == State.FAR:
                     await self._set_state(rec, State.NEAR)
 
@@ -639,7 +670,7 @@ class EventLifecycle:
         if c is None:
             return
         n, target = rec.event.target_at(max(now, rec.event.start_ts))
-        _asked, kw = commit_kw(target, self.agent.cfg.contract, c.baseline_kw)
+        _asked, kw = commit_kw(target, self.cfg.contract, c.baseline_kw)
         rec.interval = n
         if abs(kw - c.committed_kw) > 1e-9:
             c.committed_kw = kw  # the controller sees the change on its next cycle and acts at once
@@ -673,45 +704,46 @@ class EventLifecycle:
         """The real-time baseline control starts on: `realtime_baseline()` over the recent meter polls,
         the same function and polls (as stored) the settlement uses, skipping earlier events' control
         and recovery periods; else the current load (contract.baseline.realtime_min_history_s)."""
-        min_cov = self.agent.cfg.contract.baseline.realtime_min_history_s / 900.0
+        min_cov = self.cfg.contract.baseline.realtime_min_history_s / 900.0
         rt = realtime_baseline(samples, control_start, skip=skip, min_coverage=min_cov)
         if rt.kw is not None:
             return rt.kw, rt.quality
-        if self.agent.filter.value is not None:
-            return self.agent.filter.value, f"{rt.quality}: current load"
+        if (kw := self.readings.filtered_kw()) is not None:
+            return kw, f"{rt.quality}: current load"
         return float("nan"), "no meter data"
 
     def _control(
         self, rec: EventRecord, baseline: float, committed: float, control_start: float
     ) -> EventControl:
-        a = self.agent
         ev = rec.event
-        strategy = a.cfg.strategy_for(ev.program)
+        strategy = self.cfg.strategy_for(ev.program)
         return EventControl(
             event_id=ev.event_id,
             program=ev.program,
             baseline_kw=baseline,
             committed_kw=committed,
-            band=a.cfg.contract.band_kw(),
-            steps=build_steps(strategy, a.devices),
+            band=self.cfg.contract.band_kw(),
+            steps=build_steps(strategy, self.devices),
             restore_policy=strategy.restore,
             control_start=control_start,
             end=ev.end_ts,
             test_event=ev.test_event,
             phase="shedding",
-            peak_kw=a.cfg.contract.peak_kw,
+            peak_kw=self.cfg.contract.peak_kw,
         )
 
     async def begin(self, rec: EventRecord, now: float) -> None:
-        a = self.agent
         ev = rec.event
         # The baseline's window ends when control starts, here and in the settlement (c.control_start).
         skip = control_periods(
-            await a.store.events(), now, ev.event_id, lambda p: a.cfg.strategy_for(p).restore.rebound_window_s
+            await self.store.events(),
+            now,
+            ev.event_id,
+            lambda p: self.cfg.strategy_for(p).restore.rebound_window_s,
         )
-        baseline, quality = self.baseline(a.recent, now, skip)
+        baseline, quality = self.baseline(self.readings.recent(), now, skip)
         _n, target = ev.target_at(max(now, ev.start_ts))
-        _asked, committed = commit_kw(target, a.cfg.contract, baseline)
+        _asked, committed = commit_kw(target, self.cfg.contract, baseline)
         rec.control = self._control(rec, baseline, committed, now)
         rec.control.baseline_quality = quality
         rec.state = State.ACTIVE
@@ -723,7 +755,7 @@ class EventLifecycle:
             baseline,
             quality,
             committed,
-            a.cfg.strategy_for(ev.program).name,
+            self.cfg.strategy_for(ev.program).name,
             len(rec.control.steps),
         )
 
@@ -732,13 +764,12 @@ class EventLifecycle:
         if rec.settled:
             rec.settle_pending = False
             return
-        a = self.agent
         ev = rec.event
         if rec.settle_pending:
             # Ended while the agent was down (or restarted in its recovery window); the devices are
             # back. Pending until settled: a database failing here retries next cycle.
             await self._set_state(rec, State.COMPLETED)
-        await a._flush()
+        await self.readings.flush()
         c = rec.control
         rt = rec.runtime or {}
         kept = rt.get("baseline_kw")
@@ -755,9 +786,9 @@ class EventLifecycle:
             received_ts=rec.received_ts,
         )
         try:
-            body = await settle_event(a.store, a.cfg, run, meter=a.meter.name, end=end)
-            await a.store.save_settlement(ev.event_id, body)
-            await a._send(a.topics.settlement(ev.event_id), published(body), retain=True)
+            body = await self.books.settle(run, end)
+            await self.store.save_settlement(ev.event_id, body)
+            await self.link.send_settlement(ev.event_id, published(body))
         except (sqlite3.Error, OSError):
             # A full or failing database: settle again next cycle, never drop the settlement.
             rec.settle_pending = True
@@ -772,10 +803,8 @@ class EventLifecycle:
             body["in_band_fraction"],
             body["data_quality"]["status"],
         )
-        now = a.clock.now()
-        await a._send(
-            f"{a.topics.root}/out/ledger", await year_to_date(a.store, a.cfg.contract, a.tz, now), retain=True
-        )
+        now = self.clock.now()
+        await self.link.send_ledger(await self.books.year_to_date(now))
         p = self.ledger().participation(now)
         if p.warning and p.warning != self.participation_warning:
             log.warning("event=participation %s", p.warning)
@@ -785,8 +814,7 @@ class EventLifecycle:
 
     async def load(self) -> None:
         """Reload the stored events after a restart."""
-        a = self.agent
-        for row in await a.store.events():
+        for row in await self.store.events():
             try:
                 ev = DrEvent.model_validate(row["payload"])
             except Exception:
@@ -812,14 +840,13 @@ class EventLifecycle:
             rec = EventRecord(ev, opt, state, row["effective_start"] or ev.start_ts)
             rec.runtime = rt or None
             rec.ended_ts = rt.get("ended_ts")
-            rec.settled = await a.store.settlement(ev.event_id) is not None
+            rec.settled = await self.store.settlement(ev.event_id) is not None
             self.events[ev.event_id] = rec
 
     async def recover(self, now: float) -> None:
         """After a restart: resume events still running; restore everything else left shed; settle the rest."""
-        a = self.agent
         await self.load()
-        opens = await a.store.journal_open()
+        opens = await self.actuation.shed_now()
         resumable = [
             r
             for r in self.events.values()
@@ -830,7 +857,7 @@ class EventLifecycle:
         ]
         if opens or resumable:
             # Restore and resume need the devices' current values.
-            await a._poll_all()
+            await self.readings.poll_now()
         kept: set[tuple[str, str]] = set()
         for rec in resumable:
             kept |= await self._resume(rec, now, [e for e in opens if e.event_id == rec.event.event_id])
@@ -843,7 +870,7 @@ class EventLifecycle:
                 continue
             done.add(key)
             restored += 1
-            if not await a.actuator.restore(
+            if not await self.actuation.restore(
                 e.device, e.role, "restart: restoring what the previous run left shed", e.event_id
             ):
                 failed.append(f"{e.device}.{e.role}")
@@ -897,7 +924,7 @@ class EventLifecycle:
             rec.event.event_id,
             len(c.active),
             c.committed_kw,
-            datetime.fromtimestamp(rec.event.end_ts, self.agent.tz).isoformat(),
+            datetime.fromtimestamp(rec.event.end_ts, self.tz).isoformat(),
         )
         await self.publish_state(rec)
         return kept

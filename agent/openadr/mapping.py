@@ -30,8 +30,8 @@ from typing import Any
 from agent.config.model import ContractConfig
 from agent.config.openadr import LevelTarget, OpenAdrConfig
 from agent.events.model import DrEvent, EventError, Interval, Target
+from agent.events.ports import OPENADR_PREFIX as PREFIX
 
-PREFIX = "oadr:"
 _ID_OK = re.compile(r"^[A-Za-z0-9_.:-]{1,120}$")
 #: OpenADR priority 0 means "no priority", the lowest; ours: a lower number wins, 1000 is the lowest.
 LOWEST_PRIORITY = 1000

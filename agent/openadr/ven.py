@@ -28,19 +28,29 @@ import ssl
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from agent.config.model import ContractConfig
 from agent.config.openadr import OpenAdrConfig
-from agent.events.model import FINAL_STATES, EventError
+from agent.events.lifecycle import EventLifecycle
+from agent.events.model import (
+    FINAL_STATES,
+    ErrorReply,
+    EventError,
+    EventResponse,
+    EventState,
+    LiveState,
+    PriceReading,
+)
+from agent.events.ports import ProviderLink
 from agent.openadr.mapping import PREFIX, Refusal, our_id, to_dr_event
+from agent.platform.clock import Clock
 from agent.platform.logs import FailureLog
 from drivers.backoff import Backoff
-
-if TYPE_CHECKING:
-    from agent.runtime.daemon import Agent
 
 log = logging.getLogger("dr_agent")
 
@@ -269,12 +279,46 @@ class VenStatus:
     reports_held: int = 0
 
 
-class VenBridge:
-    """The VEN as a supervised component of the agent (`openadr`): run() loops until cancelled."""
+class MetaStore(Protocol):
+    """Where the VEN keeps its registration across restarts (the store's meta table)."""
 
-    def __init__(self, agent: Agent, cfg: OpenAdrConfig, base: Path | None = None) -> None:
-        self.agent = agent
+    async def meta_get(self, key: str) -> str | None: ...
+
+    async def meta_set(self, key: str, value: str) -> None: ...
+
+
+class VenBridge:
+    """The VEN as a supervised component of the agent (`openadr`): run() loops until cancelled.
+
+    An event source for the lifecycle (it feeds it the VTN's events) and a `ProviderLink` for
+    the events it brought (agent/events/ports.py): the lifecycle's responses to them become the
+    optIn/optOut of the VTN's oadrCreatedEvent. Telemetry goes to the VTN as TELEMETRY_USAGE at
+    the cadence the VTN's report requests set; everything else (states, live reports,
+    settlements, refusals) goes to `provider` (MQTT) as for any event.
+    """
+
+    def __init__(
+        self,
+        cfg: OpenAdrConfig,
+        lifecycle: EventLifecycle,
+        clock: Clock,
+        store: MetaStore,
+        provider: ProviderLink,
+        contract: Callable[[], ContractConfig],
+        site_load_kw: Callable[[], float | None],
+        base: Path | None = None,
+    ) -> None:
+        """`contract` gives the contract in force (a reload replaces it); `site_load_kw` the
+        filtered site load (None when the meter is stale)."""
         self.cfg = cfg
+        self.lifecycle = lifecycle
+        self.clock = clock
+        self.store = store
+        self.provider = provider
+        self.contract = contract
+        self.site_load_kw = site_load_kw
+        #: The lifecycle's latest answer to each of our events: optIn or optOut.
+        self.answers: dict[str, str] = {}
         self.link = VtnLink(cfg, base)
         self.status = VenStatus(ven_id=cfg.ven_id)
         self.requests: dict[str, ReportRequest] = {}
@@ -324,7 +368,7 @@ class VenBridge:
     def _ok(self) -> None:
         was_down = self.status.reachable is False
         self.status.reachable, self.status.last_error, self.status.error_kind = True, None, None
-        self.status.last_poll_ts = self.agent.clock.now()
+        self.status.last_poll_ts = self.clock.now()
         self._fails.ok()
         if was_down:
             log.info("event=openadr_vtn_back held_reports=%d", len(self.held))
@@ -364,7 +408,7 @@ class VenBridge:
     async def _load_registration(self) -> None:
         import json
 
-        raw = await self.agent.store.meta_get(META_KEY)
+        raw = await self.store.meta_get(META_KEY)
         if raw:
             with contextlib.suppress(ValueError, TypeError):
                 kept = json.loads(raw)
@@ -384,7 +428,7 @@ class VenBridge:
             "last_poll_ts": self.status.last_poll_ts,
             "error": self.status.last_error,
         }
-        await self.agent.store.meta_set(META_KEY, json.dumps(body))
+        await self.store.meta_set(META_KEY, json.dumps(body))
         self._saved_at = time.monotonic()
 
     async def register(self) -> None:
@@ -440,7 +484,7 @@ class VenBridge:
         """Poll until the VTN has nothing more for us this round (a few messages at most)."""
         for _ in range(10):
             mtype, body = await self._request("OadrPoll", "oadrPoll", ven_id=self.status.ven_id)
-            self.status.last_poll_ts = self.agent.clock.now()
+            self.status.last_poll_ts = self.clock.now()
             if mtype in (None, "oadrResponse"):
                 return
             await self.on_message(mtype, body)
@@ -478,8 +522,8 @@ class VenBridge:
 
     async def on_distribution(self, body: dict[str, Any]) -> None:
         """Answer every event of one oadrDistributeEvent with the lifecycle's decision."""
-        lc = self.agent.lifecycle
-        now = self.agent.clock.now()
+        lc = self.lifecycle
+        now = self.clock.now()
         answers: list[dict[str, Any]] = []
         seen: set[str] = set()
         for raw in body.get("events") or []:
@@ -525,10 +569,9 @@ class VenBridge:
 
     async def _take(self, raw: dict[str, Any], ours: str, oid: str, mod: int, now: float) -> str:
         """Feed one event to the lifecycle (unless it holds this modification already): optIn or optOut."""
-        a = self.agent
-        lc = a.lifecycle
+        lc = self.lifecycle
         known = lc.events.get(ours)
-        mapped = to_dr_event(raw, self.cfg, a.cfg.contract)
+        mapped = to_dr_event(raw, self.cfg, self.contract())
         status = str((raw.get("event_descriptor") or {}).get("event_status"))
         if isinstance(mapped, Refusal):
             if (
@@ -544,7 +587,7 @@ class VenBridge:
                     "event_id=%s event=openadr_refused code=%s reason=%r", ours, mapped.code, mapped.reason
                 )
                 err = EventError(mapped.code, f"OpenADR event {oid!r}: {mapped.reason}", ours)
-                await a._send(a.topics.error, err.payload())
+                await self.provider.send_error(ErrorReply(**err.payload()))
             return "optOut"
         if status == "cancelled" and known is None:
             return "optOut"  # nothing to cancel here
@@ -552,12 +595,38 @@ class VenBridge:
             return "optIn" if known.opt.opt == "in" else "optOut"  # a repeat of what we answered
         if known is None and mapped.end_ts <= now:
             return "optOut"  # over before we saw it
-        await lc.handle_event(mapped)
+        self.answers.pop(ours, None)
+        await lc.handle_event(mapped)  # its response comes back through send_response
         rec = lc.events.get(ours)
         if rec is None:
             return "optOut"
         log.info("event_id=%s event=openadr_answer opt=%s code=%s", ours, rec.opt.opt, rec.opt.code)
-        return "optIn" if rec.opt.opt == "in" else "optOut"
+        return self.answers.get(ours) or ("optIn" if rec.opt.opt == "in" else "optOut")
+
+    # -- the ProviderLink for our events ------------------------------------------------------
+
+    async def send_response(self, body: EventResponse) -> None:
+        """The lifecycle's answer to one of our events: the optIn/optOut the VTN gets (in the
+        oadrCreatedEvent of the distribution being answered, or of the next one that asks)."""
+        self.answers[body.event_id] = "optIn" if body.opt == "in" else "optOut"
+
+    async def send_report(self, body: LiveState) -> int:
+        return 0  # the VTN's report requests sample the site on their own cadence (values())
+
+    async def send_state(self, body: EventState) -> None:
+        return None
+
+    async def send_settlement(self, event_id: str, body: dict[str, Any]) -> None:
+        return None
+
+    async def send_ledger(self, body: dict[str, Any]) -> None:
+        return None
+
+    async def send_error(self, body: ErrorReply) -> None:
+        return None
+
+    async def send_price(self, body: PriceReading) -> None:
+        return None
 
     # -- reports ----------------------------------------------------------------------------
 
@@ -670,17 +739,16 @@ class VenBridge:
 
     def values(self) -> dict[str, float] | None:
         """Site demand, the baseline control runs on (the demand itself without an event), realized shed; kW."""
-        a = self.agent
-        load = a.site_load_kw()
+        load = self.site_load_kw()
         if load is None:
             return None
-        rec = a.lifecycle.running()
+        rec = self.lifecycle.running()
         baseline = rec.control.baseline_kw if rec is not None and rec.control is not None else load
         return {"site_demand": load, "baseline": baseline, "realized_shed": baseline - load}
 
     async def _sample(self, rq: ReportRequest) -> None:
         """Sample every granularity (the agent's clock); queue a report every report-back duration."""
-        clock = self.agent.clock
+        clock = self.clock
         step = rq.granularity_s if rq.granularity_s > 0 else 0.0
         next_send = clock.now() + rq.back_s
         while True:
@@ -755,7 +823,7 @@ class VenBridge:
             "ven_id": s.ven_id,
             "last_poll_age_s": None
             if s.last_poll_ts is None
-            else round(self.agent.clock.now() - s.last_poll_ts, 1),
+            else round(self.clock.now() - s.last_poll_ts, 1),
             "error": s.last_error,
             "reports_held": s.reports_held,
             "reports_sent": s.reports_sent,

@@ -34,19 +34,19 @@ from agent.control.actuator import Actuator
 from agent.control.controller import Controller, LoadFilter, MeterGuard
 from agent.events.lifecycle import EventLifecycle, EventRecord
 from agent.events.model import DrEvent
+from agent.events.ports import LifecyclePorts, ProviderRouter, Sink, SinkLink
 from agent.platform import failpoints
 from agent.platform.clock import Clock, SystemClock
 from agent.platform.logs import FailureLog
 from agent.platform.store import AsyncStore, Store
 from agent.runtime import statefile
-from agent.runtime.mqtt import MqttLink, Topics
+from agent.runtime.devices import build_devices
+from agent.runtime.mqtt import MqttLink, MqttProviderLink, Topics
 from agent.runtime.sdnotify import Notifier
 from agent.runtime.supervisor import Component, Supervisor, describe
+from agent.runtime.wiring import ControlActuation, ImageReadings, StoreBooks
 from agent.settlement.history import TEMPERATURE_KEY, Pruner, ReadingsBuffer, deadbands
 from drivers.device import Device, Transport
-from drivers.modbus import ModbusTransport
-from drivers.profile import load_profile
-from drivers.registry import kinds
 
 log = logging.getLogger("dr_agent")
 
@@ -72,36 +72,6 @@ class PendingReadings:
     rows: list[tuple[str, float, float]] = field(default_factory=list)
 
 
-def build_devices(
-    cfg: SiteConfig, given: Mapping[str, Transport] | None = None, clock: Clock | None = None
-) -> tuple[dict[str, Any], dict[str, Device]]:
-    """One transport per endpoint (or the given ones) and one device object per configured device."""
-    transports: dict[str, Any] = dict(given or {})
-    for ep in cfg.modbus.endpoints:
-        if ep.name in transports:
-            continue
-        transports[ep.name] = ModbusTransport(
-            ep.name,
-            protocol=ep.protocol,
-            host=ep.host,
-            port=ep.port,
-            serial_port=ep.serial_port,
-            baudrate=ep.baudrate,
-            parity=ep.parity,
-            stopbits=ep.stopbits,
-            timeout_s=ep.timeout_s,
-            inter_frame_delay_s=ep.inter_frame_delay_ms / 1000,
-        )
-    registry = kinds()
-    devices: dict[str, Device] = {}
-    for dc in cfg.devices:
-        kind = registry[dc.kind]
-        devices[dc.name] = dev = kind.device(dc, transports[dc.endpoint], load_profile(dc.profile))
-        if clock is not None:
-            dev.clock = clock.now  # retry backoff in the agent's time (simulation runs faster)
-    return transports, devices
-
-
 class Agent:
     def __init__(
         self,
@@ -121,12 +91,38 @@ class Agent:
         self.meter = self.devices[cfg.site.meter]
         self.store = AsyncStore(Store(store_path or cfg.storage.resolved(), recover_corrupt=True))
         self.actuator = Actuator(self.devices, self.store)
-        self.controller = Controller(cfg.control, self.devices, self.actuator, self.tz)
+        self.actuation = ControlActuation(
+            Controller(cfg.control, self.devices, self.actuator, self.tz), self.actuator, self.store
+        )
         self.mqtt: MqttLink | None = None
         #: The OpenADR VEN (agent/openadr/ven.py) when openadr is an event source.
         self.ven: Any = None
         self.notifier = Notifier()
-        self.lifecycle = EventLifecycle(self)
+        #: Without MQTT (simulation), outgoing messages go to `sink` (topic, payload).
+        self.sink_link = SinkLink(cfg.topic_root)
+        #: Where the lifecycle's messages go: MQTT once run() connects it, the sink before;
+        #: the OpenADR VEN joins it for its own events.
+        self.provider = ProviderRouter(self.sink_link)
+        self.lifecycle = EventLifecycle(
+            lambda: self.cfg,
+            self.clock,
+            self.devices,
+            LifecyclePorts(
+                link=self.provider,
+                actuation=self.actuation,
+                store=self.store,
+                readings=ImageReadings(
+                    self.site_load_kw,
+                    lambda: self.filter.value,
+                    lambda: self.recent,
+                    self.flush,
+                    self.poll_all,
+                ),
+                books=StoreBooks(self.store, lambda: self.cfg, lambda: self.meter.name),
+                wake=self.wake_now,
+            ),
+            (self.topics.event_in, self.topics.price_in),
+        )
         self.events: dict[str, EventRecord] = self.lifecycle.events
         self.filter = LoadFilter(cfg.control.filter_s)
         self.meter_guard = MeterGuard(cfg.contract.peak_kw)
@@ -140,6 +136,7 @@ class Agent:
             deadband_kw=deadbands(cfg.devices, cfg.storage.device_deadband_pct),
         )
         self.pruner = Pruner()
+        #: Set to run the next control cycle now.
         self.wake = asyncio.Event()
         self.polled_once = asyncio.Event()
         self.outbox_pending = 0
@@ -152,8 +149,6 @@ class Agent:
         self.started_at = time.time()
         self.metrics_port: int | None = None
         self._metrics = cfg.metrics.enabled if metrics is None else metrics
-        #: Without MQTT (simulation), outgoing messages go here instead: (topic, payload).
-        self.sink: Callable[[str, dict[str, Any]], None] | None = None
         #: Held for one control cycle; a config reload waits for it (agent/runtime/reload.py).
         self.cycle_lock = asyncio.Lock()
         #: Config path, digest and last reload, for the state file (set by agent/runtime/reload.py).
@@ -166,6 +161,26 @@ class Agent:
         self._restored = False
         #: device.role entries that could not be put back at the last stop.
         self.unrestored: list[str] = []
+
+    @property
+    def controller(self) -> Controller:
+        return self.actuation.controller
+
+    @controller.setter
+    def controller(self, controller: Controller) -> None:
+        self.actuation.controller = controller
+
+    @property
+    def sink(self) -> Sink | None:
+        """Without MQTT (simulation), outgoing messages go here: (topic, payload)."""
+        return self.sink_link.sink
+
+    @sink.setter
+    def sink(self, sink: Sink | None) -> None:
+        self.sink_link.sink = sink
+
+    def wake_now(self) -> None:
+        self.wake.set()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -186,7 +201,16 @@ class Agent:
             if self.ven is None:
                 from agent.openadr.ven import VenBridge  # needs the openadr extra (openleadr)
 
-                self.ven = VenBridge(self, self.cfg.openadr)
+                self.ven = VenBridge(
+                    self.cfg.openadr,
+                    self.lifecycle,
+                    self.clock,
+                    self.store,
+                    self.provider,
+                    lambda: self.cfg.contract,
+                    self.site_load_kw,
+                )
+                self.provider.add_source("openadr", self.ven)
             out.append(Component("openadr", self.ven.run))
         return out
 
@@ -225,6 +249,7 @@ class Agent:
                 self._on_connected,
                 sleep=self.mqtt_sleep,
             )
+            self.provider.primary = MqttProviderLink(self.mqtt)
             log.info(
                 "event=starting site=%s version=%s devices=%d", cfg.site.id, __version__, len(self.devices)
             )
@@ -255,7 +280,7 @@ class Agent:
             if not clean:
                 await self._fail_safe(reason or "stopped abnormally")
             with contextlib.suppress(sqlite3.Error):
-                await self._flush(final=True)
+                await self.flush(final=True)
             for t in self.transports.values():
                 with contextlib.suppress(Exception):
                     await t.close()
@@ -364,7 +389,7 @@ class Agent:
             if dev is not None and dev in devices and (t := dev.reading(ot.role)) is not None:
                 self.pending.rows.append((TEMPERATURE_KEY, now, t))  # °C, stored like a device's kW
 
-    async def _poll_all(self) -> None:
+    async def poll_all(self) -> None:
         """Every endpoint once, in parallel (start-up recovery and the simulation's stepped time)."""
         by_ep = self._by_endpoint()
         await asyncio.gather(*(self._poll_endpoint(ds) for ds in by_ep.values()))
@@ -408,7 +433,7 @@ class Agent:
             return None
         return self.filter.value
 
-    async def _flush(self, final: bool = False) -> None:
+    async def flush(self, final: bool = False) -> None:
         """The readings polled since the last flush to SQLite in one transaction (what is kept:
         agent/settlement/history.py); `final` (a stop) also writes the minutes still open."""
         rows, self.pending.rows = self.pending.rows, []
@@ -429,7 +454,7 @@ class Agent:
         """One turn of the flush loop: the readings, the outbox's depth, the retention once an
         hour and the disk budget's backstop (a chunk at a time, so a journal write waits for one
         chunk at most)."""
-        await self._flush()
+        await self.flush()
         with contextlib.suppress(sqlite3.Error):
             self.outbox_pending = len(await self.store.outbox_pending(1000))
         st, sync = self.cfg.storage, self.store.sync
@@ -463,12 +488,6 @@ class Agent:
 
     async def _on_connected(self) -> None:
         await self.lifecycle.on_connected()
-
-    async def _send(self, topic: str, payload: dict[str, Any], retain: bool = False) -> None:
-        if self.mqtt is not None:
-            await self.mqtt.send(topic, payload, retain)
-        elif self.sink is not None:
-            self.sink(topic, payload)
 
     # -- control -----------------------------------------------------------------------
 
@@ -553,23 +572,17 @@ class Agent:
         now = self.clock.now()
         report = self.lifecycle.live_report(load, now)
         if report is not None:
-            return report
+            return report.model_dump(mode="json")
         return {"ts": now, "measured_kw": None if load is None else round(load, 3)}
 
     async def _report_loop(self) -> None:
         while True:
             await self.clock.sleep(self.cfg.control.report_interval_s)
             failpoints.hit("report")
-            state = self.live_state()
-            if "event_id" not in state:
+            report = self.lifecycle.live_report(self.site_load_kw(), self.clock.now())
+            if report is None:
                 continue
             try:
-                # The sequence number and the queued report are one transaction: after a
-                # crash no number is reused, so subscribers may dedupe on it.
-                if self.mqtt is not None:
-                    self.report_seq = await self.mqtt.send_numbered(self.topics.report, state, "report_seq")
-                else:
-                    self.report_seq += 1
-                    await self._send(self.topics.report, {**state, "seq": self.report_seq})
+                self.report_seq = await self.provider.send_report(report)
             except sqlite3.Error as exc:
                 log.warning("event=report_not_queued error=%r", str(exc))

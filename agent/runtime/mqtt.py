@@ -17,6 +17,7 @@ mqtt.topic_root, default dr/<site id>); docs/mqtt-api.md has the payloads:
   out  {root}/out/report               live reports during an event
   out  {root}/out/event/<event_id>     event state (retained)
   out  {root}/out/settlement/<event_id> settlement (retained)
+  out  {root}/out/ledger                the year to date (retained)
   out  {root}/status                   online / offline / stopped / failed (retained)
 
 Reconnects wait a capped full-jitter backoff (drivers/backoff.py) on the
@@ -36,6 +37,7 @@ from typing import Any
 import aiomqtt
 
 from agent.config.model import MqttConfig
+from agent.events.model import ErrorReply, EventResponse, EventState, LiveState, PriceReading
 from agent.platform import failpoints
 from agent.platform.store import AsyncStore
 from drivers.backoff import Backoff
@@ -55,6 +57,7 @@ class Topics:
         self.response = f"{self.root}/out/response"
         self.error = f"{self.root}/out/error"
         self.report = f"{self.root}/out/report"
+        self.ledger = f"{self.root}/out/ledger"
         self.status = f"{self.root}/status"
 
     def event_state(self, event_id: str) -> str:
@@ -228,3 +231,37 @@ class MqttLink:
             # The broker is unreachable: the last will (`offline`) tells subscribers instead.
             log.warning("event=status_publish_failed state=%s error=%r", state, str(exc))
             return False
+
+
+class MqttProviderLink:
+    """The lifecycle's `ProviderLink` (agent/events/ports.py) over MQTT: each message through the
+    durable outbox to its topic; states, settlements, the ledger and the price reading retained."""
+
+    def __init__(self, link: MqttLink) -> None:
+        self.link = link
+        self.topics = link.topics
+
+    async def send_response(self, body: EventResponse) -> None:
+        await self.link.send(self.topics.response, body.model_dump(mode="json", exclude_none=True))
+
+    async def send_state(self, body: EventState) -> None:
+        await self.link.send(
+            self.topics.event_state(body.event_id), body.model_dump(mode="json"), retain=True
+        )
+
+    async def send_report(self, body: LiveState) -> int:
+        # The sequence number and the queued report are one transaction: after a crash no
+        # number is reused, so subscribers may dedupe on it.
+        return await self.link.send_numbered(self.topics.report, body.model_dump(mode="json"), "report_seq")
+
+    async def send_settlement(self, event_id: str, body: dict[str, Any]) -> None:
+        await self.link.send(self.topics.settlement(event_id), body, retain=True)
+
+    async def send_ledger(self, body: dict[str, Any]) -> None:
+        await self.link.send(self.topics.ledger, body, retain=True)
+
+    async def send_error(self, body: ErrorReply) -> None:
+        await self.link.send(self.topics.error, body.model_dump(mode="json"))
+
+    async def send_price(self, body: PriceReading) -> None:
+        await self.link.send(self.topics.price_state, body.model_dump(mode="json"), retain=True)

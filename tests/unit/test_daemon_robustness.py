@@ -42,7 +42,7 @@ def test_numbered_outbox_messages_never_reuse_a_number_across_restarts(tmp_path:
 async def test_readings_are_kept_while_the_database_refuses_writes(tmp_path: Path) -> None:
     agent, _plant = make_agent(tmp_path)
     try:
-        await agent._poll_all()
+        await agent.poll_all()
         assert agent.pending.rows
         real = agent.store.sync.add_batch
 
@@ -50,11 +50,11 @@ async def test_readings_are_kept_while_the_database_refuses_writes(tmp_path: Pat
             raise sqlite3.OperationalError("database or disk is full")
 
         agent.store.sync.add_batch = full_disk  # type: ignore[method-assign]
-        await agent._flush(final=True)  # must not raise
+        await agent.flush(final=True)  # must not raise
         kept = agent.buffer.pending()
         assert kept > 0 and agent.readings_dropped == 0
         agent.store.sync.add_batch = real  # type: ignore[method-assign]
-        await agent._flush()
+        await agent.flush()
         assert agent.buffer.pending() == 0
         rows = await agent.store.readings(agent.meter.name, 0, 2e9)
         assert len(rows) == 1
@@ -89,7 +89,7 @@ async def test_control_loop_survives_a_failing_cycle(tmp_path: Path) -> None:
 async def test_orphaned_sheds_are_restored_after_the_grace_period(tmp_path: Path) -> None:
     agent, plant = make_agent(tmp_path)
     try:
-        await agent._poll_all()
+        await agent.poll_all()
         before = plant.banks["lights-office"].get("level_pct")
         await agent.actuator.shed("lights-office", "level_pct", 60, "diagnose-test-shed", "test-shed.lights-office")
         assert plant.banks["lights-office"].get("level_pct") == 60
@@ -106,7 +106,7 @@ async def test_orphaned_sheds_are_restored_after_the_grace_period(tmp_path: Path
 async def test_restore_works_from_memory_when_the_database_fails(tmp_path: Path) -> None:
     agent, plant = make_agent(tmp_path)
     try:
-        await agent._poll_all()
+        await agent.poll_all()
         before = plant.banks["ev-1"].get("current_limit_a")
         await agent.actuator.shed("ev-1", "current_limit_a", 8.0, "e1", "chargers/1:ev-1")
         assert plant.banks["ev-1"].get("current_limit_a") == 8.0

@@ -13,6 +13,7 @@ from agent.config.load import load_site_config
 from agent.config.model import PriceResponse
 from agent.events.lifecycle import EventLifecycle
 from agent.events.model import EventError, parse_event, parse_price
+from agent.platform.clock import SystemClock
 from tests.conftest import DEMO_CONFIG
 
 TZ = ZoneInfo("Asia/Shanghai")
@@ -24,7 +25,8 @@ def lifecycle(**price: Any) -> EventLifecycle:
     pr = PriceResponse.model_validate({"thresholds": thresholds, **price})
     contract = cfg.contract.model_copy(update={"price": pr})
     cfg = cfg.model_copy(update={"contract": contract})
-    return EventLifecycle(SimpleNamespace(cfg=cfg, tz=TZ))  # type: ignore[arg-type]
+    ports = SimpleNamespace(link=None, actuation=None, store=None, readings=None, books=None, wake=None)
+    return EventLifecycle(lambda: cfg, SystemClock(), {}, ports)  # type: ignore[arg-type]
 
 
 def price(*intervals: tuple[str, float, float], revision: int = 0) -> Any:
