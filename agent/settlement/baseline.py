@@ -424,6 +424,13 @@ def _result(
     days: _Days,
     **extra: Any,
 ) -> BaselineResult:
+    """An available result from the days looked at (``extra`` adds or overrides fields)."""
+    fields: dict[str, Any] = {
+        "days_used": [d for d, _ in days.profiles],
+        "coverage": days.coverage,
+        "skipped_days": days.skipped,
+        **extra,
+    }
     return BaselineResult(
         method=method,
         available=True,
@@ -431,11 +438,13 @@ def _result(
         step_s=series.step_s,
         curve_kw=curve,
         mean_kw=_mean(curve),
-        days_used=[d for d, _ in days.profiles],
-        coverage=days.coverage,
-        skipped_days=days.skipped,
-        **extra,
+        **fields,
     )
+
+
+def _too_few(method: str, days: _Days, reason: str) -> BaselineResult:
+    """Unavailable: the look-back did not yield the days the rule needs (what was skipped, and why)."""
+    return _unavailable(method, reason, skipped_days=days.skipped, coverage=days.coverage)
 
 
 def _working_only(method: str, cal: Calendar, geo: _Geometry) -> BaselineResult | None:
@@ -500,12 +509,11 @@ def jiangsu_5day(
         accept=_normal_screen(levels, min_day_share),
     )
     if len(got.profiles) < days:
-        return _unavailable(
+        return _too_few(
             method,
+            got,
             f"only {len(got.profiles)} of {days} normal working days with complete data "
             f"in the {max_lookback_days} days before {ref}",
-            skipped_days=got.skipped,
-            coverage=got.coverage,
         )
     curve = _average([p for _, p in got.profiles])
     return _result(method, series, geo, curve, got)
@@ -778,12 +786,11 @@ def beijing_5of10(
         accept=accept,
     )
     if len(got.profiles) < pool:
-        return _unavailable(
+        return _too_few(
             method,
+            got,
             f"only {len(got.profiles)} of {pool} typical days with enough data "
             f"in the {max_lookback_days} days before the event",
-            skipped_days=got.skipped,
-            coverage=got.coverage,
         )
     ranked = [(scores[d], d, p) for d, p in got.profiles]
     # Highest first; on a tie the more recent day wins (deterministic).
@@ -942,12 +949,11 @@ def caiso_10in10(
     if want != days:
         days = min_days = want
     if len(got.profiles) < min_days:
-        return _unavailable(
+        return _too_few(
             method,
+            got,
             f"only {len(got.profiles)} eligible days (need {min_days}) "
             f"in the {max_lookback_days} days before the event",
-            skipped_days=got.skipped,
-            coverage=got.coverage,
         )
     lead_n = round(lead_s / series.step_s)
     full = _average([p for _, p in got.profiles])
@@ -1020,12 +1026,11 @@ def pjm_high4of5(
     if want != days:
         days, top = want, weekend_top
     if len(got.profiles) < days:
-        return _unavailable(
+        return _too_few(
             method,
+            got,
             f"only {len(got.profiles)} of {days} eligible days "
             f"in the {max_lookback_days} days before the event",
-            skipped_days=got.skipped,
-            coverage=got.coverage,
         )
     lead_n = round(lead_s / series.step_s)
     ranked = sorted(got.profiles, key=lambda dp: (_mean(dp[1][lead_n:]), dp[0]), reverse=True)
@@ -1078,12 +1083,11 @@ def linear_trend(
         max_lookback_days=max_lookback_days,
     )
     if len(got.profiles) < max(min_days, 2):
-        return _unavailable(
+        return _too_few(
             method,
+            got,
             f"only {len(got.profiles)} eligible days (need {max(min_days, 2)}) "
             f"in the {max_lookback_days} days before the event",
-            skipped_days=got.skipped,
-            coverage=got.coverage,
         )
     xs = [float((d - geo.event_date).days) for d, _ in got.profiles]
     xbar = _mean(xs)
@@ -1199,13 +1203,11 @@ def regression(
     skipped: dict[date, str] = {}
     samples: list[tuple[int, float | None, float]] = []  # (cell, temperature, kW)
     present = expected = 0
+    eligible = _excluded_check(excluded_dates, lambda _d: True, "", calendar)
     for k in range(1, days + 1):
         d = geo.event_date - timedelta(days=k)
-        if d in excluded_dates:
-            skipped[d] = "excluded (DR event day)"
-            continue
-        if calendar.is_shutdown(d):
-            skipped[d] = "marked shutdown (calendar.shutdown_days)"
+        if why := eligible(d):
+            skipped[d] = why
             continue
         a, b = calendar.day_bounds(d)
         a = max(a, min(b, series.start))  # clip to the data, but count gaps inside it
@@ -1236,18 +1238,18 @@ def regression(
         (ev_work * n_slots + slot(ts), temp_at(ts))
         for ts in (geo.t0 + j * series.step_s for j in range(geo.n))
     ]
-    coverage = present / expected if expected else 0.0
+    looked = _Days(skipped=skipped, present=present, expected=expected)
+    coverage = looked.coverage
     counts: dict[int, int] = {}
     for cell, _, _ in samples:
         counts[cell] = counts.get(cell, 0) + 1
     thin = sorted({c for c, _ in targets if counts.get(c, 0) < min_rows_per_cell})
     if thin:
-        return _unavailable(
+        return _too_few(
             method,
+            looked,
             f"fewer than {min_rows_per_cell} training readings for {len(thin)} time-of-day "
             f"cell(s) of the event window in the {days} days before the event",
-            skipped_days=skipped,
-            coverage=coverage,
         )
     if temperature is not None and any(t is None for _, t in targets):
         return _unavailable(method, "temperature missing in the event window", coverage=coverage)
@@ -1289,18 +1291,7 @@ def regression(
         {geo.event_date - timedelta(days=k) for k in range(1, days + 1)} - set(skipped),
         reverse=True,
     )
-    return BaselineResult(
-        method=method,
-        available=True,
-        start=geo.t0,
-        step_s=series.step_s,
-        curve_kw=curve,
-        mean_kw=_mean(curve),
-        days_used=used,
-        coverage=coverage,
-        skipped_days=skipped,
-        notes=notes,
-    )
+    return _result(method, series, geo, curve, looked, days_used=used, notes=notes)
 
 
 # ---------------------------------------------------------------------------
