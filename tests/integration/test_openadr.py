@@ -163,6 +163,46 @@ async def stop_agent(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
         await asyncio.wait_for(task, 20)
 
 
+@dataclass
+class Running:
+    """An agent running on a served plant; ``before`` is the plant read back before the agent started."""
+
+    cfg: SiteConfig
+    clock: ScaledClock
+    before: Any
+    agent: Agent = field(init=False)
+    stop: asyncio.Event = field(init=False)
+    task: asyncio.Task[None] = field(init=False)
+
+    def start(self) -> None:
+        self.agent = Agent(self.cfg, self.clock, metrics=False)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.agent.run(self.stop))
+
+    async def halt(self) -> None:
+        await stop_agent(self.stop, self.task)
+
+    async def restored(self, timeout: float = 30) -> None:
+        """Wait until every journal entry is closed (the devices written back)."""
+        async with asyncio.timeout(timeout):
+            while await self.agent.store.journal_open():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def agent_on_plant(cfg: SiteConfig, clock: ScaledClock) -> AsyncIterator[Running]:
+    """Serve the simulated plant, read it back, start the agent; stop both on the way out."""
+    plant, plant_task = await serve_plant(cfg, clock)
+    run = Running(cfg, clock, await read_back(cfg))
+    run.start()
+    try:
+        yield run
+    finally:
+        await run.halt()
+        plant_task.cancel()
+        await plant.stop()
+
+
 async def test_openadr_event_opt_in_shed_in_band_reports_outage_reregister_restart_and_cancel(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -173,12 +213,8 @@ async def test_openadr_event_opt_in_shed_in_band_reports_outage_reregister_resta
         clock = ScaledClock(
             30.0, origin_sim=datetime(datetime.now(tz).year + 1, 7, 1, 10, 30, tzinfo=tz).timestamp()
         )
-        plant, plant_task = await serve_plant(cfg, clock)
-        before = await read_back(cfg)
-        agent = Agent(cfg, clock, metrics=False)
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        try:
+        async with agent_on_plant(cfg, clock) as run:
+            before, agent = run.before, run.agent
             async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
                 await obs.wait_online()
                 await until(lambda: vtn.registrations, 20, "the VEN never registered")
@@ -228,11 +264,10 @@ async def test_openadr_event_opt_in_shed_in_band_reports_outage_reregister_resta
                 assert agent.events["oadr:ev-1"].state == "active"
 
             # The agent restarts mid-event: the stored event resumes (no new opt at the VTN).
-            await stop_agent(stop, task)
+            await run.halt()
             opts = list(vtn.opts)
-            agent = Agent(cfg, clock, metrics=False)
-            stop = asyncio.Event()
-            task = asyncio.create_task(agent.run(stop))
+            run.start()
+            agent = run.agent
             async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root, "after-restart") as obs:
                 await obs.wait_for(
                     lambda t, b: t.endswith("/out/event/oadr:ev-1") and b["state"] == "active", 30
@@ -251,14 +286,8 @@ async def test_openadr_event_opt_in_shed_in_band_reports_outage_reregister_resta
                 await obs.wait_for(
                     lambda t, b: t.endswith("/out/event/oadr:ev-1") and b["state"] == "cancelled", 30
                 )
-                async with asyncio.timeout(30):
-                    while await agent.store.journal_open():  # noqa: ASYNC110
-                        await asyncio.sleep(0.1)
+                await run.restored()
                 assert not changed(before, await read_back(cfg)), "not restored after the cancellation"
-        finally:
-            await stop_agent(stop, task)
-            plant_task.cancel()
-            await plant.stop()
 
 
 async def test_event_outside_the_contract_gets_opt_out_and_nothing_is_shed(
@@ -269,12 +298,8 @@ async def test_event_outside_the_contract_gets_opt_out_and_nothing_is_shed(
         tz = ZoneInfo(cfg.site.timezone)
         year = datetime.now(tz).year + 1
         clock = ScaledClock(30.0, origin_sim=datetime(year, 7, 1, 15, 55, tzinfo=tz).timestamp())
-        plant, plant_task = await serve_plant(cfg, clock)
-        before = await read_back(cfg)
-        agent = Agent(cfg, clock, metrics=False)
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        try:
+        async with agent_on_plant(cfg, clock) as run:
+            before, agent = run.before, run.agent
             async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
                 await until(lambda: vtn.registrations, 20, "the VEN never registered")
                 # 16:00-16:10: outside the contract's allowed hours (10:00-15:00).
@@ -287,7 +312,3 @@ async def test_event_outside_the_contract_gets_opt_out_and_nothing_is_shed(
                 await clock.sleep(datetime(year, 7, 1, 16, 2, tzinfo=tz).timestamp() - clock.now())
                 assert not changed(before, await read_back(cfg)), "something was shed"
                 assert agent.events["oadr:late-1"].control is None
-        finally:
-            await stop_agent(stop, task)
-            plant_task.cancel()
-            await plant.stop()

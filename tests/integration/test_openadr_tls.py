@@ -25,10 +25,9 @@ from cryptography.x509.oid import NameOID
 from agent.cli.diagnose_openadr import check_openadr
 from agent.openadr.ven import fingerprint_of_der
 from agent.platform.clock import ScaledClock
-from agent.runtime.daemon import Agent
-from tests.conftest import Mosquitto, serve_plant, site_config
+from tests.conftest import Mosquitto, site_config
 from tests.helpers import Observer
-from tests.integration.test_openadr import stop_agent, until, vtn_on_loopback, with_openadr
+from tests.integration.test_openadr import agent_on_plant, until, vtn_on_loopback, with_openadr
 from tests.integration.test_supervision import changed, read_back
 
 pytestmark = [
@@ -103,12 +102,8 @@ async def test_mutual_tls_signed_messages_event_and_implied_cancel(
         clock = ScaledClock(
             30.0, origin_sim=datetime(datetime.now(tz).year + 1, 7, 1, 10, 30, tzinfo=tz).timestamp()
         )
-        plant, plant_task = await serve_plant(cfg, clock)
-        before = await read_back(cfg)
-        agent = Agent(cfg, clock, metrics=False)
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        try:
+        async with agent_on_plant(cfg, clock) as run:
+            before, agent = run.before, run.agent
             async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
                 await until(lambda: vtn.registrations, 20, "the VEN never registered over mutual TLS")
                 ven_id = vtn.registrations[0]
@@ -127,19 +122,13 @@ async def test_mutual_tls_signed_messages_event_and_implied_cancel(
                 await obs.wait_for(
                     lambda t, b: t.endswith("/out/event/oadr:tls-1") and b["state"] == "cancelled", 30
                 )
-                async with asyncio.timeout(30):
-                    while await agent.store.journal_open():  # noqa: ASYNC110
-                        await asyncio.sleep(0.1)
+                await run.restored()
                 assert not changed(before, await read_back(cfg)), "not restored after the implied cancel"
                 assert agent.ven.status.error_kind is None
 
             checks = await check_openadr(cfg, 5.0)
             vtn_line = next(c for c in checks if c.name == "openadr.vtn")
             assert vtn_line.status == "ok" and pki["vtn_fp"] in vtn_line.detail, vtn_line
-        finally:
-            await stop_agent(stop, task)
-            plant_task.cancel()
-            await plant.stop()
 
 
 async def test_a_wrong_vtn_fingerprint_is_refused_and_diagnose_says_so(
@@ -167,11 +156,8 @@ async def test_a_wrong_vtn_fingerprint_is_refused_and_diagnose_says_so(
         clock = ScaledClock(
             30.0, origin_sim=datetime(datetime.now(ZoneInfo("UTC")).year + 1, 7, 1, 2, 30).timestamp()
         )
-        plant, plant_task = await serve_plant(cfg, clock)
-        agent = Agent(cfg, clock, metrics=False)
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        try:
+        async with agent_on_plant(cfg, clock) as run:
+            agent = run.agent
             await until(
                 lambda: agent.ven is not None and agent.ven.status.error_kind == "fingerprint",
                 20,
@@ -179,7 +165,3 @@ async def test_a_wrong_vtn_fingerprint_is_refused_and_diagnose_says_so(
             )
             await asyncio.sleep(1.0)
             assert not vtn.registrations and not agent.ven.status.registered
-        finally:
-            await stop_agent(stop, task)
-            plant_task.cancel()
-            await plant.stop()
