@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,8 +22,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LevelTarget(_Model):
-    """What one SIMPLE level asks of the site: exactly one of the three target kinds."""
+class TargetFields(BaseModel):
+    """The three ways to state a target, exactly one given: a SIMPLE level's here, an event's
+    (`agent.events.model.Target`)."""
 
     reduce_kw: float | None = Field(default=None, gt=0, le=1_000_000, description="Reduce by this much, kW.")
     reduce_pct_of_peak: float | None = Field(
@@ -34,11 +35,21 @@ class LevelTarget(_Model):
     )
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> LevelTarget:
+    def _exactly_one(self) -> Self:
         given = [k for k in ("reduce_kw", "reduce_pct_of_peak", "cap_kw") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("a level needs exactly one of reduce_kw, reduce_pct_of_peak, cap_kw")
+            raise ValueError(self._not_one(given))
         return self
+
+    def _not_one(self, given: list[str]) -> str:
+        return "needs exactly one of reduce_kw, reduce_pct_of_peak, cap_kw"
+
+
+class LevelTarget(TargetFields, _Model):
+    """What one SIMPLE level asks of the site: exactly one of the three target kinds."""
+
+    def _not_one(self, given: list[str]) -> str:
+        return "a level needs exactly one of reduce_kw, reduce_pct_of_peak, cap_kw"
 
 
 class SignalMapping(_Model):

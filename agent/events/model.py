@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from agent.config.openadr import TargetFields
 from agent.settlement.model import Settlement
 from strategies.model import Program
 
@@ -34,28 +35,15 @@ _STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 EventStatus = Literal["far", "near", "active", "completed", "cancelled"]
 
 
-class Target(BaseModel):
+class Target(TargetFields):
     """Exactly one of: a reduction in kW, a reduction in % of the contract peak, or a cap on site load."""
 
     model_config = _STRICT
 
-    reduce_kw: float | None = Field(default=None, gt=0, le=1_000_000, description="Reduce by this much, kW.")
-    reduce_pct_of_peak: float | None = Field(
-        default=None, gt=0, le=100, description="Reduce by this share of the contract peak, %."
-    )
-    cap_kw: float | None = Field(
-        default=None, ge=0, le=1_000_000, description="Keep site load at or below, kW."
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Target:
-        given = [k for k in ("reduce_kw", "reduce_pct_of_peak", "cap_kw") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                "target needs exactly one of reduce_kw, reduce_pct_of_peak, cap_kw"
-                + (f" (got {', '.join(given)})" if given else "")
-            )
-        return self
+    def _not_one(self, given: list[str]) -> str:
+        return "target needs exactly one of reduce_kw, reduce_pct_of_peak, cap_kw" + (
+            f" (got {', '.join(given)})" if given else ""
+        )
 
     def reduction_kw(self, peak_kw: float, baseline_kw: float) -> float:
         """The requested reduction in kW against `baseline_kw`."""
