@@ -272,18 +272,6 @@ def _mb(mb: float) -> str:
 # -- MQTT ---------------------------------------------------------------------------------
 
 
-def _tls_context(cfg: SiteConfig) -> ssl.SSLContext | None:
-    t = cfg.mqtt.tls
-    if t is None:
-        return None
-    ctx = ssl.create_default_context(cafile=t.ca_file)
-    if t.cert_file:
-        ctx.load_cert_chain(t.cert_file, t.key_file)
-    if t.insecure:
-        ctx.check_hostname = False
-    return ctx
-
-
 async def check_mqtt(cfg: SiteConfig, timeout_s: float) -> tuple[list[Check], dict[str, Any] | None]:
     """TCP, TLS, CONNECT, subscribe + publish round trip. Returns the checks and the retained status."""
     import aiomqtt
@@ -332,7 +320,7 @@ async def check_mqtt(cfg: SiteConfig, timeout_s: float) -> tuple[list[Check], di
         )
         return out, None
     try:
-        tls = _tls_context(cfg)
+        tls = cfg.mqtt.tls.context() if cfg.mqtt.tls is not None else None
     except (OSError, ssl.SSLError) as exc:
         out.append(
             Check(

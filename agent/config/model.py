@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import ssl
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -76,6 +77,15 @@ class TlsConfig(_Model):
     cert_file: str | None = Field(default=None, description="Client certificate (PEM), for mutual TLS.")
     key_file: str | None = Field(default=None, description="Client private key (PEM).")
     insecure: bool = Field(default=False, description="Skip hostname verification (testing only).")
+
+    def context(self) -> ssl.SSLContext:
+        """The client's TLS context (the agent's MQTT connection and diagnose's check both use it)."""
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.insecure:
+            ctx.check_hostname = False
+        return ctx
 
 
 class MessageSecurity(_Model):

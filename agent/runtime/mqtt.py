@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import socket
-import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -131,17 +130,6 @@ class MqttLink:
 
     # -- connection ------------------------------------------------------------
 
-    def _tls(self) -> ssl.SSLContext | None:
-        t = self.cfg.tls
-        if t is None:
-            return None
-        ctx = ssl.create_default_context(cafile=t.ca_file)
-        if t.cert_file:
-            ctx.load_cert_chain(t.cert_file, t.key_file)
-        if t.insecure:
-            ctx.check_hostname = False
-        return ctx
-
     def _client(self, suffix: str = "") -> aiomqtt.Client:
         return aiomqtt.Client(
             self.cfg.host,
@@ -152,7 +140,7 @@ class MqttLink:
             will=aiomqtt.Will(self.topics.status, json.dumps({"state": "offline"}), qos=1, retain=True),
             clean_session=False,  # a persistent session: events sent while we were away are kept
             keepalive=self.cfg.keepalive_s,
-            tls_context=self._tls(),
+            tls_context=self.cfg.tls.context() if self.cfg.tls is not None else None,
             timeout=10,
             # Without TCP_NODELAY the opt-in response to an event (a small write right after the
             # event's PUBACK) waits for the broker's delayed ACK: 40 ms (bench/shed_latency.py).
