@@ -169,7 +169,9 @@ def decide(
     top, when something must go. After an add, no release for `settle_s`
     (and vice versa) unless the band itself is at stake: that is the
     hysteresis that stops flapping. `urgent` (a new target not reached yet) fills the gap as a new
-    event's first entry does: fast actuators first whatever their stage, continuous ones deepened.
+    event's first entry does: fast actuators first whatever their stage, continuous ones deepened,
+    a step may overshoot by what the continuous ones hold, and nothing is eased on a predicted
+    overshoot below the band's top until the target shows on the meter.
     """
     if predicted_kw is None:
         return [Decision("hold", "meter unknown: holding, not adding or releasing blind")]
@@ -203,12 +205,18 @@ def decide(
             pool = [o for o in options if o.fast] + [o for o in options if not o.fast]
         else:
             pool = list(options)
+        # A step fits the gap if it overshoots the aim by at most the deadband. For a new target
+        # also by what the continuous steps hold (just deepened included): they ease back as the
+        # step lands, instead of the site staying short of the target when no step fits what
+        # they leave.
+        slack = deadband_kw
+        if urgent:
+            slack += sum(h.kw for h in held if h.continuous) + sum(d.kw for d in out if d.action == "adjust")
         while gap > deadband_kw / 2 and pool:
             pick: Option | None = None
-            # A step fits the gap if it overshoots the aim by at most the deadband; continuous ones
-            # are set to the gap. Stages in order; within a stage, the best fit.
+            # Continuous ones are set to the gap. Stages in order; within a stage, the best fit.
             for group in _stage_groups(pool):
-                fits = [o for o in group if o.continuous or o.kw <= min(gap + deadband_kw, room)]
+                fits = [o for o in group if o.continuous or o.kw <= min(gap + slack, room)]
                 if fits:
                     pick = min(
                         fits, key=lambda o: abs(gap - (min(o.kw, gap, room) if o.continuous else o.kw))
@@ -252,6 +260,10 @@ def decide(
             )
         return out
     if predicted_kw > aim + deadband_kw:
+        if urgent and predicted_kw <= top:
+            # A new target not reached on the meter yet: the kW predicted above it are still on their
+            # way (slow steps); easing the fast ones now would leave the meter short meanwhile.
+            return [Decision("hold", "new target: waiting for the steps added to show on the meter")]
         if last_add is not None and now - last_add < settle_s and predicted_kw <= top:
             return [Decision("hold", "settling after an add")]
         excess = predicted_kw - aim
@@ -747,8 +759,8 @@ class Controller:
                 return Decision("release", "max_shed_s reached", a.step)
         db = self.deadband_kw(peak_kw)
         aim = aim_kw(ev.committed_kw, ev.band, db)
-        if ev.retargeting and realized is not None and abs(realized - aim) <= db:
-            ev.retargeting = False  # reached on the meter: strategy order again
+        if ev.retargeting and realized is not None and realized >= aim - db:
+            ev.retargeting = False  # reached (or passed) on the meter: strategy order again
         predicted = None if realized is None else realized + ev.pending_kw(now)
         ev.predicted_kw = predicted
         cands = self.candidates(ev, now) if predicted is not None else []

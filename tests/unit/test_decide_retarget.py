@@ -52,3 +52,60 @@ def test_a_new_target_deepens_the_battery_and_adds_fast_steps_before_slow_ones()
 def test_in_steady_state_strategy_order_holds() -> None:
     ds = run(urgent=False)
     assert ds[0].action == "add" and ds[0].step is not None and ds[0].step.id == "hvac"
+
+
+def lumpy(urgent: bool, predicted: float = 101.0, bat_kw: float = 1.6) -> list[Decision]:
+    # The battery barely used on the old target; the only step left is a 36 kW HVAC unit.
+    return decide(
+        now=1000.0,
+        predicted_kw=predicted,
+        aim=160.0,
+        band=(50.0, 200.0),
+        deadband_kw=10.0,
+        settle_s=15.0,
+        last_add=990.0,
+        last_release=None,
+        held=[Held(battery(), bat_kw, bat_kw / 40.0, 40.0, True, True, True)],
+        options=[Option(hvac(36.0), 36.0, False, fast=False)],
+        urgent=urgent,
+    )
+
+
+def test_a_new_target_takes_a_step_the_deepened_battery_leaves_too_little_room_for() -> None:
+    # Battery to full leaves a 21.4 kW gap; the 36 kW step overshoots it by more than the deadband,
+    # but the battery can ease back: without the step the site would stay 21 kW short for good.
+    ds = lumpy(urgent=True)
+    assert [(d.action, d.step.id if d.step else None) for d in ds] == [("adjust", "bat"), ("add", "hvac")]
+    assert 101.0 + sum(d.kw for d in ds) >= 160.0 - 10.0
+
+
+def test_a_new_target_eases_nothing_on_a_predicted_overshoot_until_the_meter_shows_it() -> None:
+    # 175 kW predicted (the HVAC step still on its way), settle time over.
+    ds = decide(
+        now=1100.0,
+        predicted_kw=175.0,
+        aim=160.0,
+        band=(50.0, 200.0),
+        deadband_kw=10.0,
+        settle_s=15.0,
+        last_add=990.0,
+        last_release=None,
+        held=[Held(battery(), 40.0, 1.0, 40.0, True, True, True)],
+        options=[],
+        urgent=True,
+    )
+    assert [d.action for d in ds] == ["hold"]
+    eased = decide(
+        now=1100.0,
+        predicted_kw=175.0,
+        aim=160.0,
+        band=(50.0, 200.0),
+        deadband_kw=10.0,
+        settle_s=15.0,
+        last_add=990.0,
+        last_release=None,
+        held=[Held(battery(), 40.0, 1.0, 40.0, True, True, True)],
+        options=[],
+        urgent=False,
+    )
+    assert [d.action for d in eased] == ["adjust"]
