@@ -10,8 +10,7 @@ pointing at a socket of ours:
 
     python bench/footprint.py [--sizes 10,100,1000] [--idle-s 20] [--event-s 20] [--json]
 
-`bench/agent_footprint.py` (the demo site's reaction time) is superseded by this bench and
-bench/shed_latency.py.
+It replaces bench/agent_footprint.py; the event's reaction time is bench/shed_latency.py's.
 """
 
 from __future__ import annotations
