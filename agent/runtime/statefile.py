@@ -167,6 +167,8 @@ async def snapshot(agent: AgentView, state: str | None = None) -> dict[str, Any]
         "schema": SCHEMA_VERSION,
         "state": state,
         "pid": os.getpid(),
+        # Tasks alive in the loop: a soak run (bench/soak.py) watches this for a leak.
+        "tasks": len(asyncio.all_tasks()),
         "version": __version__,
         "site_id": agent.cfg.site.id,
         "started_at": agent.started_at,
