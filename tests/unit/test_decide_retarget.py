@@ -79,9 +79,9 @@ def test_a_new_target_takes_a_step_the_deepened_battery_leaves_too_little_room_f
     assert 101.0 + sum(d.kw for d in ds) >= 160.0 - 10.0
 
 
-def test_a_new_target_eases_nothing_on_a_predicted_overshoot_until_the_meter_shows_it() -> None:
+def overshoot(urgent: bool) -> list[Decision]:
     # 175 kW predicted (the HVAC step still on its way), settle time over.
-    ds = decide(
+    return decide(
         now=1100.0,
         predicted_kw=175.0,
         aim=160.0,
@@ -92,20 +92,10 @@ def test_a_new_target_eases_nothing_on_a_predicted_overshoot_until_the_meter_sho
         last_release=None,
         held=[Held(battery(), 40.0, 1.0, 40.0, True, True, True)],
         options=[],
-        urgent=True,
+        urgent=urgent,
     )
-    assert [d.action for d in ds] == ["hold"]
-    eased = decide(
-        now=1100.0,
-        predicted_kw=175.0,
-        aim=160.0,
-        band=(50.0, 200.0),
-        deadband_kw=10.0,
-        settle_s=15.0,
-        last_add=990.0,
-        last_release=None,
-        held=[Held(battery(), 40.0, 1.0, 40.0, True, True, True)],
-        options=[],
-        urgent=False,
-    )
-    assert [d.action for d in eased] == ["adjust"]
+
+
+def test_a_new_target_eases_nothing_on_a_predicted_overshoot_until_the_meter_shows_it() -> None:
+    assert [d.action for d in overshoot(urgent=True)] == ["hold"]
+    assert [d.action for d in overshoot(urgent=False)] == ["adjust"]
