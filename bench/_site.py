@@ -53,14 +53,6 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
-def io_write_bytes(pid: int) -> int:
-    """Bytes the process caused to be written to storage (/proc/PID/io write_bytes)."""
-    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
-        if line.startswith("write_bytes:"):
-            return int(line.split()[1])
-    return 0
-
-
 async def start_broker(tmp: Path) -> tuple[int, Any]:
     exe = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
