@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -23,11 +25,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.cli.diagnose_openadr import check_openadr
+from agent.config.model import SiteConfig
 from agent.openadr.ven import fingerprint_of_der
 from agent.platform.clock import ScaledClock
 from tests.conftest import Mosquitto, site_config
 from tests.helpers import Observer
-from tests.integration.test_openadr import agent_on_plant, until, vtn_on_loopback, with_openadr
+from tests.integration.test_openadr import Vtn, agent_on_plant, until, vtn_on_loopback, with_openadr
 from tests.integration.test_supervision import changed, read_back
 
 pytestmark = [
@@ -84,20 +87,32 @@ def make_pki(d: Path) -> dict[str, str]:
     return out
 
 
-async def test_mutual_tls_signed_messages_event_and_implied_cancel(
-    mosquitto: Mosquitto, tmp_path: Path
-) -> None:
+@asynccontextmanager
+async def tls_site(
+    mosquitto: Mosquitto, tmp_path: Path, pin: str
+) -> AsyncIterator[tuple[dict[str, str], Vtn, SiteConfig]]:
+    """A fresh PKI, a VTN on loopback over mutual TLS, and a site whose VEN pins `pki[pin]` as the VTN's."""
     pki = make_pki(tmp_path)
     tls = {"cert": pki["vtn_cert"], "key": pki["vtn_key"], "ca": pki["ca"]}
     async with vtn_on_loopback(tls=tls, ven_fingerprint=pki["ven_fp"]) as vtn:
-        cfg = with_openadr(
-            site_config(mosquitto.port, tmp_path),
+        yield (
+            pki,
             vtn,
-            cert_file=pki["ven_cert"],
-            key_file=pki["ven_key"],
-            ca_file=pki["ca"],
-            vtn_fingerprint=pki["vtn_fp"],
+            with_openadr(
+                site_config(mosquitto.port, tmp_path),
+                vtn,
+                cert_file=pki["ven_cert"],
+                key_file=pki["ven_key"],
+                ca_file=pki["ca"],
+                vtn_fingerprint=pki[pin],
+            ),
         )
+
+
+async def test_mutual_tls_signed_messages_event_and_implied_cancel(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    async with tls_site(mosquitto, tmp_path, pin="vtn_fp") as (pki, vtn, cfg):
         tz = ZoneInfo(cfg.site.timezone)
         clock = ScaledClock(
             30.0, origin_sim=datetime(datetime.now(tz).year + 1, 7, 1, 10, 30, tzinfo=tz).timestamp()
@@ -134,17 +149,8 @@ async def test_mutual_tls_signed_messages_event_and_implied_cancel(
 async def test_a_wrong_vtn_fingerprint_is_refused_and_diagnose_says_so(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
-    pki = make_pki(tmp_path)
-    tls = {"cert": pki["vtn_cert"], "key": pki["vtn_key"], "ca": pki["ca"]}
-    async with vtn_on_loopback(tls=tls, ven_fingerprint=pki["ven_fp"]) as vtn:
-        cfg = with_openadr(
-            site_config(mosquitto.port, tmp_path),
-            vtn,
-            cert_file=pki["ven_cert"],
-            key_file=pki["ven_key"],
-            ca_file=pki["ca"],
-            vtn_fingerprint=pki["ven_fp"],  # not the VTN's
-        )
+    # The VEN pins its own fingerprint, not the VTN's.
+    async with tls_site(mosquitto, tmp_path, pin="ven_fp") as (pki, vtn, cfg):
         checks = await check_openadr(cfg, 5.0)
         line = next(c for c in checks if c.name == "openadr.vtn")
         assert line.status == "fail", line
