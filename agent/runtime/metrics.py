@@ -339,11 +339,3 @@ class MetricsServer:
                     raise RuntimeError("the metrics server thread is gone")
         finally:
             await asyncio.to_thread(self.stop)
-
-
-def serve_metrics(agent: AgentView, host: str, port: int) -> tuple[CollectorRegistry, int]:
-    """Start the /metrics HTTP server (a daemon thread). Returns the registry and the bound port."""
-    registry = CollectorRegistry()
-    registry.register(AgentCollector(agent))
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return registry, int(server.server_address[1])
