@@ -347,25 +347,6 @@ class Store:
         )
         return [(int(a), float(b)) for a, b in cur]
 
-    def prune_readings(self, older_than: float) -> int:
-        with self.transaction():
-            cur = self.db.execute("DELETE FROM readings WHERE ts < ?", (older_than,))
-        return cur.rowcount
-
-    def prune_device(
-        self, device: str, raw_before: float, minute_before: float, quarter_before: float
-    ) -> int:
-        """Drop one device's rows older than each table's cut-off; ranges on the key, so no table scan."""
-        n = 0
-        with self.transaction():
-            for q, cut in (
-                ("DELETE FROM readings WHERE device=? AND ts<?", raw_before),
-                ("DELETE FROM readings_1m WHERE device=? AND minute<?", int(minute_before // 60)),
-                ("DELETE FROM readings_15m WHERE device=? AND quarter<?", int(quarter_before // 900)),
-            ):
-                n += self.db.execute(q, (device, cut)).rowcount
-        return n
-
     # -- events ----------------------------------------------------------------
 
     def save_event(
