@@ -544,10 +544,6 @@ class Store:
         with self.transaction():
             self.db.executemany("UPDATE outbox SET sent_ts=? WHERE seq=?", [(now, s) for s in seqs])
 
-    def outbox_prune(self, older_than: float) -> None:
-        with self.transaction():
-            self.db.execute("DELETE FROM outbox WHERE sent_ts IS NOT NULL AND sent_ts < ?", (older_than,))
-
     def nonce_seen(self, nonce: str, ts: float, now: float, window_s: float) -> bool:
         """True if `nonce` was already used within the window; records it otherwise (replay defence)."""
         with self.transaction():
