@@ -133,7 +133,8 @@ class VtnLink:
         import aiohttp
 
         if self._session is None or self._session.closed:
-            ctx = self._ssl()
+            # Reads the CA, certificate and key files (and decrypts the key): not on the event loop.
+            ctx = await asyncio.to_thread(self._ssl)
             if ctx is not None:
                 await self._pin(ctx)
             timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
