@@ -276,7 +276,8 @@ async def test_openadr_event_opt_in_shed_in_band_reports_outage_reregister_resta
                     lambda: agent.ven is not None and agent.ven.status.registered, 20, "no registration"
                 )
                 await until(lambda: bool(agent.lifecycle.shedding()), 20, "the event did not resume")
-                assert agent.events["oadr:ev-1"].runtime.get("resumed") is True
+                runtime = agent.events["oadr:ev-1"].runtime
+                assert runtime is not None and runtime.get("resumed") is True
                 await clock.sleep(90)
                 assert changed(before, await read_back(cfg)), "nothing shed after the restart"
                 assert vtn.opts == opts
