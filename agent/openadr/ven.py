@@ -328,6 +328,8 @@ class VenBridge:
         self.oadr_ids: dict[str, str] = {}
         self._fails = FailureLog(log, "openadr_vtn", level=logging.ERROR)
         self._send_lock = asyncio.Lock()
+        #: Report sends started by _queue: held here, as the loop keeps only weak references to tasks.
+        self._sends: set[asyncio.Task[None]] = set()
         self._saved_at = -SAVE_EVERY_S
 
     # -- the loop ---------------------------------------------------------------------
@@ -778,7 +780,9 @@ class VenBridge:
             )
         self.status.reports_held = len(self.held)
         if self.status.reachable and self.status.registered:
-            asyncio.get_running_loop().create_task(self._flush_quietly(), name="openadr-report-send")
+            task = asyncio.get_running_loop().create_task(self._flush_quietly(), name="openadr-report-send")
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
 
     async def _flush_quietly(self) -> None:
         with contextlib.suppress(VtnError, RegistrationLost):
