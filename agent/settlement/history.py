@@ -143,7 +143,8 @@ def control_periods(
         rt = row.get("runtime") or {}
         if row["event_id"] == exclude_event or row.get("opt") != "in" or rt.get("control_start") is None:
             continue
-        span = _stored_span(row["payload"])
+        # A caller holding the events already gives each row's (end, recovery_s, program) as "span".
+        span = row["span"] if "span" in row else _stored_span(row["payload"])
         if span is None:  # a row this version cannot read ran no control we know of
             continue
         ev_end, ev_recovery, program = span
