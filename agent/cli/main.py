@@ -173,8 +173,14 @@ EXTRA_COMMANDS.append("agent.cli.cmd_baseline")  # baseline advice from the site
 
 
 def main(argv: list[str] | None = None) -> int:
+    from agent.platform.store import NewerDatabase
+
     args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
+    try:
+        rc: int = args.func(args)
+    except NewerDatabase as exc:  # written by a newer dr-agent: said plainly, the file left as it is
+        print(f"dr-agent: {exc}", file=sys.stderr)
+        return 1
     return rc
 
 

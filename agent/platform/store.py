@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS audit(
 CREATE TABLE IF NOT EXISTS nonces(nonce TEXT PRIMARY KEY, ts REAL NOT NULL) WITHOUT ROWID;
 """
 
+#: The schema this code writes, kept in the file's `PRAGMA user_version`:
+#: 0  before versioning: `readings` keyed (device, ts) in files created before the disk budget,
+#:    and maybe without the columns of MIGRATIONS;
+#: 1  `readings` keyed (ts, device) (a flush touches the pages at the table's end, not one per
+#:    device), every column of MIGRATIONS.
+SCHEMA_VERSION = 1
+
 #: Columns added after the first release: (table, column, type); added in place on open.
 MIGRATIONS = [("events", "runtime", "TEXT"), ("journal", "original_raw", "TEXT")]
 
@@ -63,8 +70,29 @@ CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 log = logging.getLogger("dr_agent.store")
 
 
+def _table_sql(db: sqlite3.Connection, name: str) -> str:
+    """The CREATE statement of table `name`, "" when there is none."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+    return "" if row is None else str(row[0])
+
+
 class CorruptDatabase(sqlite3.DatabaseError):
     """The database opened but its integrity check failed."""
+
+
+class NewerDatabase(RuntimeError):
+    """The file was written by a newer dr-agent (a higher schema version): left as it is.
+
+    Not a sqlite3 error, so the daemon's corrupt-file recovery never moves it aside."""
+
+    def __init__(self, path: Path, version: int) -> None:
+        super().__init__(
+            f"{path}: database schema version {version} is newer than this dr-agent's "
+            f"({SCHEMA_VERSION}); it was left unchanged: run the dr-agent that wrote it, or point "
+            "storage.path at another file"
+        )
+        self.path = path
+        self.version = version
 
 
 @dataclass
@@ -130,6 +158,10 @@ class Store:
     def _open(self, check: bool) -> sqlite3.Connection:
         db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         try:
+            # Before anything writes (even the journal mode): a newer file is left as it is.
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version > SCHEMA_VERSION:
+                raise NewerDatabase(self.path, version)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             # The WAL is cut back to this after a checkpoint: it counts against the disk budget.
@@ -138,15 +170,63 @@ class Store:
                 rows = [str(r[0]) for r in db.execute("PRAGMA quick_check(3)")]
                 if rows != ["ok"]:
                     raise CorruptDatabase("; ".join(rows))
-            db.executescript(SCHEMA)
-            for table, column, kind in MIGRATIONS:
-                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-                if column not in have:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            if version < SCHEMA_VERSION:
+                self._upgrade(db)
         except BaseException:
             db.close()
             raise
         return db
+
+    def _upgrade(self, db: sqlite3.Connection) -> None:
+        """Create a new file's schema, or bring an older one to SCHEMA_VERSION in place, in one
+        transaction: an interrupted upgrade (a crash, a power cut) leaves the file as it was, and
+        the next open starts it again. Every row is kept."""
+        db.execute("BEGIN IMMEDIATE")  # the write lock first: two openers cannot both upgrade
+        try:
+            version = int(db.execute("PRAGMA user_version").fetchone()[0])
+            if version >= SCHEMA_VERSION:  # another process did it while this one waited
+                db.execute("COMMIT")
+                return
+            fresh = db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
+            t0 = time.monotonic()
+            if not fresh:
+                log.warning(
+                    "event=database_upgrading path=%s from_version=%d to_version=%d",
+                    self.path,
+                    version,
+                    SCHEMA_VERSION,
+                )
+            rekeyed = 0
+            raw_sql = _table_sql(db, "readings")
+            if raw_sql and "PRIMARY KEY(ts, device)" not in raw_sql:
+                # (device, ts) -> (ts, device): a copy in key order, then the old table goes.
+                db.execute("ALTER TABLE readings RENAME TO readings_v0")
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            if _table_sql(db, "readings_v0"):
+                rekeyed = db.execute(
+                    "INSERT INTO readings(device, ts, kw) SELECT device, ts, kw FROM readings_v0 ORDER BY ts, device"
+                ).rowcount
+                db.execute("DROP TABLE readings_v0")
+            for table, column, kind in MIGRATIONS:
+                have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if not fresh:
+            log.warning(
+                "event=database_upgraded path=%s version=%d readings_rekeyed=%d seconds=%.2f",
+                self.path,
+                SCHEMA_VERSION,
+                rekeyed,
+                time.monotonic() - t0,
+            )
 
     def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -237,11 +317,6 @@ class Store:
 
     # -- what the history costs, and the disk budget ------------------------------------
 
-    def raw_time_first(self) -> bool:
-        """True when `readings` is keyed (ts, device) (databases created since the disk budget)."""
-        row = self.db.execute("SELECT sql FROM sqlite_master WHERE name='readings'").fetchone()
-        return bool(row) and "PRIMARY KEY(ts, device)" in str(row[0])
-
     def usage_bytes(self) -> int:
         """Bytes the database holds: pages in use plus its write-ahead log."""
         page = int(self.db.execute("PRAGMA page_size").fetchone()[0])
@@ -252,8 +327,8 @@ class Store:
 
     def keys(self, table: str) -> list[str]:
         """The devices (series keys) `table` holds rows of: one index seek each on a table keyed
-        by device first; a scan of `readings` when it is keyed by time first (short, thinned)."""
-        if table == "readings" and self.raw_time_first():
+        by device first; a scan of `readings`, keyed by time first (short, thinned)."""
+        if table == "readings":
             return [r[0] for r in self.db.execute("SELECT DISTINCT device FROM readings")]
         out: list[str] = []
         row = self.db.execute(f"SELECT device FROM {table} ORDER BY device LIMIT 1").fetchone()
@@ -273,35 +348,23 @@ class Store:
         return None if row is None or row[0] is None else float(row[0]) * step
 
     def oldest_raw(self, keys: Collection[str], *, others: bool = False) -> float | None:
-        """The time of the oldest poll-rate row of `keys` (or, `others`, of every other key)."""
+        """The time of the oldest poll-rate row of `keys` (or, `others`, of every other key): the
+        first matching row in the table's time order, a short walk."""
         marks = ",".join("?" * len(keys))
-        if self.raw_time_first():  # the first row in time order that matches: a short walk
-            q = f"SELECT ts FROM readings WHERE device {'NOT IN' if others else 'IN'} ({marks}) ORDER BY ts LIMIT 1"
-            row = self.db.execute(q, tuple(keys)).fetchone()
-            return None if row is None else float(row[0])
-        olds = [
-            t
-            for k in self.keys("readings")
-            if (k in keys) != others and (t := self.oldest("readings", k)) is not None
-        ]
-        return min(olds) if olds else None
+        q = f"SELECT ts FROM readings WHERE device {'NOT IN' if others else 'IN'} ({marks}) ORDER BY ts LIMIT 1"
+        row = self.db.execute(q, tuple(keys)).fetchone()
+        return None if row is None else float(row[0])
 
     def prune_raw(self, before: float, keys: Collection[str] | None = None, *, others: bool = False) -> int:
         """Drop poll-rate rows older than `before`: of every key, of `keys`, or (`others`) of every
-        key but `keys`. A range on the key's time, not a table scan, on a time-first table."""
+        key but `keys`. A range on the key's time, not a table scan."""
         args: tuple[str, ...] = ()
         cond = ""
         if keys is not None:
             marks = ",".join("?" * len(keys))
             cond, args = f" AND device {'NOT IN' if others else 'IN'} ({marks})", tuple(keys)
         with self.transaction():
-            if self.raw_time_first():
-                return self.db.execute(f"DELETE FROM readings WHERE ts < ?{cond}", (before, *args)).rowcount
-            n = 0  # keyed (device, ts): one range per device
-            for k in self.keys("readings"):
-                if keys is None or (k in keys) != others:
-                    n += self.db.execute("DELETE FROM readings WHERE device=? AND ts<?", (k, before)).rowcount
-            return n
+            return self.db.execute(f"DELETE FROM readings WHERE ts < ?{cond}", (before, *args)).rowcount
 
     def prune_aggregates(self, table: str, device: str, before: float) -> int:
         """Drop `device`'s rows of readings_1m or readings_15m older than `before` (s)."""

@@ -67,7 +67,10 @@ def test_a_device_that_does_not_move_is_still_stored_every_heartbeat(tmp_path: P
 
 def test_raw_rows_are_keyed_time_first(tmp_path: Path) -> None:
     s = Store(tmp_path / "h.sqlite")
-    assert s.raw_time_first()
+    assert (
+        "PRIMARY KEY(ts, device)"
+        in s.db.execute("SELECT sql FROM sqlite_master WHERE name='readings'").fetchone()[0]
+    )
     s.close()
 
 
