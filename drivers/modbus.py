@@ -1,7 +1,11 @@
 """Modbus transports: one connection per endpoint, one request at a time, a timeout on every call.
 
-Everything that touches pymodbus lives here, so a pymodbus upgrade is one
-file's work. All unit ids on an endpoint share its connection; an
+Modbus TCP runs on a small client of our own (`_MbapLink`: struct-packed MBAP
+frames on an `asyncio.Protocol`): pymodbus's client machinery (a request
+object, transaction manager, framer and `wait_for` per request) cost more CPU
+per request than all our decoding, see docs/performance.md "Polling". RTU,
+over serial or TCP, stays on pymodbus, and everything that touches pymodbus
+lives here, so a pymodbus upgrade is one file's work. All unit ids on an endpoint share its connection; an
 `asyncio.Lock` keeps requests strictly sequential (serial buses and many TCP
 gateways cannot interleave). A lost connection is re-opened on demand with
 full-jitter exponential backoff, never in a tight loop, never blocking the
@@ -12,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -79,6 +85,104 @@ class EndpointStats:
     last_error: str | None = None
 
 
+_MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length (unit + PDU), unit id
+_READ = struct.Struct(">BHH")  # function code, address, count (also 05/06 write requests)
+_REGS = [struct.Struct(f">{n}H") for n in range(126)]  # register payloads by count (at most 125)
+#: Longest MBAP length field: unit id + a 253-byte PDU.
+_MAX_LENGTH = 254
+
+
+class _BadFrame(Exception):
+    """The byte stream is not Modbus TCP frames any more: framing is lost, only a new connection helps."""
+
+
+class _MbapLink(asyncio.Protocol):
+    """Modbus TCP framing over one connection, at most one request in flight (the endpoint's lock).
+
+    A reply is taken for the request in flight only if its transaction id is
+    the request's; anything else (a late answer to a request that timed out)
+    is dropped, never mistaken for the next answer. Replies may arrive split
+    over several segments or several in one.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[bytes] | None = None
+        self.tid = 0
+        self.buf = b""
+        #: Replies dropped because no request was waiting for them (late or stray).
+        self.dropped = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.transport is not None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # One small request, then wait for its answer: never hold it back (Nagle).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.buf = b""
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_exception(
+                ConnectionError(f"connection lost: {exc}" if exc else "connection closed by the peer")
+            )
+
+    def send(self, unit: int, pdu: bytes) -> asyncio.Future[bytes]:
+        """Send one request; the future gets the reply's unit id and PDU (bytes)."""
+        assert self.transport is not None
+        self.tid = tid = self.tid % 0xFFFF + 1
+        self.waiter = w = asyncio.get_running_loop().create_future()
+        self.transport.write(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu)
+        return w
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        while len(buf) >= 8:
+            tid, pid, length, _unit = _MBAP.unpack_from(buf)
+            if pid != 0 or not 2 <= length <= _MAX_LENGTH:
+                self.buf = b""
+                self._lost(f"not a Modbus TCP frame (protocol id {pid}, length {length})")
+                return
+            end = 6 + length
+            if len(buf) < end:
+                break
+            frame, buf = buf[6:end], buf[end:]
+            w = self.waiter
+            if w is None or w.done() or tid != self.tid:
+                self.dropped += 1
+                log.debug("event=reply_dropped tid=%d expected=%d", tid, self.tid)
+                continue
+            w.set_result(frame)
+        self.buf = buf
+
+    def eof_received(self) -> bool:
+        return False  # close our side too: connection_lost fails the request in flight
+
+    def _lost(self, why: str) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_exception(_BadFrame(why))
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+def _expire(w: asyncio.Future[bytes]) -> None:
+    if not w.done():
+        w.set_exception(TimeoutError())
+
+
 class ModbusTransport:
     """A Modbus endpoint (TCP, RTU over serial, or RTU over TCP) shared by its unit ids."""
 
@@ -112,6 +216,7 @@ class ModbusTransport:
         self._lock = asyncio.Lock()
         self._backoff = Backoff(cap_s=backoff_cap_s)
         self._last_frame_end = 0.0
+        self._link: _MbapLink | None = None
         self._client: Any
         if protocol == "rtu":
             if not serial_port:
@@ -133,6 +238,10 @@ class ModbusTransport:
             if not host:
                 raise ValueError(f"endpoint {name}: {protocol} needs a host")
             self.address = f"{host}:{port}"
+            self._host, self._port = host, port
+            if protocol == "tcp":
+                self._client = None  # our own client (_MbapLink), opened on the first request
+                return
             self._client = AsyncModbusTcpClient(
                 host,
                 port=port,
@@ -146,28 +255,43 @@ class ModbusTransport:
 
     @property
     def connected(self) -> bool:
+        if self._client is None:
+            return self._link is not None and self._link.connected
         return bool(self._client.connected)
+
+    async def _open_link(self) -> bool:
+        """Modbus TCP: a new connection of our own client."""
+        if self._link is not None:
+            self._link.close()
+        _t, self._link = await asyncio.get_running_loop().create_connection(_MbapLink, self._host, self._port)
+        return True
 
     async def _ensure_connected(self) -> None:
         """Open the connection if needed; a failed open backs the endpoint off (full jitter)."""
-        if self._client.connected:
+        if self.connected:
             return
         now = time.monotonic()
         if now < self._backoff.not_before:
             wait = self._backoff.not_before - now
             raise ModbusIOError(self.name, f"not connected (retrying in {wait:.1f} s)", retry_in_s=wait)
-        error = "connect failed"
+        error = reason = "connect failed"
         try:
             async with asyncio.timeout(self.timeout_s * 2):
-                ok = await self._client.connect()
-        except (TimeoutError, OSError) as exc:
+                ok = await (self._open_link() if self._client is None else self._client.connect())
+        except TimeoutError as exc:
             ok = False
-            error = str(exc) or type(exc).__name__
+            error = reason = str(exc) or type(exc).__name__
+        except OSError as exc:
+            ok = False
+            # Refused, unreachable: "connect failed" as pymodbus says it; the log line says why.
+            reason = str(exc) or type(exc).__name__
+            if self._client is not None:
+                error = reason
         if not ok:
             delay = self._backoff.failed(time.monotonic())
             if self.stats.connected or self._backoff.attempt == 1:
                 log.warning(
-                    "endpoint=%s event=connect_failed address=%s error=%r", self.name, self.address, error
+                    "endpoint=%s event=connect_failed address=%s error=%r", self.name, self.address, reason
                 )
             self.stats.connected = False
             self.stats.last_error = error
@@ -236,6 +360,83 @@ class ModbusTransport:
                 raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}", code)
             return response
 
+    async def _request(self, what: str, unit: int, pdu: bytes) -> bytes:
+        """Modbus TCP on our own client: one request under the endpoint lock, within the timeout.
+
+        Returns the reply's PDU; an exception reply raises ModbusIOError with its code. A unit
+        that does not answer costs one timeout and leaves the connection alone (a late answer
+        is dropped by its transaction id), unless part of a reply came: then the stream's
+        framing is unknown and the connection is closed.
+        """
+        async with self._lock:
+            link = self._link
+            if link is None or link.transport is None:
+                await self._ensure_connected()
+                link = self._link
+                assert link is not None
+            if self.inter_frame_delay_s:
+                wait = self._last_frame_end + self.inter_frame_delay_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            t0 = time.monotonic()
+            self.stats.requests += 1
+            w = link.send(unit, pdu)
+            timer = asyncio.get_running_loop().call_later(self.timeout_s, _expire, w)
+            try:
+                frame = await w
+            except TimeoutError:
+                self._failed(f"no response within {self.timeout_s:g} s", timeout=True)
+                if link.buf:
+                    link.close()
+                raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from None
+            except _BadFrame as exc:
+                self._failed(f"bad reply: {exc}")
+                link.close()
+                raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from None
+            except OSError as exc:
+                self._failed(str(exc) or type(exc).__name__)
+                link.close()
+                raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from None
+            finally:
+                timer.cancel()
+                link.waiter = None
+                self._last_frame_end = time.monotonic()
+            self.stats.last_latency_s = self._last_frame_end - t0
+        fc = pdu[0]
+        if frame[0] != unit:
+            self._bad_reply(what, f"unit id {frame[0]} in the answer to unit {unit}")
+        if frame[1] != fc:
+            if frame[1] == fc | 0x80 and len(frame) == 3:
+                code = frame[2]
+                self._failed(f"exception {code} ({EXCEPTION_NAMES.get(code, 'error')})")
+                raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}", code)
+            self._bad_reply(what, f"function code {frame[1]} in the answer to function {fc}")
+        return frame[1:]
+
+    async def _read_tcp(
+        self, unit: int, function: Function, address: int, count: int
+    ) -> list[int] | list[bool]:
+        what = f"read {function} {address}+{count} unit {unit}"
+        reply = await self._request(what, unit, _READ.pack(READ_FC[function], address, count))
+        n = len(reply) - 2
+        if n < 0 or reply[1] != n:
+            self._bad_reply(what, "undecodable frame (byte count does not match the data)")
+        if function in ("coil", "discrete_input"):
+            # Bits come padded to whole bytes, least significant bit first.
+            if n != (count + 7) // 8:
+                self._bad_reply(what, f"{n * 8} bits for a read of {count}")
+            return [bool(reply[2 + (i >> 3)] >> (i & 7) & 1) for i in range(count)]
+        if n != 2 * count:
+            if n % 2:
+                self._bad_reply(what, "undecodable frame (an odd number of data bytes)")
+            self._bad_reply(what, f"{n // 2} registers for a read of {count}")
+        return list(_REGS[count].unpack_from(reply, 2))
+
+    async def _write_tcp(self, what: str, unit: int, pdu: bytes) -> None:
+        reply = await self._request(what, unit, pdu)
+        if len(reply) != 5:  # function code, address, value or count echoed
+            self._bad_reply(what, f"{len(reply)}-byte answer to function {pdu[0]}")
+
     def _failed(self, error: str, timeout: bool = False) -> None:
         self.stats.failures += 1
         if timeout:
@@ -245,6 +446,8 @@ class ModbusTransport:
     async def read(self, unit: int, function: Function, address: int, count: int) -> list[int] | list[bool]:
         """Read `count` registers or bits from `function`'s table on `unit`; the reply is checked."""
         c = self._client
+        if c is None:
+            return await self._read_tcp(unit, function, address, count)
         what = f"read {function} {address}+{count} unit {unit}"
         if function == "holding_register":
             r = await self._call(what, lambda: c.read_holding_registers(address, count=count, device_id=unit))
@@ -266,7 +469,7 @@ class ModbusTransport:
             self._bad_reply(what, f"{len(r.registers)} registers for a read of {count}")
         return list(r.registers)
 
-    def _bad_reply(self, what: str, why: str) -> None:
+    def _bad_reply(self, what: str, why: str) -> NoReturn:
         self._failed(f"bad reply: {why}")
         if self.framer is FramerType.RTU:
             self._client.close()  # framing may be off: start clean
@@ -275,6 +478,16 @@ class ModbusTransport:
     async def write_registers(self, unit: int, address: int, values: Sequence[int]) -> None:
         c = self._client
         what = f"write holding {address}+{len(values)} unit {unit}"
+        if c is None:
+            n = len(values)
+            try:
+                if n == 1:
+                    pdu = _READ.pack(6, address, values[0])
+                else:
+                    pdu = struct.pack(f">BHHB{n}H", 16, address, n, 2 * n, *values)
+            except struct.error as exc:
+                raise ValueError(f"{what}: {list(values)}: registers hold 0..65535 ({exc})") from None
+            return await self._write_tcp(what, unit, pdu)
         if len(values) == 1:
             await self._call(what, lambda: c.write_register(address, values[0], device_id=unit))
         else:
@@ -282,10 +495,15 @@ class ModbusTransport:
 
     async def write_coil(self, unit: int, address: int, value: bool) -> None:
         c = self._client
-        await self._call(
-            f"write coil {address} unit {unit}", lambda: c.write_coil(address, value, device_id=unit)
-        )
+        what = f"write coil {address} unit {unit}"
+        if c is None:
+            return await self._write_tcp(what, unit, _READ.pack(5, address, 0xFF00 if value else 0))
+        await self._call(what, lambda: c.write_coil(address, value, device_id=unit))
 
     async def close(self) -> None:
-        self._client.close()
+        if self._client is None:
+            if self._link is not None:
+                self._link.close()
+        else:
+            self._client.close()
         self.stats.connected = False
