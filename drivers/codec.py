@@ -27,6 +27,9 @@ _NUMERIC: dict[str, tuple[str, int]] = {
     "float64": (">d", 4),
 }
 
+#: struct code (no byte order) of each numeric type, for formats that decode several values at once.
+NUMERIC_CODES: dict[str, str] = {t: fmt[1:] for t, (fmt, _n) in _NUMERIC.items()}
+
 Value = bool | int | float | str
 
 

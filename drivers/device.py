@@ -23,12 +23,12 @@ from drivers.backoff import Backoff
 from drivers.codec import Value
 from drivers.errors import ModbusIOError
 from drivers.profile import (
+    Engineering,
     Function,
     Point,
     Profile,
     ReadBlock,
     check_write,
-    decode_block,
     decode_raw,
     encode_write,
     load_profile,
@@ -155,6 +155,7 @@ class Device:
         if config.register_offset and profile.needs_resolution:
             raise ValueError(f"device {self.name}: register_offset does not apply to SunSpec profiles")
         self.profile = profile
+        self._engineering = Engineering(profile)
         self._blocks: list[ReadBlock] = []
         self._role_point: dict[str, Point] = {}
         if not profile.needs_resolution:
@@ -163,6 +164,7 @@ class Device:
     def _use(self, profile: Profile) -> None:
         """Adopt a profile with absolute addresses: plan the reads, index the roles."""
         self.profile = profile
+        self._engineering = Engineering(profile)
         self._blocks = plan_reads(
             [p for p in profile.points if p.access != "w"],
             max_block=profile.max_block,
@@ -274,19 +276,20 @@ class Device:
                         regs = await self.transport.read(
                             self.unit_id, single.function, single.address, single.count
                         )
-                        raw.update(decode_block(single, regs))
+                        raw.update(single.decoder(regs))
                     continue
-                raw.update(decode_block(block, regs))
+                raw.update(block.decoder(regs))
         except ModbusIOError as exc:
             self._failed(str(exc), exc.exception_code, t0, exc.retry_in_s)
             return False
         except (SunSpecError, WriteError, ValueError) as exc:
             self._failed(str(exc), None, t0)
             return False
-        values, rejected = self.profile.engineering(raw)
-        for name, why in rejected.items():
-            if h.rejected.get(name) is None:
-                log.warning("device=%s event=value_rejected point=%s reason=%r", self.name, name, why)
+        values, rejected = self._engineering(raw)
+        if rejected:
+            for name, why in rejected.items():
+                if h.rejected.get(name) is None:
+                    log.warning("device=%s event=value_rejected point=%s reason=%r", self.name, name, why)
         h.rejected = rejected
         self._raw = raw
         self.values = values

@@ -18,8 +18,9 @@ discovers where each model starts (`drivers/sunspec.py`) and calls
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import struct
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -27,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers import sunspec_models
-from drivers.codec import DataType, Order, Value, decode, encode, register_count
+from drivers.codec import NUMERIC_CODES, DataType, Order, Value, decode, encode, register_count
 
 Function = Literal["coil", "discrete_input", "input_register", "holding_register"]
 BIT_FUNCTIONS = ("coil", "discrete_input")
@@ -392,46 +393,90 @@ class Profile(BaseModel):
         Rejected: a 'no data' raw value, a missing or unimplemented scale factor,
         NaN/Inf, or a value outside the point's `valid` range. A rejected point
         is absent from the values: unknown, never a stale or made-up number.
+        A device polling this profile keeps one `Engineering(profile)` instead.
         """
+        return Engineering(self)(raw)
+
+
+class Engineering:
+    """`Profile.engineering` with what each point needs worked out once, not on every poll.
+
+    Plain numbers (no 'no data' marker, scale factor or percentage) take a short path: a
+    multiply-add and one range comparison; NaN and infinities fail that comparison too.
+    """
+
+    __slots__ = ("_other", "_plain")
+
+    def __init__(self, profile: Profile) -> None:
+        nodata_default = SUNSPEC_NODATA if profile.sunspec is not None else {}
+        #: (name, scaled, scale, offset, low, high, point): out of range is also rejected
+        self._plain: list[tuple[str, bool, float, float, float, float, Point]] = []
+        self._other: list[tuple[str, Point, tuple[int, ...]]] = []
+        # Percentages of another point after that point (the plain points come first).
+        for p in sorted(profile.points, key=lambda q: q.percent_of is not None):
+            nodata = p.nodata or nodata_default.get(p.type, ())
+            if p.type in NUMERIC_CODES and not nodata and p.scale_factor is None and p.percent_of is None:
+                lo, hi = p.valid if p.valid is not None else (-_FLOAT_MAX, _FLOAT_MAX)
+                scaled = p.scale != 1.0 or p.offset != 0.0
+                self._plain.append((p.name, scaled, p.scale, p.offset, lo, hi, p))
+            else:
+                self._other.append((p.name, p, nodata))
+
+    def __call__(self, raw: Mapping[str, Value]) -> tuple[dict[str, Value], dict[str, str]]:
         values: dict[str, Value] = {}
         rejected: dict[str, str] = {}
-        nodata_default = SUNSPEC_NODATA if self.sunspec is not None else {}
-        # Percentages of another point after that point.
-        for p in sorted(self.points, key=lambda q: q.percent_of is not None):
-            if p.name not in raw:
+        for name, scaled, scale, offset, lo, hi, p in self._plain:
+            r = raw.get(name)
+            if r is None:
                 continue
-            r = raw[p.name]
+            v = r * scale + offset if scaled else r  # type: ignore[operator]
+            if lo <= v <= hi:  # type: ignore[operator]
+                values[name] = v
+            elif isinstance(v, (int, float)):
+                rejected[name] = _implausible(p, v)
+            else:  # a str or bool where a number belongs: passed on, as for any other point
+                values[name] = v
+        for name, p, nodata in self._other:
+            r = raw.get(name)
+            if r is None:
+                continue
             if isinstance(r, (str, bool)):
-                values[p.name] = r
+                values[name] = r
                 continue
-            nodata = p.nodata or nodata_default.get(p.type, ())
             if isinstance(r, int) and r in nodata:
-                rejected[p.name] = f"no data ({r})"
+                rejected[name] = f"no data ({r})"
                 continue
             sf = 0
             if p.scale_factor is not None:
                 s = raw.get(p.scale_factor)
                 if not isinstance(s, int) or isinstance(s, bool) or s == -0x8000 or not -10 <= s <= 10:
-                    rejected[p.name] = f"scale factor {p.scale_factor} unusable ({s})"
+                    rejected[name] = f"scale factor {p.scale_factor} unusable ({s})"
                     continue
                 sf = s
             ref = None
             if p.percent_of is not None:
                 ref_v = values.get(p.percent_of)
                 if not isinstance(ref_v, (int, float)) or isinstance(ref_v, bool):
-                    rejected[p.name] = f"{p.percent_of} (its 100 %) unknown"
+                    rejected[name] = f"{p.percent_of} (its 100 %) unknown"
                     continue
                 ref = float(ref_v)
             v = p.to_engineering(r, sf, ref)
             assert isinstance(v, (int, float))
-            if not math.isfinite(v):
-                rejected[p.name] = f"not a finite number ({v})"
+            if not math.isfinite(v) or (p.valid is not None and not p.valid[0] <= v <= p.valid[1]):
+                rejected[name] = _implausible(p, v)
                 continue
-            if p.valid is not None and not p.valid[0] <= v <= p.valid[1]:
-                rejected[p.name] = f"{v:g} {p.unit} outside plausible range {list(p.valid)}"
-                continue
-            values[p.name] = v
+            values[name] = v
         return values, rejected
+
+
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+def _implausible(p: Point, v: float) -> str:
+    """Why a number is rejected: not finite, or outside the point's plausible range."""
+    if not math.isfinite(v):
+        return f"not a finite number ({v})"
+    return f"{v:g} {p.unit} outside plausible range {list(p.valid or ())}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +487,61 @@ class ReadBlock:
     address: int
     count: int
     points: tuple[Point, ...]
+    #: Raw values of every point from the block's registers/bits (`decode_block`), compiled once.
+    decoder: Callable[[Sequence[int] | Sequence[bool]], dict[str, Value]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decoder", _compile_block(self))
+
+
+def _compile_block(block: ReadBlock) -> Callable[[Sequence[int] | Sequence[bool]], dict[str, Value]]:
+    """A function decoding a whole reply at once: one precompiled struct format for the block's
+    plain big-endian numbers (their holes as pad bytes), `decode_raw` for the rest (strings,
+    swapped orders, overlapping points)."""
+    base, count = block.address, block.count
+    if block.function in BIT_FUNCTIONS:
+        bits = [(p.name, p.addr - base) for p in block.points]
+
+        def decode_bits(regs: Sequence[int] | Sequence[bool]) -> dict[str, Value]:
+            if len(regs) < count:
+                raise ValueError(f"short response: {len(regs)} of {count} at {base}")
+            return {name: bool(regs[i]) for name, i in bits}
+
+        return decode_bits
+
+    fmt, names, rest = [">"], [], []
+    at = 0  # bytes covered by fmt so far
+    for p in sorted(block.points, key=lambda q: q.addr):
+        code = NUMERIC_CODES.get(p.type)
+        off = (p.addr - base) * 2
+        if code is None or p.byte_order != "big" or p.word_order != "big" or off < at:
+            rest.append((p, p.addr - base))
+            continue
+        if off > at:
+            fmt.append(f"{off - at}x")
+        fmt.append(code)
+        names.append(p.name)
+        at = off + 2 * p.count
+    plain = struct.Struct("".join(fmt))
+    regs_fmt = struct.Struct(f">{count}H")
+
+    def decode_regs(regs: Sequence[int] | Sequence[bool]) -> dict[str, Value]:
+        if len(regs) < count:
+            raise ValueError(f"short response: {len(regs)} of {count} at {base}")
+        try:
+            buf = regs_fmt.pack(*regs[:count])
+        except struct.error:  # not 16-bit registers: the point-by-point path masks them
+            return {
+                p.name: decode_raw(p, regs[p.addr - base : p.addr - base + p.count]) for p in block.points
+            }
+        out: dict[str, Value] = dict(zip(names, plain.unpack_from(buf), strict=True))
+        for p, i in rest:
+            out[p.name] = decode_raw(p, regs[i : i + p.count])
+        return out
+
+    return decode_regs
 
 
 def plan_reads(points: Iterable[Point], *, max_block: int, max_gap: int) -> list[ReadBlock]:
@@ -492,13 +592,7 @@ def decode_point(point: Point, regs: Sequence[int] | Sequence[bool], sf: int = 0
 
 def decode_block(block: ReadBlock, regs: Sequence[int] | Sequence[bool]) -> dict[str, Value]:
     """Raw (unscaled) values of every point a read returned; `Profile.engineering` scales and checks."""
-    if len(regs) < block.count:
-        raise ValueError(f"short response: {len(regs)} of {block.count} at {block.address}")
-    out: dict[str, Value] = {}
-    for p in block.points:
-        i = p.addr - block.address
-        out[p.name] = decode_raw(p, regs[i : i + p.count])
-    return out
+    return block.decoder(regs)
 
 
 def check_write(point: Point, value: float | bool | str) -> None:
