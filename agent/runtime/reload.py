@@ -10,6 +10,8 @@ error; the running config stays) or hands it to the agent's `reload`, which call
 - a device (or endpoint) whose config changed is rebuilt, unless a running
   event may still use it or it has an open revert-journal entry: then the old
   object is kept and the change applied once it is free ("deferred");
+- what is stored follows the devices at once: each one's deadband from its
+  rating, the retention plan for their number at the next flush;
 - mqtt, metrics, storage and site.id are read at start only: a change to them
   is reported as needing a restart and the running values are kept.
 """
@@ -32,6 +34,7 @@ from agent.config.model import SiteConfig
 from agent.config.yamlsource import expand_config_paths
 from agent.events.model import FINAL_STATES
 from agent.runtime.devices import build_devices
+from agent.settlement.history import TEMPERATURE_KEY, deadbands
 
 if TYPE_CHECKING:
     from agent.control.controller import Controller, LoadFilter
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from agent.platform.store import AsyncStore
     from agent.runtime.mqtt import MqttLink
     from agent.runtime.sdnotify import Notifier
+    from agent.settlement.history import Pruner, ReadingsBuffer
     from drivers.device import Device
 
 log = logging.getLogger("dr_agent.reload")
@@ -90,6 +94,10 @@ class Reloadable(Protocol):
     def notifier(self) -> Notifier: ...
     @property
     def mqtt(self) -> MqttLink | None: ...
+    @property
+    def buffer(self) -> ReadingsBuffer: ...
+    @property
+    def pruner(self) -> Pruner: ...
 
     async def reload(self, new: SiteConfig) -> ReloadResult:
         """Apply `new` between two control cycles (calls `apply_config`)."""
@@ -194,6 +202,16 @@ async def apply_config(agent: Reloadable, new: SiteConfig) -> ReloadResult:
     agent.transports.clear()
     agent.transports.update({n: t for n, t in transports.items() if id(t) in used})
     agent.meter = agent.devices[effective.site.meter]
+    # What is stored follows the running devices: each one's deadband from its rating (a deferred
+    # device keeps its old one until it is rebuilt), the retention plan sized for the new number
+    # of devices at the next flush. A removed device's rows age out with the others' retention.
+    changed = agent.buffer.reconfigure(
+        {effective.site.meter, TEMPERATURE_KEY},
+        deadbands([d.config for d in merged.values()], effective.storage.device_deadband_pct),
+    )
+    if changed:
+        agent.pruner.replan()
+        log.info("event=storage_deadbands_changed devices=%s", ",".join(changed))
     for section in ("contract", "control", "strategies"):
         if getattr(old, section) != getattr(effective, section):
             res.changes.append(section)

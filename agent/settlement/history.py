@@ -231,6 +231,11 @@ class Pruner:
     def due(self, now: float) -> bool:
         return self.last is None or now - self.last >= PRUNE_EVERY_S
 
+    def replan(self) -> None:
+        """The devices changed (a config reload): plan and prune at the next flush, not up to
+        an hour later, so an added device's share of the budget is taken from the start."""
+        self.last = None
+
     def run(
         self, store: Store, storage: StorageConfig, devices: Iterable[str], meter: str, now: float
     ) -> int:
@@ -443,6 +448,22 @@ class ReadingsBuffer:
 
     def pending(self) -> int:
         return len(self.raw) + len(self._closed) + len(self._closed_full)
+
+    def reconfigure(self, full_rate: Collection[str], deadband_kw: Mapping[str, float]) -> list[str]:
+        """New keys and deadbands (a config reload). A key in neither (a removed device) has its
+        open minute closed, to be written with the next batch, and its last kept value forgotten;
+        a device whose band changed compares its next reading with the new band. Returns the
+        keys whose deadband changed, was added or went away."""
+        changed = sorted(
+            k for k in {*self.deadband_kw, *deadband_kw} if self.deadband_kw.get(k) != deadband_kw.get(k)
+        )
+        full, bands = set(full_rate), dict(deadband_kw)
+        self.full_rate, self.deadband_kw = full, bands
+        for key in {*self._open, *self._kept} - full - bands.keys():
+            if key in self._open:
+                self._close(key, self._open.pop(key))
+            self._kept.pop(key, None)
+        return changed
 
 
 def deadbands(devices: Iterable[Any], pct: float) -> dict[str, float]:

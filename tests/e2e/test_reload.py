@@ -72,7 +72,7 @@ async def test_sighup_mid_event_rejects_invalid_and_applies_valid(
             await obs.wait_online(20)
             await obs.publish("in/event", event_payload("hup-1", clock.now() + 60, 3600))
             await obs.wait_for(lambda t, b: t.endswith("/out/event/hup-1") and b["state"] == "active", 20)
-            await obs.wait_for(lambda t, b: t.endswith("/out/report") and b.get("active_steps"), 20)
+            await obs.wait_for(lambda t, b: t.endswith("/out/report") and bool(b.get("active_steps")), 20)
             shed = {k for k, v in controllable_state(plant).items() if abs(v - before[k]) > 1e-6}
             assert shed, "the agent did not shed"
             old = await reports_after(obs, 4, len(obs.on("out/report")) - 1)
@@ -167,6 +167,67 @@ async def test_apply_config_keeps_busy_devices_and_restart_only_sections(tmp_pat
         await agent.store.journal_restored("chiller-1", "setpoint_c", "test")
         res = await apply_config(agent, new)
         assert res.deferred == [] and agent.devices["chiller-1"].config.rated_kw == 130.0
+    finally:
+        for t in agent.transports.values():
+            await t.close()
+        await agent.store.close()
+
+
+async def test_a_reload_applies_new_deadbands_and_the_retention_plan_to_storage(tmp_path: Path) -> None:
+    """In process, on the agent's own SQLite file: a rating changed, a device added and one
+    removed by a reload are stored under the new deadbands at once, and the retention plan for
+    the new number of devices is applied at the next flush, not an hour later."""
+    import time
+
+    from agent.runtime.daemon import Agent
+    from agent.runtime.reload import apply_config
+    from agent.settlement.history import DAY_S, plan_retention
+
+    base = site_config(1883, tmp_path)
+    cfg = base.model_copy(update={"storage": base.storage.model_copy(update={"max_mb": 64})})
+    ev = next(d for d in cfg.devices if d.name == "ev-1")
+    added = [ev.model_copy(update={"name": f"ev-new-{i}", "rated_kw": 100.0}) for i in range(10)]
+    devices = [
+        d.model_copy(update={"rated_kw": 220.0}) if d.name == "ev-1" else d
+        for d in cfg.devices
+        if d.name != "ev-4"
+    ]
+    new = cfg.model_copy(update={"devices": [*devices, *added]})
+    # The plan for 10 other devices keeps 15-minute means 50 days old; the one for 19 does not.
+    assert plan_retention(cfg.storage, 10).quarter_days > 50 > plan_retention(cfg.storage, 19).quarter_days
+
+    now = time.time()
+    t0 = now // 60 * 60 - 600
+    agent = Agent(cfg, metrics=False)
+    db = agent.store.sync
+    try:
+        minute = int((now - 50 * DAY_S) // 60)
+        db.add_batch([], [("chiller-1", minute, 900.0, 60, 14.0, 16.0)])
+
+        def feed(names: list[str], start: float) -> None:
+            # 0.5 kW of flicker: beyond 1 % of 22 kW, within 1 % of 100 and 220 kW.
+            agent.pending.rows += [(n, start + t, 10.0 + 0.5 * (t % 2)) for t in range(60) for n in names]
+
+        def raw(name: str) -> int:
+            return int(db.db.execute("SELECT COUNT(*) FROM readings WHERE device=?", (name,)).fetchone()[0])
+
+        feed(["ev-1", "ev-4"], t0)
+        await agent.flush_once(now)
+        assert raw("ev-1") == 60 and raw("ev-4") == 60
+        assert db.quarter_means("chiller-1", 0, now) != [], "pruned under the plan for 10 devices"
+
+        res = await apply_config(agent, new)
+        assert res.ok and "device +ev-new-0" in res.changes and "device -ev-4" in res.changes
+        feed(["ev-1", "ev-new-0"], t0 + 60)
+        await agent.flush_once(now + 60)  # a minute later: the hourly prune is not due by itself
+        assert raw("ev-1") == 60, "ev-1 still stored with its old 0.22 kW deadband"
+        assert raw("ev-new-0") == 1, "the added device stored with the default 0.1 kW deadband"
+        assert db.quarter_means("chiller-1", 0, now) == [], "the new retention plan was not applied"
+
+        # The removed device's last minute still reaches the database; its rows age out.
+        await agent.flush(final=True)
+        assert db.db.execute("SELECT SUM(n) FROM readings_1m WHERE device='ev-4'").fetchone() == (60,)
+        assert "ev-4" not in agent.buffer.deadband_kw
     finally:
         for t in agent.transports.values():
             await t.close()
