@@ -232,3 +232,88 @@ async def test_a_reload_applies_new_deadbands_and_the_retention_plan_to_storage(
         for t in agent.transports.values():
             await t.close()
         await agent.store.close()
+
+
+def _rows(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """A query on the running agent's database, from a connection of the test's own."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return list(con.execute(sql, args))
+    finally:
+        con.close()
+
+
+async def _db_until(db: Path, sql: str, *args: object, timeout: float = 30) -> None:
+    """Until `sql` on the running agent's database gives a true first value."""
+    async with asyncio.timeout(timeout):
+        while not (_rows(db, sql, *args) or [(0,)])[0][0]:  # noqa: ASYNC110 (another process writes it)
+            await asyncio.sleep(0.5)
+
+
+async def test_sighup_that_adds_devices_replans_storage_at_the_next_flush(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """`dr-agent run` on a 64 MB budget: 15-minute means 50 days old fit the plan for the site's
+    10 devices; a SIGHUP that adds 10 more, changes ev-1's rating and removes ev-4 applies the
+    new deadbands and prunes under the new plan at the next flush (not an hour later); the
+    added devices' readings are stored."""
+    from agent.platform.store import Store
+    from agent.settlement.history import DAY_S, plan_retention
+
+    base = site_config(mosquitto.port, tmp_path)
+    cfg = base.model_copy(update={"storage": base.storage.model_copy(update={"max_mb": 64})})
+    assert plan_retention(cfg.storage, 10).quarter_days > 50 > plan_retention(cfg.storage, 19).quarter_days
+    path = write_config(cfg, tmp_path / "site.yaml")
+    tz = ZoneInfo(cfg.site.timezone)
+    clock = ScaledClock(30.0, origin_sim=datetime(2026, 7, 1, 11, 0, tzinfo=tz).timestamp())
+    db = Path(cfg.storage.path)
+    seeded = Store(db)
+    seeded.add_batch([], [("chiller-1", int((clock.now() - 50 * DAY_S) // 60), 900.0, 60, 14.0, 16.0)])
+    seeded.close()
+    old_quarters = "SELECT COUNT(*) FROM readings_15m WHERE device='chiller-1' AND quarter < ?"
+    cutoff = int((clock.now() - 40 * DAY_S) // 900)
+    plant, plant_task = await serve_plant(cfg, clock)
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            *agent_command(path, clock.spec()), stdout=asyncio.subprocess.DEVNULL, stderr=log_file
+        )
+    try:
+        async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
+            await obs.wait_online(20)
+            # The first flush (every 10 s), which also prunes.
+            await _db_until(db, "SELECT COUNT(*) FROM readings WHERE device='ev-1'")
+            await asyncio.sleep(1)
+            assert _rows(db, old_quarters, cutoff) == [(1,)], "pruned under the plan for 10 devices"
+
+            ev = next(d for d in cfg.devices if d.name == "ev-2")
+            added = [ev.model_copy(update={"name": f"ev-new-{i}", "rated_kw": 100.0}) for i in range(10)]
+            devices = [
+                d.model_copy(update={"rated_kw": 220.0}) if d.name == "ev-1" else d
+                for d in cfg.devices
+                if d.name != "ev-4"
+            ]
+            write_config(cfg.model_copy(update={"devices": [*devices, *added]}), path)
+            proc.send_signal(signal.SIGHUP)
+            await reload_status(obs, "applied", 0)
+            # The next flush, minutes of simulated time later (the hourly prune is not due).
+            await _db_until(db, old_quarters.replace("COUNT(*)", "COUNT(*) = 0"), cutoff)
+            await _db_until(db, "SELECT COUNT(*) FROM readings WHERE device='ev-new-9'")
+            proc.send_signal(signal.SIGTERM)
+            rc = await asyncio.wait_for(proc.wait(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        plant_task.cancel()
+        await plant.stop()
+    log = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    assert rc == 0, log[-20:]
+    changed = next(r["msg"] for r in log if "event=storage_deadbands_changed" in r["msg"])
+    assert "ev-1," in changed and "ev-4," in changed and "ev-new-0" in changed
+    # Pruned by the re-planned retention, well inside the hour the prune otherwise waits.
+    reloaded = next(r["ts"] for r in log if "event=config_reloaded" in r["msg"])
+    pruned = [r for r in log if "event=history_pruned" in r["msg"] and r["ts"] >= reloaded]
+    assert pruned, [r["msg"] for r in log if "prune" in r["msg"]]
