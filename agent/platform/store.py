@@ -31,6 +31,10 @@ CREATE TABLE IF NOT EXISTS readings_1m(
     device TEXT NOT NULL, minute INTEGER NOT NULL,
     kw_sum REAL NOT NULL, n INTEGER NOT NULL, kw_min REAL, kw_max REAL,
     PRIMARY KEY(device, minute)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS readings_1m_others(
+    minute INTEGER NOT NULL, device TEXT NOT NULL,
+    kw_sum REAL NOT NULL, n INTEGER NOT NULL, kw_min REAL, kw_max REAL,
+    PRIMARY KEY(minute, device)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS readings_15m(
     device TEXT NOT NULL, quarter INTEGER NOT NULL,
     kw_sum REAL NOT NULL, n INTEGER NOT NULL, kw_min REAL, kw_max REAL,
@@ -58,8 +62,14 @@ CREATE TABLE IF NOT EXISTS nonces(nonce TEXT PRIMARY KEY, ts REAL NOT NULL) WITH
 #: 0  before versioning: `readings` keyed (device, ts) in files created before the disk budget,
 #:    and maybe without the columns of MIGRATIONS;
 #: 1  `readings` keyed (ts, device) (a flush touches the pages at the table's end, not one per
-#:    device), every column of MIGRATIONS.
-SCHEMA_VERSION = 1
+#:    device), every column of MIGRATIONS;
+#: 2  `readings_1m_others`: the 1-minute means of every key but the meter's and the outdoor
+#:    temperature's, keyed (minute, device) for the same reason (their older rows in
+#:    `readings_1m` age out there).
+SCHEMA_VERSION = 2
+
+#: meta key: the first minute of `readings_1m_others` not yet folded into `readings_15m`.
+ROLLED_KEY = "readings_1m_others.rolled_to"
 
 #: Columns added after the first release: (table, column, type); added in place on open.
 MIGRATIONS = [("events", "runtime", "TEXT"), ("journal", "original_raw", "TEXT")]
@@ -68,6 +78,11 @@ MIGRATIONS = [("events", "runtime", "TEXT"), ("journal", "original_raw", "TEXT")
 CORRUPT_ERRORS = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
 
 log = logging.getLogger("dr_agent.store")
+
+
+def _time_first(m: tuple[str, int, float, int, float, float]) -> tuple[int, str]:
+    """A minute row's key in `readings_1m_others`: inserted in key order, pages fill in turn."""
+    return m[1], m[0]
 
 
 def _table_sql(db: sqlite3.Connection, name: str) -> str:
@@ -284,36 +299,109 @@ class Store:
         self,
         raw: Iterable[tuple[str, float, float]],
         minutes: Iterable[tuple[str, int, float, int, float, float]],
+        full_rate: Collection[str] | None = None,
     ) -> None:
         """One flush of the daemon in one transaction: poll-rate rows (device, ts, kw) as they
-        are kept, and closed 1-minute aggregates (device, minute, kw_sum, n, kw_min, kw_max),
-        folded into the 15-minute ones. An aggregate already stored (a minute split by a
-        restart) is added to, not replaced."""
+        are kept, and closed 1-minute aggregates (device, minute, kw_sum, n, kw_min, kw_max).
+        An aggregate already stored (a minute split by a restart) is added to, not replaced.
+
+        The minutes of `full_rate` keys (all, when None) go to `readings_1m`, keyed by device
+        (the baselines read weeks of one key), folded into `readings_15m` at once. Every other
+        key's go to `readings_1m_others`, keyed by time, so a batch of 1,000 devices' minutes
+        fills a few pages at the table's end instead of touching one page per device; their
+        15-minute means are folded later, many quarters at a time (`rollup_quarters`)."""
         raw = list(raw)
         minutes = list(minutes)
         if not raw and not minutes:
             return
-        quarters: dict[tuple[str, int], list[float]] = {}
-        for dev, minute, kw_sum, n, lo, hi in minutes:
-            q = quarters.setdefault((dev, minute // 15), [0.0, 0, lo, hi])
-            q[0] += kw_sum
-            q[1] += n
-            q[2] = min(q[2], lo)
-            q[3] = max(q[3], hi)
+        keyed = [m for m in minutes if full_rate is None or m[0] in full_rate]
+        others = [m for m in minutes if not (full_rate is None or m[0] in full_rate)]
         with self.transaction():
             if raw:
                 self.db.executemany("INSERT OR REPLACE INTO readings(device, ts, kw) VALUES (?,?,?)", raw)
-            for table, col, rows in (
-                ("readings_1m", "minute", minutes),
-                ("readings_15m", "quarter", [(d, k, *a) for (d, k), a in quarters.items()]),
-            ):
+            if others:
+                others.sort(key=_time_first)
                 self.db.executemany(
-                    f"""INSERT INTO {table} VALUES (?,?,?,?,?,?)
-                       ON CONFLICT(device, {col}) DO UPDATE SET
+                    """INSERT INTO readings_1m_others(device, minute, kw_sum, n, kw_min, kw_max)
+                       VALUES (?,?,?,?,?,?) ON CONFLICT(minute, device) DO UPDATE SET
                        kw_sum = kw_sum + excluded.kw_sum, n = n + excluded.n,
                        kw_min = min(kw_min, excluded.kw_min), kw_max = max(kw_max, excluded.kw_max)""",
-                    rows,
+                    others,
                 )
+                # A minute that arrives after its quarter was folded (a batch held back by a
+                # database error) is folded now, on its own.
+                rolled = self._rolled_to()
+                keyed += [m for m in others if rolled is not None and m[1] < rolled]
+            quarters: dict[tuple[str, int], list[float]] = {}
+            for dev, minute, kw_sum, n, lo, hi in keyed:
+                q = quarters.setdefault((dev, minute // 15), [0.0, 0, lo, hi])
+                q[0] += kw_sum
+                q[1] += n
+                q[2] = min(q[2], lo)
+                q[3] = max(q[3], hi)
+            self._upsert_aggregates(
+                "readings_1m", "minute", [m for m in keyed if full_rate is None or m[0] in full_rate]
+            )
+            self._upsert_aggregates("readings_15m", "quarter", [(d, k, *a) for (d, k), a in quarters.items()])
+
+    def _upsert_aggregates(self, table: str, col: str, rows: list[tuple[Any, ...]]) -> None:
+        self.db.executemany(
+            f"""INSERT INTO {table} VALUES (?,?,?,?,?,?)
+               ON CONFLICT(device, {col}) DO UPDATE SET
+               kw_sum = kw_sum + excluded.kw_sum, n = n + excluded.n,
+               kw_min = min(kw_min, excluded.kw_min), kw_max = max(kw_max, excluded.kw_max)""",
+            rows,
+        )
+
+    def _rolled_to(self) -> int | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (ROLLED_KEY,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def rollup_quarters(self, before: float) -> int:
+        """Fold the 1-minute means of `readings_1m_others` of the quarters that end by `before`
+        (s) and were not folded yet into `readings_15m`, in one transaction: one page per device
+        for all those quarters. Returns the 15-minute rows written."""
+        end = int(before // 900) * 15
+        with self.transaction():
+            start = self._rolled_to()
+            if start is None:
+                row = self.db.execute("SELECT MIN(minute) FROM readings_1m_others").fetchone()
+                start = end if row[0] is None else int(row[0])
+            if end <= start:
+                return 0
+            rows = list(
+                self.db.execute(
+                    """SELECT device, minute / 15, SUM(kw_sum), SUM(n), MIN(kw_min), MAX(kw_max)
+                       FROM readings_1m_others WHERE minute >= ? AND minute < ?
+                       GROUP BY device, minute / 15 ORDER BY device, minute / 15""",
+                    (start, end),
+                )
+            )
+            self._upsert_aggregates("readings_15m", "quarter", rows)
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (ROLLED_KEY, str(end)))
+        return len(rows)
+
+    def oldest_others_minute(self) -> float | None:
+        """The time of the oldest row of `readings_1m_others` (s), or None."""
+        row = self.db.execute("SELECT MIN(minute) FROM readings_1m_others").fetchone()
+        return None if row[0] is None else float(row[0]) * 60
+
+    def prune_others_minutes(self, before: float) -> int:
+        """Drop the rows of `readings_1m_others` older than `before` (s) whose quarter has been
+        folded into `readings_15m` (a range on the key's time)."""
+        with self.transaction():
+            cut = min(int(before // 60), self._rolled_to() or 0)
+            return self.db.execute("DELETE FROM readings_1m_others WHERE minute < ?", (cut,)).rowcount
+
+    def others_minute_means(self, device: str, start: float, end: float) -> list[tuple[int, float]]:
+        """(minute index, mean kW) of `device`'s rows of `readings_1m_others` in [start, end): a scan
+        of that time range over every device (for a look at one load, not for weeks of it)."""
+        cur = self.db.execute(
+            "SELECT minute, kw_sum / n FROM readings_1m_others WHERE minute>=? AND minute<? AND device=?"
+            " ORDER BY minute",
+            (int(start // 60), int(end // 60), device),
+        )
+        return [(int(a), float(b)) for a, b in cur]
 
     # -- what the history costs, and the disk budget ------------------------------------
 

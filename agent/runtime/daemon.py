@@ -443,7 +443,7 @@ class Agent:
         if not raw and not minutes:
             return
         try:
-            await self.store.add_batch(raw, minutes)
+            await self.store.add_batch(raw, minutes, self.buffer.full_rate)
             self._flush_failures.ok()
         except sqlite3.Error as exc:
             # Keep the batch for the next try, bounded: a long outage drops the oldest, counted.

@@ -11,10 +11,14 @@ What is written (`ReadingsBuffer`, fed by the daemon's flush every
 FLUSH_INTERVAL_S): the site meter and the outdoor temperature at poll rate
 (the settlement and the real-time baseline read them); every other device's
 power only when it moved beyond `storage.device_deadband_pct` (or every
-HEARTBEAT_S); 1-minute means of every key once their minute is over (the
-meter's at the next flush, the others' batched every AGGREGATE_EVERY_S, so a
-device costs one page write per batch, not one per flush), folded into the
-15-minute means in the same transaction.
+HEARTBEAT_S); 1-minute means of every key once their minute is over. The
+meter's (and the temperature's) go at the next flush to `readings_1m`, keyed by
+device (the baselines read weeks of them), folded into the 15-minute means in
+the same transaction. The others' are batched every AGGREGATE_EVERY_S into
+`readings_1m_others`, keyed by time, so a batch fills a few pages at the
+table's end rather than one page per device; `prune` folds their whole quarters
+into the 15-minute means once an hour (one page per device an hour, not per
+batch): 1,000 devices write under 1 GB a day (docs/performance.md).
 
 Retention keeps disk use inside `storage.max_mb`: `plan_retention` shortens
 the configured retention to fit the budget (other devices' 1-minute means
@@ -53,6 +57,9 @@ PRUNE_EVERY_S = 3600.0
 HEARTBEAT_S = 900.0
 #: Other devices' closed 1-minute means are written in batches this far apart, s.
 AGGREGATE_EVERY_S = 600.0
+#: Other devices' 1-minute means are folded into 15-minute ones for the quarters that ended
+#: this long ago: a minute reaches the database up to a batch and a minute after it ends, s.
+ROLLUP_LAG_S = AGGREGATE_EVERY_S + 120.0
 #: Delivered outbox rows are kept this long (a day of what was sent, for diagnosis), s.
 OUTBOX_KEEP_S = DAY_S
 #: Closed journal rows and audit lines are kept this long, s.
@@ -160,11 +167,15 @@ def control_periods(
 def prune(store: Store, storage: StorageConfig, devices: Iterable[str], meter: str, now: float) -> int:
     """Apply the retention planned for the budget (`plan_retention`) to every key the tables
     hold, configured or not (a removed device's rows age out like any other), and drop old
-    bookkeeping (delivered outbox rows, closed journal rows, audit lines). Returns rows deleted."""
+    bookkeeping (delivered outbox rows, closed journal rows, audit lines). Other devices'
+    1-minute means of whole quarters are first folded into the 15-minute means (never pruned
+    before they are). Returns rows deleted."""
     full = {meter, TEMPERATURE_KEY}
     r = plan_retention(storage, max(0, len([d for d in devices if d not in full])))
+    store.rollup_quarters(now - ROLLUP_LAG_S)
     n = store.prune_raw(now - r.raw_s, full)
     n += store.prune_raw(now - r.device_raw_s, full, others=True)
+    n += store.prune_others_minutes(now - r.device_minute_days * DAY_S)
     for k in store.keys("readings_1m"):
         days = r.meter_minute_days if k in full else r.device_minute_days
         n += store.prune_aggregates("readings_1m", k, now - days * DAY_S)
@@ -179,6 +190,7 @@ def prune(store: Store, storage: StorageConfig, devices: Iterable[str], meter: s
 #: full-rate keys (meter, temperature) or the others, how recent it may go, s).
 BUDGET_ORDER: tuple[tuple[str, bool, float], ...] = (
     ("readings", False, 0.0),
+    ("readings_1m_others", False, 0.0),
     ("readings_1m", False, 0.0),
     ("readings_15m", False, 0.0),
     # A day of the meter's poll-rate rows stays: an event ending now is settled from them.
@@ -200,8 +212,12 @@ def enforce_budget(store: Store, storage: StorageConfig, meter: str, now: float)
         return 0, None
     full = {meter, TEMPERATURE_KEY}
     for table, full_rate, keep_s in BUDGET_ORDER:
-        if table == "readings":
-            first = store.oldest_raw(full, others=not full_rate)
+        if table == "readings" or table == "readings_1m_others":
+            first = (
+                store.oldest_raw(full, others=not full_rate)
+                if table == "readings"
+                else store.oldest_others_minute()
+            )
             olds = [] if first is None else [first]
         else:
             keys = [k for k in store.keys(table) if (k in full) == full_rate]
@@ -213,6 +229,8 @@ def enforce_budget(store: Store, storage: StorageConfig, meter: str, now: float)
             continue
         if table == "readings":
             n = store.prune_raw(cut, full, others=not full_rate)
+        elif table == "readings_1m_others":
+            n = store.prune_others_minutes(cut)
         else:
             n = sum(store.prune_aggregates(table, k, cut) for k in keys)
         if n:

@@ -226,7 +226,7 @@ async def test_a_reload_applies_new_deadbands_and_the_retention_plan_to_storage(
 
         # The removed device's last minute still reaches the database; its rows age out.
         await agent.flush(final=True)
-        assert db.db.execute("SELECT SUM(n) FROM readings_1m WHERE device='ev-4'").fetchone() == (60,)
+        assert db.db.execute("SELECT SUM(n) FROM readings_1m_others WHERE device='ev-4'").fetchone() == (60,)
         assert "ev-4" not in agent.buffer.deadband_kw
     finally:
         for t in agent.transports.values():

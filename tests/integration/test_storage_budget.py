@@ -14,9 +14,9 @@ from agent.settlement.history import (
     AGGREGATE_EVERY_S,
     DAY_S,
     HEARTBEAT_S,
+    ROLLUP_LAG_S,
     ReadingsBuffer,
     enforce_budget,
-    load_series,
     plan_retention,
     prune,
 )
@@ -29,31 +29,70 @@ T0 = 1_752_000_000.0 // 900 * 900  # a quarter-hour boundary
 def test_the_meter_is_kept_at_poll_rate_devices_on_change_and_minutes_once_closed(tmp_path: Path) -> None:
     s = Store(tmp_path / "h.sqlite")
     buf = ReadingsBuffer(full_rate={"meter"}, deadband_kw={"chiller": 1.0})
+
+    def write(now: float, final: bool = False) -> None:  # as the daemon's flush does
+        s.add_batch(*buf.take(now, final), buf.full_rate)
+
     for t in range(0, 180):
         buf.add("meter", T0 + t, 500.0 + t % 3)
         # The chiller sits at 50 kW with 0.2 kW of noise, then steps to 60 kW at t=120.
         buf.add("chiller", T0 + t, (50.0 if t < 120 else 60.0) + (0.2 if t % 2 else 0.0))
         if t % 10 == 9:
-            s.add_batch(*buf.take(T0 + t + 1))
+            write(T0 + t + 1)
     raw = dict.fromkeys(["meter", "chiller"], 0)
     for dev, n in s.db.execute("SELECT device, COUNT(*) FROM readings GROUP BY device"):
         raw[dev] = n
     assert raw == {"meter": 180, "chiller": 2}  # its first reading and the step
     # The meter's closed minutes are written at once, the chiller's wait for the batch.
     assert [m for m, _ in s.minute_means("meter", T0, T0 + 600)] == [int(T0 // 60), int(T0 // 60) + 1]
-    assert s.minute_means("chiller", T0, T0 + 600) == []
-    s.add_batch(*buf.take(T0 + 180 + AGGREGATE_EVERY_S))
-    assert [round(kw, 1) for _, kw in s.minute_means("chiller", T0, T0 + 600)] == [50.1, 50.1]
+    assert s.others_minute_means("chiller", T0, T0 + 600) == []
+    write(T0 + 180 + AGGREGATE_EVERY_S)
+    assert [round(kw, 1) for _, kw in s.others_minute_means("chiller", T0, T0 + 600)] == [50.1, 50.1]
+    assert s.minute_means("chiller", T0, T0 + 600) == []  # not in the meter's device-first table
     # A stop writes the minutes still open; the rest of a split minute adds to it later.
-    s.add_batch(*buf.take(T0 + 181, final=True))
+    write(T0 + 181, final=True)
     for t in range(180, 240):
         buf.add("meter", T0 + t, 500.0)
-    s.add_batch(*buf.take(T0 + 241, final=True))
+    write(T0 + 241, final=True)
     assert s.db.execute(
         "SELECT n FROM readings_1m WHERE device='meter' AND minute=?", (int(T0 // 60) + 3,)
     ).fetchone() == (60,)
-    assert load_series(s, "chiller", T0, T0 + 180).values == pytest.approx([50.1, 50.1, 60.1])
+    assert [round(kw, 1) for _, kw in s.others_minute_means("chiller", T0, T0 + 180)] == [50.1, 50.1, 60.1]
+    # The meter's 15-minute means are folded at once, the chiller's once its quarter is over.
+    assert s.db.execute("SELECT SUM(n) FROM readings_15m WHERE device='meter'").fetchone() == (240,)
+    assert s.db.execute("SELECT SUM(n) FROM readings_15m WHERE device='chiller'").fetchone() == (None,)
+    assert s.rollup_quarters(T0 + 900) == 1
     assert s.db.execute("SELECT SUM(n) FROM readings_15m WHERE device='chiller'").fetchone() == (180,)
+    assert s.rollup_quarters(T0 + 900) == 0  # never folded twice
+    s.close()
+
+
+def test_other_devices_minutes_are_keyed_by_time_and_folded_into_quarters_once(tmp_path: Path) -> None:
+    s = Store(tmp_path / "h.sqlite")
+    devices = [f"dev-{i:03d}" for i in range(200)]
+    m0 = int(T0 // 60)
+    # Two batches of 10 minutes of 200 devices, as the daemon writes them.
+    for b in range(2):
+        s.add_batch(
+            [], [(d, m0 + b * 10 + k, 10.0, 10, 1.0, 1.0) for d in devices for k in range(10)], {"meter"}
+        )
+    scanned = [(m, d) for m, d in s.db.execute("SELECT minute, device FROM readings_1m_others")]
+    assert scanned == sorted(scanned) and len(scanned) == 4000  # the table's own order is time first
+    # Only whole quarters that ended by the given time are folded: the first one, then the second.
+    assert s.rollup_quarters(T0 + 900) == 200
+    assert s.rollup_quarters(T0 + 1799) == 0
+    assert s.rollup_quarters(T0 + 1800) == 200
+    assert s.quarter_means("dev-007", T0, T0 + 1800) == [(int(T0 // 900), 1.0), (int(T0 // 900) + 1, 1.0)]
+    assert s.db.execute("SELECT SUM(n) FROM readings_15m").fetchone() == (4000 * 10,)
+    # A minute held back past its quarter's fold (a failed batch) is folded on its own.
+    s.add_batch([], [("dev-007", m0 + 3, 5.0, 5, 1.0, 1.0)], {"meter"})
+    assert s.db.execute(
+        "SELECT n FROM readings_15m WHERE device='dev-007' AND quarter=?", (int(T0 // 900),)
+    ).fetchone() == (155,)
+    # Minutes are pruned only once folded: the third quarter's stay.
+    s.add_batch([], [(d, m0 + 30, 10.0, 10, 1.0, 1.0) for d in devices], {"meter"})
+    assert s.prune_others_minutes(T0 + DAY_S) == 4000
+    assert s.db.execute("SELECT COUNT(*) FROM readings_1m_others").fetchone() == (200,)
     s.close()
 
 
@@ -139,7 +178,8 @@ def test_the_budget_takes_the_oldest_history_first_and_never_what_must_stay(tmp_
     for day in range(30, 0, -1):
         t0 = now - day * DAY_S
         raw = [(d, t0 + k * 60, float(k % 50)) for k in range(1440) for d in ("meter", *devices)]
-        s.add_batch(raw, [(d, int(ts // 60), kw, 1, kw, kw) for d, ts, kw in raw])
+        s.add_batch(raw, [(d, int(ts // 60), kw, 1, kw, kw) for d, ts, kw in raw], {"meter"})
+    s.rollup_quarters(now - ROLLUP_LAG_S)  # as the hourly prune does
     storage = StorageConfig(max_mb=16)
     before = s.usage_bytes()
     assert before > 16 * 2**20
@@ -153,6 +193,9 @@ def test_the_budget_takes_the_oldest_history_first_and_never_what_must_stay(tmp_
     assert s.usage_bytes() <= 16 * 2**20
     # Other devices' oldest poll-rate rows went first; the meter's last day stayed.
     assert (deleted[0] or "").startswith("readings of other devices")
+    # Then their 1-minute means, oldest first, before any of the meter's history.
+    firsts = list(dict.fromkeys((w or "").split(" before")[0] for w in deleted))
+    assert firsts[:2] == ["readings of other devices", "readings_1m_others of other devices"], firsts
     last_day = s.readings("meter", now - DAY_S, now)
     assert len(last_day) == 1440  # every row of the last day
     # Never a settlement, an undelivered message or an open journal row.

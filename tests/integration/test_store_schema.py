@@ -160,6 +160,7 @@ def test_a_database_from_before_versioning_is_rekeyed_in_place_with_every_row(
     assert "PRIMARY KEY(ts, device)" in readings_sql(path) and user_version(path) == SCHEMA_VERSION
     assert not {t for (t,) in sqlite3.connect(path).execute("SELECT name FROM sqlite_master")} - {
         *TABLES,
+        "readings_1m_others",
         "readings_15m",
         "audit",
         "nonces",
@@ -258,3 +259,20 @@ def test_dr_agent_run_on_a_newer_database_says_so_and_exits(tmp_path: Path) -> N
     assert f"dr-agent: {path}: database schema version {SCHEMA_VERSION + 1}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert digest(path) == was
+
+
+def test_a_version_1_database_gains_the_time_first_minutes_of_other_devices(tmp_path: Path) -> None:
+    path = tmp_path / "agent.sqlite"
+    s = Store(path)
+    s.add_readings([("meter", T0 + t, 1.0) for t in range(120)])
+    s.db.execute("DROP TABLE readings_1m_others")  # the schema as version 1 had it
+    s.db.execute("PRAGMA user_version=1")
+    s.close()
+    before = dump(path)
+    s = Store(path)
+    try:
+        s.add_batch([], [("pump", int(T0 // 60), 6.0, 2, 3.0, 3.0)], {"meter"})
+        assert s.others_minute_means("pump", T0, T0 + 60) == [(int(T0 // 60), 3.0)]
+    finally:
+        s.close()
+    assert dump(path) == before and user_version(path) == SCHEMA_VERSION

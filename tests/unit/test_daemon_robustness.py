@@ -46,7 +46,7 @@ async def test_readings_are_kept_while_the_database_refuses_writes(tmp_path: Pat
         assert agent.pending.rows
         real = agent.store.sync.add_batch
 
-        def full_disk(raw: object, minutes: object) -> None:
+        def full_disk(raw: object, minutes: object, full_rate: object = None) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
         agent.store.sync.add_batch = full_disk  # type: ignore[method-assign]
