@@ -146,6 +146,10 @@ class Device:
         self._retry = Backoff(base_s=1.0, cap_s=self.retry_cap_s)
         self._raw: dict[str, Value] = {}
         self._commanded: dict[str, float | bool] = {}
+        #: Writes so far, and the count at each point's last write: a poll that was reading while a
+        #: point was written must not put back the value it read before the write.
+        self._writes = 0
+        self._written_at: dict[str, int] = {}
         self._counter = 0
         self._next_feed: float = 0.0
         self._set_up = False
@@ -261,6 +265,7 @@ class Device:
         h = self.health
         t0 = time.monotonic()
         h.polls += 1
+        writes_before = self._writes
         raw: dict[str, Value] = {}
         try:
             if not self._set_up:
@@ -291,6 +296,11 @@ class Device:
                 if h.rejected.get(name) is None:
                     log.warning("device=%s event=value_rejected point=%s reason=%r", self.name, name, why)
         h.rejected = rejected
+        if self._writes != writes_before:
+            # Written (and read back) while this poll was under way: the read-back is the newer value.
+            for name, n in self._written_at.items():
+                if n > writes_before and name in self.values:
+                    values[name] = self.values[name]
         self._raw = raw
         self.values = values
         self.values_ts = time.time()
@@ -439,6 +449,8 @@ class Device:
         if not math.isfinite(float(back)) or abs(float(back) - float(value)) > tolerance:
             raise WriteError(f"device {self.name}: wrote {p.name}={value} but read back {back}")
         self.values[p.name] = back
+        self._writes += 1
+        self._written_at[p.name] = self._writes
         self._commanded[p.name] = value
         return float(back)
 
@@ -525,6 +537,8 @@ class Device:
                     continue  # its 100 % is unknown: the next poll reads it
                 if not isinstance(eng, str):
                     self.values[name] = eng
+                    self._writes += 1
+                    self._written_at[name] = self._writes
                     if name in self._commanded:
                         # The watchdog renews what we command; after a restore that is the original.
                         self._commanded[name] = eng

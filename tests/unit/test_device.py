@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
@@ -252,3 +253,36 @@ async def test_read_only_poll_skips_the_start_up_writes() -> None:
     assert await dev.poll()
     assert (bank.get("failsafe_current_a"), bank.get("failsafe_timeout_s")) == before
     assert before != (6, 20)
+
+
+async def test_a_poll_under_way_during_a_write_does_not_put_back_the_value_it_read_before() -> None:
+    """A poll's reply read before a shed write lands after it: the read-back stays the reading
+    (else an event right after a restore sees the restored zone as still dimmed, and skips it)."""
+    dev, bank, transport = make("lighting", "generic_lighting")
+    bank.set("level_pct", 80.0)
+    assert await dev.poll()
+    read_before_write = asyncio.Event()
+    release = asyncio.Event()
+    real_read = transport.read
+    held = {"first": True}
+
+    async def slow_read(unit: int, function: Any, address: int, count: int) -> Any:
+        regs = await real_read(unit, function, address, count)
+        if held["first"]:
+            held["first"] = False
+            read_before_write.set()
+            await release.wait()  # the reply is on its way while the write goes out
+        return regs
+
+    transport.read = slow_read  # type: ignore[method-assign]
+    poll = asyncio.create_task(dev.poll())
+    await read_before_write.wait()
+    assert await dev.write_role("level_pct", 40.0) == pytest.approx(40.0)
+    release.set()
+    assert await poll
+    assert dev.reading("level_pct") == pytest.approx(40.0)
+    assert bank.get("level_pct") == pytest.approx(40.0)
+    # The next poll reads the device as it is, whatever was written before.
+    bank.set("level_pct", 55.0)
+    assert await dev.poll()
+    assert dev.reading("level_pct") == pytest.approx(55.0)
