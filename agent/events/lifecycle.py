@@ -14,6 +14,7 @@ control cycle and then cycles the shedding events.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import sqlite3
@@ -128,6 +129,10 @@ class EventLifecycle:
         self.wake = ports.wake
         self.event_topic, self.price_topic = inputs
         self.events: dict[str, EventRecord] = {}
+        #: Events begun in this control cycle, persisted and published by `after_cycle`.
+        self._begun: list[EventRecord] = []
+        #: Stored events `load` could not read (a newer or broken payload), for `_control_periods`.
+        self._unreadable_rows: list[dict[str, Any]] = []
         self._rng = random.Random()
         self.verifier: Verifier | None = None
         self.participation_warning: str | None = None
@@ -327,6 +332,10 @@ class EventLifecycle:
                 opt.code,
                 opt.reason,
             )
+        # The control cycle starts on the event now, while its decision is persisted and answered:
+        # nothing that can wait stands between the message and the first stage's writes (the
+        # journal still records each original before its write).
+        self.wake()
         await self._persist(rec)
         for other_id in opt.supersedes:
             other = self.events.get(other_id)
@@ -339,7 +348,6 @@ class EventLifecycle:
                 extra["participation_warning"] = warning
         await self.link.send_response(self.response(rec, **extra))
         await self.publish_state(rec)
-        self.wake()
 
     def response(self, rec: EventRecord, **more: Any) -> EventResponse:
         extra: dict[str, Any] = {}
@@ -397,9 +405,14 @@ class EventLifecycle:
         await self.publish_state(rec)
 
     async def _persist(self, rec: EventRecord) -> None:
-        """Store the event, its decision and what a restart needs."""
+        """Store the event, its decision and what a restart needs.
+
+        The record is taken as it is now, before anything waits, and both rows are handed to the
+        store's one thread together: a control cycle running meanwhile (it starts on the event
+        while it is persisted) can persist it again, and the later call is always the newer state.
+        """
         ev = rec.event
-        await self.store.save_event(
+        row = (
             ev.event_id,
             ev.modification_number,
             ev.model_dump(mode="json"),
@@ -430,7 +443,7 @@ class EventLifecycle:
                 }
             )
         rec.runtime = runtime
-        await self.store.set_event_runtime(ev.event_id, runtime)
+        await asyncio.gather(self.store.save_event(*row), self.store.set_event_runtime(ev.event_id, runtime))
 
     async def _set_state(self, rec: EventRecord, state: State) -> None:
         rec.state = state
@@ -662,7 +675,8 @@ class EventLifecycle:
             log.info(
                 "event_id=%s event=interval n=%d committed_kw=%.1f", rec.event.event_id, n, c.committed_kw
             )
-            await self.publish_state(rec)
+            if rec not in self._begun:  # else `after_cycle` publishes it, after the first writes
+                await self.publish_state(rec)
 
     def _retarget(self, rec: EventRecord, now: float) -> None:
         """Set control's commitment to the event's target in force now (interval change or modification)."""
@@ -733,22 +747,19 @@ class EventLifecycle:
         )
 
     async def begin(self, rec: EventRecord, now: float) -> None:
+        """Control starts: the baseline, the commitment, the steps. The record is persisted and its
+        state published after this cycle's writes (`after_cycle`): a crash before that finds the
+        event not yet active and the journal's open rows, which a restart restores."""
         ev = rec.event
         # The baseline's window ends when control starts, here and in the settlement (c.control_start).
-        skip = control_periods(
-            await self.store.events(),
-            now,
-            ev.event_id,
-            lambda p: self.cfg.strategy_for(p).restore.rebound_window_s,
-        )
+        skip = self._control_periods(now, ev.event_id)
         baseline, quality = self.baseline(self.readings.recent(), now, skip)
         _n, target = ev.target_at(max(now, ev.start_ts))
         _asked, committed = commit_kw(target, self.cfg.contract, baseline)
         rec.control = self._control(rec, baseline, committed, now)
         rec.control.baseline_quality = quality
         rec.state = State.ACTIVE
-        await self._persist(rec)
-        await self.publish_state(rec)
+        self._begun.append(rec)
         log.info(
             "event_id=%s event=active baseline_kw=%.1f quality=%r committed_kw=%.1f strategy=%s steps=%d",
             ev.event_id,
@@ -758,6 +769,33 @@ class EventLifecycle:
             self.cfg.strategy_for(ev.program).name,
             len(rec.control.steps),
         )
+
+    async def after_cycle(self) -> None:
+        """Persist and publish the events this control cycle began (once their writes are out)."""
+        while self._begun:
+            rec = self._begun.pop(0)
+            await self._persist(rec)
+            await self.publish_state(rec)
+
+    def _control_periods(self, before: float, exclude_event: str) -> list[Period]:
+        """Earlier events' control and recovery periods (`control_periods`), from the events in
+        memory (every stored one: `load` reads them all) instead of reading every stored event."""
+        rows = [
+            {"event_id": r.event.event_id, "opt": r.opt.opt, "runtime": r.runtime, "span": self._span(r)}
+            for r in self.events.values()
+            if r.opt.opt == "in" and (r.runtime or {}).get("control_start") is not None
+        ]
+        return control_periods(
+            [*self._unreadable_rows, *rows],
+            before,
+            exclude_event,
+            lambda p: self.cfg.strategy_for(p).restore.rebound_window_s,
+        )
+
+    @staticmethod
+    def _span(rec: EventRecord) -> tuple[float, float, str]:
+        ev = rec.event
+        return ev.end_ts, ev.recovery_s, ev.program
 
     async def settle(self, rec: EventRecord, end: float | None = None) -> None:
         """Settle `rec` (agent/settlement/books.py computes the record), store it and publish it with the year to date."""
@@ -814,10 +852,13 @@ class EventLifecycle:
 
     async def load(self) -> None:
         """Reload the stored events after a restart."""
+        self._unreadable_rows = []
         for row in await self.store.events():
             try:
                 ev = DrEvent.model_validate(row["payload"])
             except Exception:
+                # Not loaded, but the real-time baseline still skips the control it may have run.
+                self._unreadable_rows.append(row)
                 continue
             rt = row.get("runtime") or {}
             ikw = rt.get("intervals_kw")

@@ -494,6 +494,9 @@ class Agent:
     async def _control_loop(self) -> None:
         while True:
             t0 = time.perf_counter()
+            # Cleared before the cycle, not after: a wake-up during it (an event arriving while the
+            # cycle waits on a device) runs the next cycle at once instead of a period later.
+            self.wake.clear()
             now = self.clock.now()
             failpoints.hit("control")
             try:
@@ -512,7 +515,6 @@ class Agent:
                     log.warning("event=orphan_check_failed error=%r", str(exc))
             self.last_cycle_s = time.perf_counter() - t0
             self.notifier.watchdog()
-            self.wake.clear()
             await self._wait_next_cycle(self.cfg.control.period_s / self.clock.speed)
 
     async def restore_orphans(self) -> list[str]:
@@ -553,13 +555,17 @@ class Agent:
 
     async def control_cycle(self, now: float) -> None:
         """The event lifecycle plus one control decision for each shedding event."""
-        await self.lifecycle.tick(now)
-        load = self.site_load_kw()
-        raw = self.recent[-1][1] if load is not None and self.recent else None
-        for rec in self.lifecycle.shedding():
-            assert rec.control is not None
-            c = rec.control
-            await self.controller.cycle(c, now, load, c.peak_kw or self.cfg.contract.peak_kw, raw_kw=raw)
+        try:
+            await self.lifecycle.tick(now)
+            load = self.site_load_kw()
+            raw = self.recent[-1][1] if load is not None and self.recent else None
+            for rec in self.lifecycle.shedding():
+                assert rec.control is not None
+                c = rec.control
+                await self.controller.cycle(c, now, load, c.peak_kw or self.cfg.contract.peak_kw, raw_kw=raw)
+        finally:
+            # An event begun this cycle is persisted and published once its first writes are out.
+            await self.lifecycle.after_cycle()
 
     # -- live reports -------------------------------------------------------------------
 
