@@ -114,8 +114,8 @@ async def test_restore_works_from_memory_when_the_database_fails(tmp_path: Path)
         def broken(*args: object) -> None:
             raise sqlite3.OperationalError("database or disk is full")
 
-        agent.store.sync.journal_open = broken  # type: ignore[method-assign]
-        agent.store.sync.journal_restored = broken  # type: ignore[method-assign]
+        agent.store.sync.journal_open = broken  # type: ignore[method-assign,assignment]
+        agent.store.sync.journal_restored = broken  # type: ignore[method-assign,assignment]
         assert await agent.actuator.restore("ev-1", "current_limit_a", "event ended", "e1")
         assert plant.banks["ev-1"].get("current_limit_a") == before
     finally:
