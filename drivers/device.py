@@ -194,6 +194,12 @@ class Device:
         return self._set_up
 
     @property
+    def write_count(self) -> int:
+        """Writes this device took so far (sheds, restores, start-up): a value read before the last
+        one is no longer the device's."""
+        return self._writes
+
+    @property
     def requests_per_poll(self) -> int:
         return len(self._blocks)
 
@@ -431,6 +437,7 @@ class Device:
         except ValueError as exc:
             raise WriteError(f"device {self.name}: {exc}") from exc
         ref = self._ref(p)
+        self._writes += 1  # before it goes out: a write that fails half way may still have landed
         try:
             sf = await self._scale_factor(p)
             await self._send(p, value, sf)
@@ -449,7 +456,6 @@ class Device:
         if not math.isfinite(float(back)) or abs(float(back) - float(value)) > tolerance:
             raise WriteError(f"device {self.name}: wrote {p.name}={value} but read back {back}")
         self.values[p.name] = back
-        self._writes += 1
         self._written_at[p.name] = self._writes
         self._commanded[p.name] = value
         return float(back)
@@ -517,6 +523,7 @@ class Device:
         """Write registers back verbatim (a restore), each read back and compared. Raises WriteError."""
         for name, regs in raw.items():
             q = self.profile.point(name)
+            self._writes += 1
             try:
                 if isinstance(regs, bool):
                     await self.transport.write_coil(self.unit_id, q.addr, regs)
@@ -537,7 +544,6 @@ class Device:
                     continue  # its 100 % is unknown: the next poll reads it
                 if not isinstance(eng, str):
                     self.values[name] = eng
-                    self._writes += 1
                     self._written_at[name] = self._writes
                     if name in self._commanded:
                         # The watchdog renews what we command; after a restore that is the original.
@@ -574,6 +580,7 @@ class Device:
         else:
             value = w.value
         self._next_feed = now + interval
+        self._writes += 1
         try:
             await self._send(p, value, await self._scale_factor(p))
         except (ModbusIOError, WriteError, ValueError) as exc:

@@ -22,7 +22,8 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.platform.store import AsyncStore, JournalEntry
@@ -30,6 +31,10 @@ from drivers.device import Device, RawRegisters, Snapshot, WriteError
 from strategies.engine import within_limits
 
 log = logging.getLogger("dr_agent.actuator")
+
+
+#: How long a current value read ahead of a shed (`Actuator.read_ahead`) stays usable as its original.
+READ_AHEAD_MAX_AGE_S = 2.0
 
 
 class LimitViolation(Exception):
@@ -68,6 +73,47 @@ class Actuator:
         self._raw_originals: dict[tuple[str, str], RawRegisters] = {}
         #: (device, role) -> event id of a restore that failed (device unreachable): retried when it answers.
         self.failed_restores: dict[tuple[str, str], str | None] = {}
+        #: (device, role) -> (when, the device's write count then, the fresh read under way): read ahead.
+        self._ahead: dict[tuple[str, str], tuple[float, int, asyncio.Task[Snapshot]]] = {}
+
+    def read_ahead(self, keys: Iterable[tuple[str, str]]) -> int:
+        """Start reading, now, the current values sheds of these (device, role) would replace: an
+        event that starts at once has its first stage's originals read while it is decided,
+        persisted and answered, not after. The read is as fresh as the rule asks (after the event
+        arrived); a shed takes it only if younger than READ_AHEAD_MAX_AGE_S and nothing was written
+        to the device since it started, else it reads again. Returns how many reads started."""
+        now = time.monotonic()
+        started = 0
+        for key in keys:
+            dev = self.devices.get(key[0])
+            if dev is None or not dev.ready or not dev.health.available:
+                continue
+            old = self._ahead.get(key)
+            if old is not None and now - old[0] < READ_AHEAD_MAX_AGE_S and not old[2].done():
+                continue
+            task = asyncio.create_task(dev.snapshot(key[1]), name=f"read-ahead {key[0]}.{key[1]}")
+            task.add_done_callback(_quiet)
+            self._ahead[key] = (now, dev.write_count, task)
+            started += 1
+        return started
+
+    async def _snapshot(self, device: str, role: str) -> Snapshot:
+        """The current value a shed replaces: read ahead if still valid, else read now."""
+        dev = self.devices[device]
+        ahead = self._ahead.pop((device, role), None)
+        if ahead is not None:
+            when, writes, task = ahead
+            if time.monotonic() - when <= READ_AHEAD_MAX_AGE_S and dev.write_count == writes:
+                try:
+                    snap = await task
+                except WriteError:
+                    pass  # read again: the answer is the one that counts
+                else:
+                    if dev.write_count == writes:  # nothing written while it was read
+                        return snap
+            else:
+                task.cancel()
+        return await dev.snapshot(role)
 
     async def original(self, device: str, role: str) -> float | None:
         """The pre-event value: the open journal entry's original if shed, else the latest reading."""
@@ -101,7 +147,7 @@ class Actuator:
         entries = await self.store.journal_open(device, role)
         if not entries:
             # Never shed what could not be put back: read it fresh, check it, keep its exact registers.
-            snap = await dev.snapshot(role)
+            snap = await self._snapshot(device, role)
             original = snap.value
             await self.store.journal_record(
                 device, role, original, float(value), event_id, step, json.dumps(snap.raw)
@@ -159,7 +205,7 @@ class Actuator:
             s = sheds[i]
             if (s.device, s.role) in open_by_key:
                 return None
-            return await self.devices[s.device].snapshot(s.role)
+            return await self._snapshot(s.device, s.role)
 
         snaps = await asyncio.gather(*(snap(i) for i in todo), return_exceptions=True)
         rows: list[tuple[str, str, float | None, float, str | None, str | None, str | None]] = []
@@ -357,3 +403,9 @@ class Actuator:
                     f"left shed {role} ({reason}); its own fail-safe: {fail_safe}", event_id, device
                 )
         return [f"{device}.{role}" for device, role, _ in failed]
+
+
+def _quiet(task: asyncio.Task[Snapshot]) -> None:
+    """A read ahead that nobody takes (the event was refused meanwhile) must not log its error."""
+    if not task.cancelled():
+        task.exception()

@@ -335,6 +335,7 @@ class EventLifecycle:
         # The control cycle starts on the event now, while its decision is persisted and answered:
         # nothing that can wait stands between the message and the first stage's writes (the
         # journal still records each original before its write).
+        self._read_ahead(rec, now)
         self.wake()
         await self._persist(rec)
         for other_id in opt.supersedes:
@@ -348,6 +349,21 @@ class EventLifecycle:
                 extra["participation_warning"] = warning
         await self.link.send_response(self.response(rec, **extra))
         await self.publish_state(rec)
+
+    def _read_ahead(self, rec: EventRecord, now: float) -> None:
+        """An event whose control starts now: its first stage's current values are read while
+        it is persisted and answered, so the first writes need not wait for them."""
+        if rec.opt.opt != "in" or rec.control is not None or rec.event.test_event:
+            return
+        if rec.control_start > now + self.cfg.control.period_s:
+            return
+        try:
+            steps = build_steps(self.cfg.strategy_for(rec.event.program), self.devices)
+        except KeyError:
+            return  # begin says what is wrong with the strategy
+        if steps:
+            first = steps[0].stage
+            self.actuation.read_ahead((st.device, st.role) for st in steps if st.stage == first)
 
     def response(self, rec: EventRecord, **more: Any) -> EventResponse:
         extra: dict[str, Any] = {}

@@ -187,6 +187,11 @@ class Actuation(Protocol):
         """What is shed now: the open entries of the revert journal."""
         ...
 
+    def read_ahead(self, keys: Iterable[tuple[str, str]]) -> int:
+        """Start reading the current values sheds of these (device, role) would replace (an event
+        starting at once), so its first writes do not wait for those reads. Returns reads started."""
+        ...
+
     def deadband_kw(self, peak_kw: float) -> float:
         """The controller's deadband around the commitment, kW."""
         ...

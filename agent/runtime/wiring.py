@@ -53,6 +53,9 @@ class ControlActuation:
     def deadband_kw(self, peak_kw: float) -> float:
         return self.controller.deadband_kw(peak_kw)
 
+    def read_ahead(self, keys: Iterable[tuple[str, str]]) -> int:
+        return self.actuator.read_ahead(keys)
+
 
 @dataclass
 class ImageReadings:

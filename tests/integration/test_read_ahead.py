@@ -1,0 +1,151 @@
+"""An event that starts at once has its first stage's current values read ahead, while it is
+persisted and answered (Actuator.read_ahead): a shed takes that read as its original only while
+it is young and nothing was written to the device since, else it reads again. Every case reads
+the device back over Modbus after the restore. Real simulators over Modbus TCP, a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from agent.config.model import SiteConfig
+from agent.control import actuator as actuator_mod
+from agent.control.actuator import Actuator, Shed
+from agent.platform.clock import ManualClock, SystemClock
+from agent.platform.store import AsyncStore, Store
+from agent.runtime.daemon import build_devices
+from drivers.device import Device
+from drivers.modbus import ModbusTransport
+from tests.conftest import serve_plant, site_config
+from tests.integration.test_parallel_shed import _read_back
+
+KEY = ("lights-warehouse", "level_pct")
+
+#: The site's config, its simulated plant, the agent's devices, an actuator and its store.
+Rig = tuple[SiteConfig, Any, Mapping[str, Device], Actuator, AsyncStore]
+
+
+def _requests(dev: Device) -> int:
+    """Modbus requests sent so far on the device's endpoint."""
+    return cast(ModbusTransport, dev.transport).stats.requests
+
+
+async def _settled(act: Actuator) -> None:
+    """Wait for the reads ahead under way (each ends in a simulator's answer or an error)."""
+    tasks = [t for _, _, t in act._ahead.values()]
+    if tasks:
+        await asyncio.wait(tasks)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    cfg = site_config(1883, tmp_path)
+    plant, task = await serve_plant(cfg, SystemClock())
+    store = AsyncStore(Store(tmp_path / "agent.sqlite"))
+    transports, devices = build_devices(cfg)
+    for d in devices.values():
+        await d.poll()
+    try:
+        yield cfg, plant, devices, Actuator(devices, store), store
+    finally:
+        for t in transports.values():
+            await t.close()
+        await store.close()
+        task.cancel()
+        await plant.stop()
+
+
+async def test_a_read_ahead_is_the_original_and_saves_the_shed_a_round_trip(rig: Rig) -> None:
+    cfg, _plant, devices, act, store = rig
+    before = (await _read_back(cfg, [KEY]))[KEY]
+    dev = devices[KEY[0]]
+    assert act.read_ahead([KEY]) == 1
+    await _settled(act)
+    requests = _requests(dev)
+    assert await act.shed_many([Shed(*KEY, 50, "ev-1", "s")]) == [50]
+    assert _requests(dev) - requests == 2  # the write and its read-back, no read first
+    assert [(e.device, e.role, e.original) for e in await store.journal_open()] == [(*KEY, before)]
+    assert (await _read_back(cfg, [KEY]))[KEY] == 50
+    assert await act.restore(*KEY, "test over")
+    assert (await _read_back(cfg, [KEY]))[KEY] == before
+
+
+async def test_a_write_after_the_read_ahead_makes_the_shed_read_again(rig: Rig) -> None:
+    """A restore (or any write of ours) lands between the read ahead and the shed: the value read
+    ahead is no longer the device's, and taking it would restore the wrong value later."""
+    cfg, _plant, devices, act, store = rig
+    assert act.read_ahead([KEY]) == 1
+    await _settled(act)
+    await devices[KEY[0]].write_role(KEY[1], 70)  # e.g. an earlier event's restore
+    requests = _requests(devices[KEY[0]])
+    assert await act.shed_many([Shed(*KEY, 50, "ev-1", "s")]) == [50]
+    assert _requests(devices[KEY[0]]) - requests == 3  # read fresh, write, read back
+    assert [e.original for e in await store.journal_open()] == [70]
+    assert await act.restore(*KEY, "test over")
+    assert (await _read_back(cfg, [KEY]))[KEY] == 70
+
+
+async def test_a_read_ahead_too_old_is_not_taken(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Changed by hand after an old read ahead: the shed reads the hand's value, and the restore puts it back."""
+    cfg, plant, _devices, act, store = rig
+    assert act.read_ahead([KEY]) == 1
+    await _settled(act)
+    plant.banks[KEY[0]].set(KEY[1], 85)
+    monkeypatch.setattr(actuator_mod, "READ_AHEAD_MAX_AGE_S", 0.0)
+    assert await act.shed_many([Shed(*KEY, 50, "ev-1", "s")]) == [50]
+    assert [e.original for e in await store.journal_open()] == [85]
+    assert await act.restore(*KEY, "test over")
+    assert (await _read_back(cfg, [KEY]))[KEY] == 85
+
+
+async def test_an_event_starting_now_reads_its_first_stage_ahead_and_restores_it(tmp_path: Path) -> None:
+    """Through the lifecycle: the event's arrival starts the reads of its first stage (lighting),
+    the cycle's sheds take them, and everything reads back shed, then restored."""
+    from agent.events.model import parse_event
+    from agent.runtime.daemon import Agent
+    from tests.helpers import event_payload
+
+    cfg = site_config(1883, tmp_path)
+    tz = ZoneInfo(cfg.site.timezone)
+    clock = ManualClock(datetime(2026, 7, 1, 11, 0, tzinfo=tz).timestamp())
+    plant, task = await serve_plant(cfg, clock)
+    agent = Agent(cfg, clock, metrics=False)
+    read: list[tuple[str, str]] = []
+    real = agent.actuator.read_ahead
+
+    def spy(keys: Iterable[tuple[str, str]]) -> int:
+        keys = list(keys)
+        read.extend(keys)
+        return real(keys)
+
+    agent.actuator.read_ahead = spy  # type: ignore[method-assign]
+    roles = {"lights-warehouse": "level_pct", "lights-office": "level_pct"}
+    try:
+        before = await _read_back(cfg, list(roles.items()))
+        for _ in range(3):
+            await agent.poll_all()
+            clock.advance(1)
+        ev = event_payload("ahead-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+        await agent.handle_event(parse_event(ev))
+        assert set(read) == set(roles.items())  # the strategy's first stage, read on arrival
+        await agent.control_cycle(clock.now())
+        assert agent.actuator._ahead == {}  # taken by the sheds
+        shed = await _read_back(cfg, list(roles.items()))
+        assert shed[("lights-warehouse", "level_pct")] == 50
+        assert shed[("lights-office", "level_pct")] == 60
+        originals = {(e.device, e.role): e.original for e in await agent.store.journal_open()}
+        assert {k: originals[k] for k in roles.items()} == before
+        assert await agent.actuator.restore_all("test over") == []
+        assert await _read_back(cfg, list(roles.items())) == before
+    finally:
+        for t in agent.transports.values():
+            await t.close()
+        await agent.store.close()
+        task.cancel()
+        await plant.stop()
