@@ -4,8 +4,9 @@ Modbus TCP runs on a small client of our own (`_MbapLink`: struct-packed MBAP
 frames on an `asyncio.Protocol`): pymodbus's client machinery (a request
 object, transaction manager, framer and `wait_for` per request) cost more CPU
 per request than all our decoding, see docs/performance.md "Polling". RTU,
-over serial or TCP, stays on pymodbus, and everything that touches pymodbus
-lives here, so a pymodbus upgrade is one file's work. All unit ids on an endpoint share its connection; an
+over serial or TCP, stays on pymodbus, imported only when an endpoint needs
+it; everything that touches pymodbus lives here, so a pymodbus upgrade is one
+file's work. All unit ids on an endpoint share its connection; an
 `asyncio.Lock` keeps requests strictly sequential (serial buses and many TCP
 gateways cannot interleave). A lost connection is re-opened on demand with
 full-jitter exponential backoff, never in a tight loop, never blocking the
@@ -22,10 +23,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NoReturn
-
-from pymodbus import FramerType
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from drivers.backoff import Backoff
 from drivers.errors import ModbusIOError
@@ -46,8 +43,11 @@ class _UndecodableFrames(logging.Filter):
     """
 
     count = 0
+    installed = False
 
     def filter(self, record: logging.LogRecord) -> bool:
+        from pymodbus.exceptions import ModbusException
+
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, ModbusException) and "data_received" in record.getMessage():
             _UndecodableFrames.count += 1
@@ -55,7 +55,16 @@ class _UndecodableFrames(logging.Filter):
         return True
 
 
-logging.getLogger("asyncio").addFilter(_UndecodableFrames())
+def _pymodbus() -> Any:
+    """pymodbus, imported for RTU endpoints only: a Modbus TCP site never loads it (3.6 MB)."""
+    import pymodbus
+    import pymodbus.client
+
+    if not _UndecodableFrames.installed:
+        logging.getLogger("asyncio").addFilter(_UndecodableFrames())
+        _UndecodableFrames.installed = True
+    return pymodbus
+
 
 #: Function code of each read, to check the reply is an answer to it.
 READ_FC = {"coil": 1, "discrete_input": 2, "holding_register": 3, "input_register": 4}
@@ -205,7 +214,8 @@ class ModbusTransport:
         self.name = name
         self.protocol = protocol
         self.timeout_s = timeout_s
-        self.framer = FramerType.SOCKET if protocol == "tcp" else FramerType.RTU
+        #: RTU framing (serial, RTU over TCP): no transaction id, so a late answer cannot be told apart.
+        self.rtu_framing = protocol != "tcp"
         if protocol == "rtu":
             # Modbus over serial line spec: frames are separated by >= 3.5 character
             # times (11 bits each), fixed at 1.75 ms above 19200 baud.
@@ -223,9 +233,10 @@ class ModbusTransport:
                 raise ValueError(f"endpoint {name}: rtu needs a serial port")
             self.address = serial_port
             # pymodbus's serial transport is non-blocking (the port is polled by the event loop).
-            self._client = AsyncModbusSerialClient(
+            pm = _pymodbus()
+            self._client = pm.client.AsyncModbusSerialClient(
                 serial_port,
-                framer=FramerType.RTU,
+                framer=pm.FramerType.RTU,
                 baudrate=baudrate,
                 parity=parity,
                 stopbits=stopbits,
@@ -242,10 +253,11 @@ class ModbusTransport:
             if protocol == "tcp":
                 self._client = None  # our own client (_MbapLink), opened on the first request
                 return
-            self._client = AsyncModbusTcpClient(
+            pm = _pymodbus()
+            self._client = pm.client.AsyncModbusTcpClient(
                 host,
                 port=port,
-                framer=self.framer,
+                framer=pm.FramerType.RTU,
                 timeout=timeout_s,
                 retries=0,
                 reconnect_delay=0,
@@ -316,6 +328,8 @@ class ModbusTransport:
         (and the other units on it) alone; only a failed connect backs the
         endpoint off.
         """
+        from pymodbus.exceptions import ModbusException, ModbusIOException
+
         async with self._lock:
             await self._ensure_connected()
             if self.inter_frame_delay_s:
@@ -342,7 +356,7 @@ class ModbusTransport:
                     raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from None
                 # No (valid) answer in time: the unit is silent, the line may still be fine.
                 self._failed(f"no response within {self.timeout_s:g} s", timeout=True)
-                if self.framer is FramerType.RTU:
+                if self.rtu_framing:
                     # RTU has no transaction id: a late answer would be taken for the next one.
                     self._client.close()
                 raise ModbusIOError(self.name, f"{what}: {self.stats.last_error}") from exc
@@ -471,7 +485,7 @@ class ModbusTransport:
 
     def _bad_reply(self, what: str, why: str) -> NoReturn:
         self._failed(f"bad reply: {why}")
-        if self.framer is FramerType.RTU:
+        if self.rtu_framing:
             self._client.close()  # framing may be off: start clean
         raise ModbusIOError(self.name, f"{what}: bad reply: {why}")
 
