@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiomqtt
+
+from agent.platform.clock import ScaledClock
 
 
 class Observer:
@@ -115,3 +118,26 @@ def agent_command(config_path: Any, clock_spec: str | None = None) -> list[str]:
     if clock_spec:
         cmd += ["--clock", clock_spec]
     return cmd
+
+
+class FastForwardClock(ScaledClock):
+    """A ScaledClock that can run faster for a while, e.g. through the quiet lead-up to an event
+    (the agent polling, gathering the real-time baseline's 15 minutes of history), and back at the
+    test's own speed before anything is controlled. Simulated time stays continuous: each change of
+    speed moves the origin to the present."""
+
+    def set_speed(self, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError("clock speed must be > 0")
+        now = self.now()
+        self.origin_sim, self.origin_wall, self.speed = now, time.time(), speed
+
+    async def fast_forward(self, until: float, speed: float = 120.0) -> None:
+        """Run at `speed` until simulated time `until`, then at the speed it had."""
+        normal = self.speed
+        self.set_speed(speed)
+        try:
+            while (left := until - self.now()) > 0:
+                await self.sleep(left)
+        finally:
+            self.set_speed(normal)

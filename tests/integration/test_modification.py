@@ -19,10 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.platform.clock import ScaledClock
 from agent.runtime.daemon import Agent
 from tests.conftest import Mosquitto, serve_plant, site_config
-from tests.helpers import Observer, event_payload
+from tests.helpers import FastForwardClock, Observer, event_payload
 from tests.integration.test_event_end_to_end import controllable_state
 from tests.integration.test_supervision import changed, read_back
 
@@ -36,7 +35,7 @@ async def test_modification_from_10_to_16_pct_reaches_the_new_target_within_60_s
 ) -> None:
     cfg = site_config(mosquitto.port, tmp_path)
     tz = ZoneInfo(cfg.site.timezone)
-    clock = ScaledClock(30.0, origin_sim=datetime(2026, 7, 1, 10, 30, tzinfo=tz).timestamp())
+    clock = FastForwardClock(30.0, origin_sim=datetime(2026, 7, 1, 10, 30, tzinfo=tz).timestamp())
     plant, plant_task = await serve_plant(cfg, clock)
     before = await read_back(cfg)
     agent = Agent(cfg, clock, metrics=False)
@@ -59,6 +58,8 @@ async def test_modification_from_10_to_16_pct_reaches_the_new_target_within_60_s
             await obs.publish("in/event", event)
             first = await obs.wait_for(lambda t, b: t.endswith("/out/response"), 10)
             assert first["committed_kw"] == pytest.approx(100.0)
+            # The history (polls only, nothing controlled) at 120x; the event at the test's 30x.
+            await clock.fast_forward(start - 60)
             await obs.wait_for(lambda t, b: t.endswith(f"/out/event/{EVENT}") and b["state"] == "active", 60)
             await clock.sleep(start + 180 - clock.now())  # in band on the first target
             at_10 = controllable_state(plant)  # from the banks: a Modbus read here would slow the agent

@@ -32,7 +32,7 @@ from agent.platform.clock import ScaledClock
 from agent.runtime.daemon import Agent
 from drivers.sim.server import free_port
 from tests.conftest import Mosquitto, serve_plant, site_config
-from tests.helpers import Observer
+from tests.helpers import FastForwardClock, Observer
 from tests.integration.test_supervision import changed, read_back
 
 pytestmark = [
@@ -210,7 +210,7 @@ async def test_openadr_event_opt_in_shed_in_band_reports_outage_reregister_resta
         cfg = with_openadr(site_config(mosquitto.port, tmp_path), vtn)
         tz = ZoneInfo(cfg.site.timezone)
         # A year ahead of the wall clock: the VTN (wall time) sees the event as far, never completed.
-        clock = ScaledClock(
+        clock = FastForwardClock(
             30.0, origin_sim=datetime(datetime.now(tz).year + 1, 7, 1, 10, 30, tzinfo=tz).timestamp()
         )
         async with agent_on_plant(cfg, clock) as run:
@@ -228,6 +228,8 @@ async def test_openadr_event_opt_in_shed_in_band_reports_outage_reregister_resta
                     lambda t, b: t.endswith("/out/response") and b["event_id"] == "oadr:ev-1", 10
                 )
                 assert resp["opt"] == "in" and resp["committed_kw"] == pytest.approx(100.0), resp
+                # The history (polls only, nothing controlled) at 120x; the event at the test's 30x.
+                await clock.fast_forward(start.timestamp() - 60)
                 await obs.wait_for(
                     lambda t, b: t.endswith("/out/event/oadr:ev-1") and b["state"] == "active", 60
                 )
@@ -298,7 +300,7 @@ async def test_event_outside_the_contract_gets_opt_out_and_nothing_is_shed(
         cfg = with_openadr(site_config(mosquitto.port, tmp_path), vtn)
         tz = ZoneInfo(cfg.site.timezone)
         year = datetime.now(tz).year + 1
-        clock = ScaledClock(30.0, origin_sim=datetime(year, 7, 1, 15, 55, tzinfo=tz).timestamp())
+        clock = FastForwardClock(30.0, origin_sim=datetime(year, 7, 1, 15, 55, tzinfo=tz).timestamp())
         async with agent_on_plant(cfg, clock) as run:
             before, agent = run.before, run.agent
             async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
@@ -310,6 +312,8 @@ async def test_event_outside_the_contract_gets_opt_out_and_nothing_is_shed(
                     lambda t, b: t.endswith("/out/response") and b["event_id"] == "oadr:late-1", 10
                 )
                 assert resp["opt"] == "out" and resp["code"] == "outside_allowed_hours", resp
+                # Up to a minute before the event at 120x; its first two minutes at the test's 30x.
+                await clock.fast_forward(datetime(year, 7, 1, 15, 59, tzinfo=tz).timestamp())
                 await clock.sleep(datetime(year, 7, 1, 16, 2, tzinfo=tz).timestamp() - clock.now())
                 assert not changed(before, await read_back(cfg)), "something was shed"
                 assert agent.events["oadr:late-1"].control is None
