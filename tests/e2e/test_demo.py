@@ -174,7 +174,8 @@ def test_keep_running_mid_event_diagnose_status_then_sigterm_restores() -> None:
     from agent.cli.diagnose import check_clock, probe_clock
     from agent.config.load import load_site_config
 
-    demo = DemoProcess("--speed", "60", "--duration-min", "30")
+    # 120x to reach the event sooner; an hour long, so it is still on when the checks below are done.
+    demo = DemoProcess("--speed", "120", "--duration-min", "60")
     try:
         config = Path(demo.wait_line(r"^\s+config\s+(\S+\.yaml)", 120).group(1))
         db = Path(demo.wait_line(r"^\s+database\s+(\S+)", 10).group(1))
@@ -183,7 +184,7 @@ def test_keep_running_mid_event_diagnose_status_then_sigterm_restores() -> None:
         cmds = demo.commands()
         assert cmds["diagnose"][-2:] == ["-c", str(config)]
         assert cmds["report"][-3:-1] == ["--db", str(db)]
-        before = control_values(config)  # the event starts 16 site minutes (16 s) after the demo
+        before = control_values(config)  # the event starts 16 site minutes (8 s) after the demo
         demo.wait_line(r"is active", 120)
         demo.wait_line(r"\d+ steps? shed\s+in band", 120)
         shed_now = control_values(config)
