@@ -97,23 +97,30 @@ class Actuator:
             started += 1
         return started
 
+    async def _ahead_snapshot(self, device: str, role: str) -> Snapshot | None:
+        """The value read ahead for (device, role) if it is still the device's: younger than
+        READ_AHEAD_MAX_AGE_S, read without error, nothing written to the device since it started."""
+        ahead = self._ahead.get((device, role))
+        if ahead is None:
+            return None
+        when, writes, task = ahead
+        dev = self.devices[device]
+        if time.monotonic() - when > READ_AHEAD_MAX_AGE_S or dev.write_count != writes:
+            return None
+        await asyncio.wait([task])  # not `await task`: a cancelled caller must not cancel the read
+        if task.cancelled() or task.exception() is not None or dev.write_count != writes:
+            return None
+        return task.result()
+
     async def _snapshot(self, device: str, role: str) -> Snapshot:
         """The current value a shed replaces: read ahead if still valid, else read now."""
-        dev = self.devices[device]
+        snap = await self._ahead_snapshot(device, role)
         ahead = self._ahead.pop((device, role), None)
+        if snap is not None:
+            return snap
         if ahead is not None:
-            when, writes, task = ahead
-            if time.monotonic() - when <= READ_AHEAD_MAX_AGE_S and dev.write_count == writes:
-                try:
-                    snap = await task
-                except WriteError:
-                    pass  # read again: the answer is the one that counts
-                else:
-                    if dev.write_count == writes:  # nothing written while it was read
-                        return snap
-            else:
-                task.cancel()
-        return await dev.snapshot(role)
+            ahead[2].cancel()
+        return await self.devices[device].snapshot(role)
 
     async def original(self, device: str, role: str) -> float | None:
         """The pre-event value: the open journal entry's original if shed, else the latest reading."""
@@ -130,9 +137,16 @@ class Actuator:
         open_by_key: dict[tuple[str, str], JournalEntry] = {}
         for e in await self.store.journal_open():
             open_by_key.setdefault((e.device, e.role), e)
-        out = [
-            open_by_key[k].original if k in open_by_key else self.devices[k[0]].reading(k[1]) for k in keys
-        ]
+        out: list[float | None] = []
+        for k in keys:
+            if k in open_by_key:
+                out.append(open_by_key[k].original)
+                continue
+            # A value read ahead is newer than the last poll, and it is what the shed will journal:
+            # the step's value is worked out from the same original (a zone un-dimmed by hand a
+            # moment ago is dimmed, not skipped as "already dimmed" on a stale reading).
+            snap = await self._ahead_snapshot(*k)
+            out.append(snap.value if snap is not None else self.devices[k[0]].reading(k[1]))
         return out, open_by_key
 
     async def shed(

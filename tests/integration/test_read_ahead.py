@@ -149,3 +149,45 @@ async def test_an_event_starting_now_reads_its_first_stage_ahead_and_restores_it
         await agent.store.close()
         task.cancel()
         await plant.stop()
+
+
+async def test_the_step_is_worked_out_from_the_value_read_ahead_not_a_stale_poll(tmp_path: Path) -> None:
+    """Dimmed by hand at the last poll, back up a moment before the event: the zone is shed from
+    its real level (journalled as the original) instead of skipped as "already dimmed"."""
+    from agent.events.model import parse_event
+    from agent.runtime.daemon import Agent
+    from tests.helpers import event_payload
+
+    cfg = site_config(1883, tmp_path)
+    tz = ZoneInfo(cfg.site.timezone)
+    clock = ManualClock(datetime(2026, 7, 1, 11, 0, tzinfo=tz).timestamp())
+    plant, task = await serve_plant(cfg, clock)
+    agent = Agent(cfg, clock, metrics=False)
+    try:
+        before = (await _read_back(cfg, [KEY]))[KEY]
+        assert before is not None and before > 50
+        for _ in range(3):
+            await agent.poll_all()
+            clock.advance(1)
+        plant.banks[KEY[0]].set(KEY[1], 40)  # by hand, below the step's 50 %
+        await agent.poll_all()
+        assert agent.devices[KEY[0]].reading(KEY[1]) == 40
+        plant.banks[KEY[0]].set(KEY[1], before)  # and back, before the next poll
+        ev = event_payload("ahead-2", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+        await agent.handle_event(parse_event(ev))
+        await agent.control_cycle(clock.now())
+        running = agent.lifecycle.running()
+        assert running is not None and running.control is not None
+        control = running.control
+        assert not any(KEY[0] in step for step in control.skipped), control.skipped
+        assert (await _read_back(cfg, [KEY]))[KEY] == 50
+        originals = {(e.device, e.role): e.original for e in await agent.store.journal_open()}
+        assert originals[KEY] == before
+        assert await agent.actuator.restore_all("test over") == []
+        assert (await _read_back(cfg, [KEY]))[KEY] == before
+    finally:
+        for t in agent.transports.values():
+            await t.close()
+        await agent.store.close()
+        task.cancel()
+        await plant.stop()
