@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -711,25 +714,68 @@ class Store:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
 
 
+#: Store calls on the path from an event to its writes: the revert journal. They go ahead of
+#: queued bookkeeping (readings flushes, the outbox, event rows) on the store's one thread.
+URGENT_CALLS = frozenset({"journal_open", "journal_record", "journal_record_many", "journal_restored"})
+
+
+class _StoreThread:
+    """One thread that runs the store's calls: in the order they came, the urgent ones first.
+
+    Reordering is safe: an urgent call touches only the journal, and calls of one kind keep
+    their order (the outbox its sequence, a flush before the prune after it)."""
+
+    URGENT, NORMAL, STOP = 0, 1, 2
+
+    def __init__(self) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], Any] | None, Future[Any] | None]]
+        self._queue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="sqlite", daemon=True)
+        self._thread.start()
+
+    def submit(self, urgent: bool, work: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((self.URGENT if urgent else self.NORMAL, next(self._order), work, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            _, _, work, future = self._queue.get()
+            if work is None or future is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(work())
+            except BaseException as exc:  # handed to the awaiting coroutine
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        """Stop once every call queued before this one has run."""
+        self._queue.put((self.STOP, next(self._order), None, None))
+        self._thread.join()
+
+
 class AsyncStore:
     """Runs Store calls on one dedicated thread, so SQLite never blocks the event loop."""
 
     def __init__(self, store: Store) -> None:
         self.sync = store
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._thread = _StoreThread()
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args))
+    async def call(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
+        return await asyncio.wrap_future(self._thread.submit(urgent, lambda: fn(*args)))
 
     def __getattr__(self, name: str) -> Callable[..., Any]:
         fn = getattr(self.sync, name)
+        urgent = name in URGENT_CALLS
 
         async def wrapper(*args: Any) -> Any:
-            return await self.call(fn, *args)
+            return await self.call(fn, *args, urgent=urgent)
 
         return wrapper
 
     async def close(self) -> None:
         await self.call(self.sync.close)
-        self._pool.shutdown(wait=True)
+        self._thread.shutdown()
