@@ -95,6 +95,9 @@ class EventRecord:
     received_ts: float | None = None
     #: Completed (devices back) while the agent was down or in its recovery window: settle next tick.
     settle_pending: bool = False
+    #: Pre-cooling wrote (or tried to) in this run: its setpoints go back when control starts. A
+    #: restart restores every pre-cool left open, so a record loaded from the store has none.
+    precooled: bool = False
 
     @property
     def control_start(self) -> float:
@@ -131,6 +134,8 @@ class EventLifecycle:
         self.events: dict[str, EventRecord] = {}
         #: Events begun in this control cycle, persisted and published by `after_cycle`.
         self._begun: list[EventRecord] = []
+        #: program -> (the config it was worked out from, its strategy's first stage as (device, role)).
+        self._first_stage: dict[str, tuple[SiteConfig, list[tuple[str, str]]]] = {}
         #: Stored events `load` could not read (a newer or broken payload), for `_control_periods`.
         self._unreadable_rows: list[dict[str, Any]] = []
         self._rng = random.Random()
@@ -357,13 +362,16 @@ class EventLifecycle:
             return
         if rec.control_start > now + self.cfg.control.period_s:
             return
-        try:
-            steps = build_steps(self.cfg.strategy_for(rec.event.program), self.devices)
-        except KeyError:
-            return  # begin says what is wrong with the strategy
-        if steps:
-            first = steps[0].stage
-            self.actuation.read_ahead((st.device, st.role) for st in steps if st.stage == first)
+        cfg = self.cfg
+        cached = self._first_stage.get(rec.event.program)
+        if cached is None or cached[0] is not cfg:  # a reload gives a new config: work it out again
+            try:
+                steps = build_steps(cfg.strategy_for(rec.event.program), self.devices)
+            except KeyError:
+                return  # begin says what is wrong with the strategy
+            keys = [(st.device, st.role) for st in steps if st.stage == steps[0].stage]
+            cached = self._first_stage[rec.event.program] = (cfg, keys)
+        self.actuation.read_ahead(cached[1])
 
     def response(self, rec: EventRecord, **more: Any) -> EventResponse:
         extra: dict[str, Any] = {}
@@ -669,7 +677,8 @@ class EventLifecycle:
                 continue
             if now >= rec.control_start:
                 if rec.control is None:
-                    await end_precool(self.actuation, ev.event_id, "pre-cooling ends: control starts")
+                    if rec.precooled:
+                        await end_precool(self.actuation, ev.event_id, "pre-cooling ends: control starts")
                     await self.begin(rec, now)
                 await self._follow_intervals(rec, now)
             else:

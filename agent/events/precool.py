@@ -54,6 +54,7 @@ async def precool(
         value = precool_value(step, dev, dev.reading(step.role))
         if value is None:
             continue
+        rec.precooled = True  # before the write: one that fails half way may still have landed
         try:
             await actuation.shed(step.device, step.role, value, ev.event_id, PREFIX + step.id)
         except (LimitViolation, WriteError) as exc:
