@@ -212,15 +212,20 @@ def decide(
         slack = deadband_kw
         if urgent:
             slack += sum(h.kw for h in held if h.continuous) + sum(d.kw for d in out if d.action == "adjust")
+        # The pool's stage groups, kept as steps are picked (grouped again only when one empties,
+        # which may join its neighbours): a stage of 50 devices is not regrouped 50 times.
+        groups = _stage_groups(pool)
         while gap > deadband_kw / 2 and pool:
             pick: Option | None = None
+            picked_from: list[Option] | None = None
             # Continuous ones are set to the gap. Stages in order; within a stage, the best fit.
-            for group in _stage_groups(pool):
+            for group in groups:
                 fits = [o for o in group if o.continuous or o.kw <= min(gap + slack, room)]
                 if fits:
                     pick = min(
                         fits, key=lambda o: abs(gap - (min(o.kw, gap, room) if o.continuous else o.kw))
                     )
+                    picked_from = group
                     break
             if pick is None and aim - gap < lo + deadband_kw:
                 # Nothing fits and the band's bottom is near: the first step that stays inside the band.
@@ -228,6 +233,10 @@ def decide(
             if pick is None:
                 break
             pool.remove(pick)
+            if picked_from is not None and len(picked_from) > 1:
+                picked_from.remove(pick)
+            else:
+                groups = _stage_groups(pool)
             kw = min(pick.kw, gap, room) if pick.continuous else pick.kw
             if kw <= 0:
                 continue
