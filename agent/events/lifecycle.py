@@ -62,6 +62,9 @@ log = logging.getLogger("dr_agent")
 
 #: Final states re-published on reconnect for this long after the event's end (the broker may have lost them).
 REPUBLISH_FINAL_S = 86400.0
+#: How long a new event's persistence and answer wait for its first writes (a busy or stuck cycle
+#: must not hold the answer back): far above the few ms a cycle takes.
+FIRST_WRITES_WAIT_S = 0.25
 
 
 def answer(event: DrEvent, opt: Literal["in", "out"], code: str, reason: str, **extra: Any) -> EventResponse:
@@ -134,6 +137,10 @@ class EventLifecycle:
         self.events: dict[str, EventRecord] = {}
         #: Events begun in this control cycle, persisted and published by `after_cycle`.
         self._begun: list[EventRecord] = []
+        #: Set when a control loop runs (the daemon): a new event's persistence and answer wait
+        #: for the cycle that begins it to send its first writes (`_first_writes_out`).
+        self.defer_bookkeeping = False
+        self._writes_out: dict[str, asyncio.Event] = {}
         #: program -> (the config it was worked out from, its strategy's first stage as (device, role)).
         self._first_stage: dict[str, tuple[SiteConfig, list[tuple[str, str]]]] = {}
         #: Stored events `load` could not read (a newer or broken payload), for `_control_periods`.
@@ -337,11 +344,15 @@ class EventLifecycle:
                 opt.code,
                 opt.reason,
             )
-        # The control cycle starts on the event now, while its decision is persisted and answered:
-        # nothing that can wait stands between the message and the first stage's writes (the
-        # journal still records each original before its write).
+        # The control cycle starts on the event now: nothing that can wait stands between the
+        # message and the first stage's writes (the journal still records each original before
+        # its write). The decision is persisted and answered meanwhile, or, when a control loop
+        # runs, once those writes are out (`after_cycle`), at most FIRST_WRITES_WAIT_S later.
         self._read_ahead(rec, now)
         self.wake()
+        if self.defer_bookkeeping and known is None and not opt.supersedes and rec.opt.opt == "in":
+            if rec.control_start <= now:
+                await self._first_writes_out(rec)
         await self._persist(rec)
         for other_id in opt.supersedes:
             other = self.events.get(other_id)
@@ -797,10 +808,29 @@ class EventLifecycle:
 
     async def after_cycle(self) -> None:
         """Persist and publish the events this control cycle began (once their writes are out)."""
-        while self._begun:
-            rec = self._begun.pop(0)
+        begun, self._begun = self._begun, []
+        for rec in begun:  # their arrival's bookkeeping goes first (`handle_event`)
+            self.first_writes_done(rec.event.event_id)
+        for rec in begun:
             await self._persist(rec)
             await self.publish_state(rec)
+
+    def first_writes_done(self, event_id: str) -> None:
+        """The control cycle changed a device for `event_id` (or began it and is done): its
+        arrival's bookkeeping waits no longer."""
+        started = self._writes_out.pop(event_id, None)
+        if started is not None:
+            started.set()
+
+    async def _first_writes_out(self, rec: EventRecord) -> None:
+        """Until the control cycle that begins `rec` has sent its first writes, or FIRST_WRITES_WAIT_S."""
+        started = self._writes_out[rec.event.event_id] = asyncio.Event()
+        try:
+            await asyncio.wait_for(started.wait(), FIRST_WRITES_WAIT_S)
+        except TimeoutError:
+            log.debug("event_id=%s event=bookkeeping_not_deferred reason=no_cycle_began_it", rec.event.event_id)
+        finally:
+            self._writes_out.pop(rec.event.event_id, None)
 
     def _control_periods(self, before: float, exclude_event: str) -> list[Period]:
         """Earlier events' control and recovery periods (`control_periods`), from the events in

@@ -125,6 +125,7 @@ class Agent:
             (self.topics.event_in, self.topics.price_in),
         )
         self.events: dict[str, EventRecord] = self.lifecycle.events
+        self.actuation.controller.on_change = self._control_changed
         self.filter = LoadFilter(cfg.control.filter_s)
         self.meter_guard = MeterGuard(cfg.contract.peak_kw)
         self.meter_ts: float | None = None
@@ -169,6 +170,7 @@ class Agent:
 
     @controller.setter
     def controller(self, controller: Controller) -> None:
+        controller.on_change = self._control_changed
         self.actuation.controller = controller
 
     @property
@@ -498,6 +500,8 @@ class Agent:
     # -- control -----------------------------------------------------------------------
 
     async def _control_loop(self) -> None:
+        # A cycle follows every event at once: a new event's bookkeeping may wait for its first writes.
+        self.lifecycle.defer_bookkeeping = True
         while True:
             t0 = time.perf_counter()
             # Cleared before the cycle, not after: a wake-up during it (an event arriving while the
@@ -522,6 +526,10 @@ class Agent:
             self.last_cycle_s = time.perf_counter() - t0
             self.notifier.watchdog()
             await self._wait_next_cycle(self.cfg.control.period_s / self.clock.speed)
+
+    async def _control_changed(self, event_id: str, what: str) -> None:
+        """A step added or released: the first stage of a new event is out, its answer may go."""
+        self.lifecycle.first_writes_done(event_id)
 
     async def restore_orphans(self) -> list[str]:
         """Restore journalled sheds that no live event owns (e.g. an interrupted `diagnose --test-shed`).

@@ -17,12 +17,13 @@ import pytest
 from agent.config.model import SiteConfig
 from agent.control import actuator as actuator_mod
 from agent.control.actuator import Actuator, Shed
-from agent.platform.clock import ManualClock, SystemClock
+from agent.platform.clock import ManualClock, ScaledClock, SystemClock
 from agent.platform.store import AsyncStore, Store
-from agent.runtime.daemon import build_devices
+from agent.runtime.daemon import Agent, build_devices
 from drivers.device import Device
 from drivers.modbus import ModbusTransport
-from tests.conftest import serve_plant, site_config
+from tests.conftest import Mosquitto, serve_plant, site_config
+from tests.helpers import Observer, event_payload
 from tests.integration.test_parallel_shed import _read_back
 
 KEY = ("lights-warehouse", "level_pct")
@@ -190,4 +191,52 @@ async def test_the_step_is_worked_out_from_the_value_read_ahead_not_a_stale_poll
             await t.close()
         await agent.store.close()
         task.cancel()
+        await plant.stop()
+
+
+async def test_an_event_starting_now_is_answered_after_its_first_stage_is_written(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    """With the control loop running, nothing waits between the event and its first stage's
+    writes: the answer (and the persisted event) follow them. At the moment the provider sees the
+    opt-in, the first stage already reads shed at the device; a cancel puts it back."""
+    cfg = site_config(mosquitto.port, tmp_path)
+    tz = ZoneInfo(cfg.site.timezone)
+    clock = ScaledClock(30.0, origin_sim=datetime(2026, 7, 1, 11, 0, tzinfo=tz).timestamp())
+    plant, plant_task = await serve_plant(cfg, clock)
+    bank = plant.banks[KEY[0]]
+    before = float(bank.get(KEY[1]))
+    at_answer: list[float] = []
+    agent = Agent(cfg, clock)
+    stop = asyncio.Event()
+    agent_task = asyncio.create_task(agent.run(stop))
+    try:
+        async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
+            record = obs._record
+
+            def seen(m: Any) -> None:  # the device as the answer arrives
+                if str(m.topic).endswith("/out/response"):
+                    at_answer.append(float(bank.get(KEY[1])))
+                record(m)
+
+            obs._record = seen  # type: ignore[method-assign]
+            await obs.wait_online()
+            await asyncio.sleep(0.2)  # a few polls: the meter is known
+            ev = event_payload("path-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+            await obs.publish("in/event", ev)
+            resp = await obs.wait_for(lambda t, b: t.endswith("/out/response"), 10)
+            assert resp["opt"] == "in", resp
+            assert at_answer == [50.0], at_answer  # written before the answer went out
+            stored = await agent.store.events()
+            assert [r["event_id"] for r in stored] == ["path-1"]
+            await obs.publish("in/event", {**ev, "modification_number": 1, "status": "cancelled"})
+            await obs.wait_for(lambda t, b: t.endswith("/out/event/path-1") and b.get("state") == "cancelled", 10)
+            assert float(bank.get(KEY[1])) == before  # released before the cancellation is published
+        stop.set()
+        await asyncio.wait_for(agent_task, 15)
+        assert (await _read_back(cfg, [KEY]))[KEY] == before
+    finally:
+        stop.set()
+        await asyncio.wait_for(agent_task, 15)
+        plant_task.cancel()
         await plant.stop()
