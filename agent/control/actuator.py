@@ -134,19 +134,24 @@ class Actuator:
     ) -> tuple[list[float | None], dict[tuple[str, str], JournalEntry]]:
         """`original` for several (device, role) at once, in one read of the journal; and the
         open entries it read (by device and role), for `shed_many` to reuse."""
+        # The journal is read while the reads ahead come in, not after them.
+        journal = asyncio.ensure_future(self.store.journal_open())
+        try:
+            ahead = await asyncio.gather(*(self._ahead_snapshot(*k) for k in keys))
+        finally:
+            entries = await journal
         open_by_key: dict[tuple[str, str], JournalEntry] = {}
-        for e in await self.store.journal_open():
+        for e in entries:
             open_by_key.setdefault((e.device, e.role), e)
         out: list[float | None] = []
-        for k in keys:
+        for k, snap in zip(keys, ahead, strict=True):
             if k in open_by_key:
                 out.append(open_by_key[k].original)
-                continue
-            # A value read ahead is newer than the last poll, and it is what the shed will journal:
-            # the step's value is worked out from the same original (a zone un-dimmed by hand a
-            # moment ago is dimmed, not skipped as "already dimmed" on a stale reading).
-            snap = await self._ahead_snapshot(*k)
-            out.append(snap.value if snap is not None else self.devices[k[0]].reading(k[1]))
+            else:
+                # A value read ahead is newer than the last poll, and it is what the shed will
+                # journal: the step's value is worked out from the same original (a zone
+                # un-dimmed by hand a moment ago is dimmed, not skipped as "already dimmed").
+                out.append(snap.value if snap is not None else self.devices[k[0]].reading(k[1]))
         return out, open_by_key
 
     async def shed(
