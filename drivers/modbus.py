@@ -321,6 +321,17 @@ class ModbusTransport:
         self.stats.reconnects += 1
         self.stats.connected = True
 
+    async def _start_request(self) -> float:
+        """Wait out the inter-frame gap since the last frame, count the request, return its start.
+
+        Called under the endpoint lock by both clients (pymodbus for RTU, our own for TCP)."""
+        if self.inter_frame_delay_s:
+            wait = self._last_frame_end + self.inter_frame_delay_s - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self.stats.requests += 1
+        return time.monotonic()
+
     async def _call(self, what: str, coro_factory: Any) -> Any:
         """One request: under the endpoint lock, after the inter-frame gap, within the timeout.
 
@@ -332,12 +343,7 @@ class ModbusTransport:
 
         async with self._lock:
             await self._ensure_connected()
-            if self.inter_frame_delay_s:
-                wait = self._last_frame_end + self.inter_frame_delay_s - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            t0 = time.monotonic()
-            self.stats.requests += 1
+            t0 = await self._start_request()
             undecodable = _UndecodableFrames.count
             try:
                 # pymodbus times out first (timeout_s); ours is a guard against a wedged client.
@@ -388,12 +394,7 @@ class ModbusTransport:
                 await self._ensure_connected()
                 link = self._link
                 assert link is not None
-            if self.inter_frame_delay_s:
-                wait = self._last_frame_end + self.inter_frame_delay_s - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            t0 = time.monotonic()
-            self.stats.requests += 1
+            t0 = await self._start_request()
             w = link.send(unit, pdu)
             timer = asyncio.get_running_loop().call_later(self.timeout_s, _expire, w)
             try:
