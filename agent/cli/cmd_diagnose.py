@@ -14,6 +14,8 @@ import logging
 import sys
 from typing import Any
 
+from agent.cli.confirm import confirm
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -36,18 +38,6 @@ def register(sub: Any) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="also print the agent's log lines")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask before --test-shed writes")
     p.set_defaults(func=run)
-
-
-def _confirm(yes: bool) -> Any:
-    def ask(question: str) -> bool:
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            print("refusing to write without a terminal to confirm on; pass --yes", file=sys.stderr)
-            return False
-        return input(question).strip().lower() in ("y", "yes")
-
-    return ask
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.device:
             print("--test-shed needs --device NAME", file=sys.stderr)
             return 2
-        checks = asyncio.run(shed_test(cfg, args.device, args.seconds, _confirm(args.yes), args.timeout))
+
+        def ask(question: str) -> bool:
+            return confirm(question, yes=args.yes, action="write")
+
+        checks = asyncio.run(shed_test(cfg, args.device, args.seconds, ask, args.timeout))
         _print(args, checks, f"dr-agent diagnose --test-shed {args.device}: site {cfg.site.id}")
         return exit_code(checks)
     opts = Options(min_free_mb=args.min_free_mb, timeout_s=args.timeout, config_path=args.config)

@@ -20,6 +20,8 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from agent.cli.confirm import confirm
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("restore", help="put a device back to its journalled original and close the row")
@@ -46,15 +48,6 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(exc.lines), file=sys.stderr)
         return 2
     return asyncio.run(restore(cfg, args.device, fixed_by_hand=args.fixed_by_hand, yes=args.yes))
-
-
-def _ask(question: str, yes: bool) -> bool:
-    if yes:
-        return True
-    if not sys.stdin.isatty():
-        print("refusing to act without a terminal to confirm on; pass --yes", file=sys.stderr)
-        return False
-    return input(question).strip().lower() in ("y", "yes")
 
 
 async def restore(cfg: Any, device: str, *, fixed_by_hand: bool, yes: bool) -> int:
@@ -93,7 +86,7 @@ async def restore(cfg: Any, device: str, *, fixed_by_hand: bool, yes: bool) -> i
             question = f"Close {len(roles)} row(s) of {device} WITHOUT writing (put back on site)? [y/N] "
         else:
             question = f"Write the original(s) back to {device} and close the row(s)? [y/N] "
-        if not _ask(question, yes):
+        if not confirm(question, yes=yes, action="act"):
             print("cancelled; nothing was written")
             return 1
         if fixed_by_hand:

@@ -112,6 +112,7 @@ async def test_unrestorable_row_is_surfaced_and_closed_by_the_operator(
     # Without a terminal and without --yes nothing happens.
     r = await cli("restore", "-c", str(path), "--device", AC, "--fixed-by-hand")
     assert r.returncode == 1 and len(open_rows(cfg)) == 1
+    assert "refusing to act without a terminal to confirm on; pass --yes" in r.stderr
 
     r = await cli("restore", "-c", str(path), "--device", AC, "--fixed-by-hand", "--yes")
     assert r.returncode == 0, r.stdout + r.stderr
