@@ -255,12 +255,23 @@ class _Geometry:
         return cal.at(d, self.start_time), cal.at(d + timedelta(days=self.span_days), self.end_time)
 
 
-def _geometry(series: LoadSeries, window: EventWindow, cal: Calendar) -> _Geometry | str:
+def _geometry(
+    method: str, series: LoadSeries, window: EventWindow, cal: Calendar, *, working_only: bool = False
+) -> _Geometry | BaselineResult:
+    """The event window resolved for ``method``, or its unavailable result: a window off the series'
+    grid, or, ``working_only`` (a programme whose rule names working days only), an event on a weekend
+    or holiday."""
     t0, t1 = window.start_ts, window.end_ts
     if not (series.is_aligned(t0) and series.is_aligned(t1)):
-        return f"event window is not on the series' {series.step_s} s grid"
+        return _unavailable(method, f"event window is not on the series' {series.step_s} s grid")
     s = cal.local_datetime(t0)
     e = cal.local_datetime(t1)
+    if working_only and (kind := cal.day_type(s.date())) in ("weekend", "holiday"):
+        return _unavailable(
+            method,
+            f"not defined by this programme: the event day {s.date()} is a {kind} and the rule "
+            "takes working days only",
+        )
     return _Geometry(
         t0=t0,
         t1=t1,
@@ -447,18 +458,6 @@ def _too_few(method: str, days: _Days, reason: str) -> BaselineResult:
     return _unavailable(method, reason, skipped_days=days.skipped, coverage=days.coverage)
 
 
-def _working_only(method: str, cal: Calendar, geo: _Geometry) -> BaselineResult | None:
-    """Unavailable for an event on a weekend or holiday when the programme's rule names working days only."""
-    kind = cal.day_type(geo.event_date)
-    if kind in ("weekend", "holiday"):
-        return _unavailable(
-            method,
-            f"not defined by this programme: the event day {geo.event_date} is a {kind} and the rule "
-            "takes working days only",
-        )
-    return None
-
-
 # ---------------------------------------------------------------------------
 # Methods
 # ---------------------------------------------------------------------------
@@ -487,11 +486,9 @@ def jiangsu_5day(
     weekend or holiday: not defined by the rule (unavailable).
     """
     method = "jiangsu_5day"
-    geo = _geometry(series, window, calendar)
-    if isinstance(geo, str):
-        return _unavailable(method, geo)
-    if (undefined := _working_only(method, calendar, geo)) is not None:
-        return undefined
+    geo = _geometry(method, series, window, calendar, working_only=True)
+    if isinstance(geo, BaselineResult):
+        return geo
     ref = window.notice_date or geo.event_date
     eligible = _excluded_check(excluded_dates, calendar.is_typical_day, "not a normal working day", calendar)
     lookback = max_lookback_days + (geo.event_date - ref).days
@@ -540,9 +537,9 @@ def realtime_15min(
     """
     del excluded_dates
     method = "realtime_15min"
-    geo = _geometry(series, window, calendar)
-    if isinstance(geo, str):
-        return _unavailable(method, geo)
+    geo = _geometry(method, series, window, calendar)
+    if isinstance(geo, BaselineResult):
+        return geo
     cs = window.control_start_ts
     pieces = realtime_window(cs, window_s, skip)
     kwh = covered = 0.0
@@ -747,11 +744,9 @@ def beijing_5of10(
     method = "beijing_5of10"
     if rank_by not in ("energy", "peak"):
         raise ValueError(f"rank_by must be 'energy' or 'peak', got {rank_by!r}")
-    geo = _geometry(series, window, calendar)
-    if isinstance(geo, str):
-        return _unavailable(method, geo)
-    if (undefined := _working_only(method, calendar, geo)) is not None:
-        return undefined
+    geo = _geometry(method, series, window, calendar, working_only=True)
+    if isinstance(geo, BaselineResult):
+        return geo
     eligible = _excluded_check(excluded_dates, calendar.is_typical_day, "not a typical day", calendar)
 
     def candidates() -> Iterable[date]:
@@ -835,9 +830,9 @@ def _iso_lookback(
     Sunday/holiday). ``low_usage_share``: PJM's screen, see :func:`_low_usage_days`. Also returns
     how many days the rule wants and a note on the day class. An unavailable result when the window
     does not fit the series."""
-    geo = _geometry(series, window, calendar)
-    if isinstance(geo, str):
-        return _unavailable(method, geo)
+    geo = _geometry(method, series, window, calendar)
+    if isinstance(geo, BaselineResult):
+        return geo
     pre = _pre_event(series, geo, adjust_hours) if adjust_hours is not None else (0.0, 0.0, None, 0.0)
     notes: list[str] = []
     day_ok: Callable[[date], bool]
@@ -1068,11 +1063,9 @@ def linear_trend(
     not defined by the family as digested (unavailable).
     """
     method = "linear_trend"
-    geo = _geometry(series, window, calendar)
-    if isinstance(geo, str):
-        return _unavailable(method, geo)
-    if (undefined := _working_only(method, calendar, geo)) is not None:
-        return undefined
+    geo = _geometry(method, series, window, calendar, working_only=True)
+    if isinstance(geo, BaselineResult):
+        return geo
     got = _collect(
         series,
         calendar,
@@ -1167,9 +1160,9 @@ def regression(
     as CalTRACK), non-working days sharing one set.
     """
     method = "regression"
-    geo = _geometry(series, window, calendar)
-    if isinstance(geo, str):
-        return _unavailable(method, geo)
+    geo = _geometry(method, series, window, calendar)
+    if isinstance(geo, BaselineResult):
+        return geo
     if 86400 % tod_step_s:
         raise ValueError("tod_step_s must divide a day")
 
