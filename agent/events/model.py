@@ -28,6 +28,10 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_AHEAD_S = 366 * 86400
 #: JSON nested deeper than this is refused before it is parsed (an event needs four levels).
 MAX_JSON_DEPTH = 16
+#: The characters of the ids a message carries (event, price and key ids; OpenADR ids kept as they
+#: are): an event id, and a price id inside one, is a topic level of out/event/<event_id>, never a
+#: wildcard or a separator.
+ID_CHARS = r"[A-Za-z0-9_.:-]"
 #: Upper bound of modification_number and revision: OpenADR's unsignedInt, and it always fits SQLite.
 MAX_SEQUENCE = 2**32 - 1
 #: Input models are strict: no string becomes a number, no number a boolean or a date.
@@ -108,9 +112,7 @@ class DrEvent(BaseModel):
 
     model_config = _STRICT
 
-    event_id: str = Field(
-        min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$", description="Event id."
-    )
+    event_id: str = Field(min_length=1, max_length=128, pattern=rf"^{ID_CHARS}+$", description="Event id.")
     modification_number: int = Field(
         default=0, ge=0, le=MAX_SEQUENCE, description="Goes up with every change."
     )
@@ -370,7 +372,7 @@ class PriceSignal(BaseModel):
     model_config = _STRICT
 
     price_id: str = Field(
-        min_length=1, max_length=96, pattern=r"^[A-Za-z0-9_.:-]+$", description="Id of this price schedule."
+        min_length=1, max_length=96, pattern=rf"^{ID_CHARS}+$", description="Id of this price schedule."
     )
     revision: int = Field(
         default=0, ge=0, le=MAX_SEQUENCE, description="Goes up with every change of the schedule."

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.config.model import MessageSecurity
-from agent.events.model import EventError, decode_json
+from agent.events.model import ID_CHARS, EventError, decode_json
 
 VERSION = "dr-agent-sig-v1"
 Alg = Literal["hmac-sha256", "ed25519"]
@@ -43,7 +43,7 @@ class SignedEnvelope(BaseModel):
     key_id: str = Field(
         default="",
         max_length=64,
-        pattern=r"^[A-Za-z0-9_.:-]*$",
+        pattern=rf"^{ID_CHARS}*$",
         description="Which key signed, if the provider has several.",
     )
     ts: float = Field(ge=0, le=1e11, description="When it was signed, epoch s.")

@@ -29,10 +29,10 @@ from typing import Any
 
 from agent.config.model import ContractConfig
 from agent.config.openadr import LevelTarget, OpenAdrConfig
-from agent.events.model import DrEvent, EventError, Interval, Target
+from agent.events.model import ID_CHARS, DrEvent, EventError, Interval, Target
 from agent.events.ports import OPENADR_PREFIX as PREFIX
 
-_ID_OK = re.compile(r"^[A-Za-z0-9_.:-]{1,120}$")
+_ID_OK = re.compile(rf"^{ID_CHARS}{{1,120}}$")
 #: OpenADR priority 0 means "no priority", the lowest; ours: a lower number wins, 1000 is the lowest.
 LOWEST_PRIORITY = 1000
 _SCALE = {"none": 0.001, "k": 1.0, "M": 1000.0, "G": 1_000_000.0, "m": 1e-6}
