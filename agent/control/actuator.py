@@ -123,16 +123,15 @@ class Actuator:
         return await self.devices[device].snapshot(role)
 
     async def original(self, device: str, role: str) -> float | None:
-        """The pre-event value: the open journal entry's original if shed, else the latest reading."""
-        entries = await self.store.journal_open(device, role)
-        if entries:
-            return entries[0].original
-        return self.devices[device].reading(role)
+        """The pre-event value: the open journal entry's original if shed, else the value read
+        ahead, else the latest reading (`originals` for one)."""
+        return (await self.originals([(device, role)]))[0][0]
 
     async def originals(
         self, keys: Sequence[tuple[str, str]]
     ) -> tuple[list[float | None], dict[tuple[str, str], JournalEntry]]:
-        """`original` for several (device, role) at once, in one read of the journal; and the
+        """The pre-event value of several (device, role) at once, in one read of the journal: the
+        open entry's original if shed, else the value read ahead, else the latest reading; and the
         open entries it read (by device and role), for `shed_many` to reuse."""
         # The journal is read while the reads ahead come in, not after them.
         journal = asyncio.ensure_future(self.store.journal_open())

@@ -350,9 +350,9 @@ class EventLifecycle:
         # runs, once those writes are out (`after_cycle`), at most FIRST_WRITES_WAIT_S later.
         self._read_ahead(rec, now)
         self.wake()
-        if self.defer_bookkeeping and known is None and not opt.supersedes and rec.opt.opt == "in":
-            if rec.control_start <= now:
-                await self._first_writes_out(rec)
+        new_now = known is None and not opt.supersedes and opt.opt == "in" and rec.control_start <= now
+        if self.defer_bookkeeping and new_now:
+            await self._first_writes_out(rec)
         await self._persist(rec)
         for other_id in opt.supersedes:
             other = self.events.get(other_id)
@@ -836,7 +836,12 @@ class EventLifecycle:
         """Earlier events' control and recovery periods (`control_periods`), from the events in
         memory (every stored one: `load` reads them all) instead of reading every stored event."""
         rows = [
-            {"event_id": r.event.event_id, "opt": r.opt.opt, "runtime": r.runtime, "span": self._span(r)}
+            {
+                "event_id": r.event.event_id,
+                "opt": r.opt.opt,
+                "runtime": r.runtime,
+                "span": (r.event.end_ts, r.event.recovery_s, r.event.program),
+            }
             for r in self.events.values()
             if r.opt.opt == "in" and (r.runtime or {}).get("control_start") is not None
         ]
@@ -846,11 +851,6 @@ class EventLifecycle:
             exclude_event,
             lambda p: self.cfg.strategy_for(p).restore.rebound_window_s,
         )
-
-    @staticmethod
-    def _span(rec: EventRecord) -> tuple[float, float, str]:
-        ev = rec.event
-        return ev.end_ts, ev.recovery_s, ev.program
 
     async def settle(self, rec: EventRecord, end: float | None = None) -> None:
         """Settle `rec` (agent/settlement/books.py computes the record), store it and publish it with the year to date."""

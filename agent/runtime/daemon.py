@@ -93,7 +93,9 @@ class Agent:
         self.store = AsyncStore(Store(store_path or cfg.storage.resolved(), recover_corrupt=True))
         self.actuator = Actuator(self.devices, self.store)
         self.actuation = ControlActuation(
-            Controller(cfg.control, self.devices, self.actuator, self.tz), self.actuator, self.store
+            Controller(cfg.control, self.devices, self.actuator, self.tz, on_change=self._control_changed),
+            self.actuator,
+            self.store,
         )
         self.mqtt: MqttLink | None = None
         #: The OpenADR VEN (agent/openadr/ven.py) when openadr is an event source.
@@ -125,7 +127,6 @@ class Agent:
             (self.topics.event_in, self.topics.price_in),
         )
         self.events: dict[str, EventRecord] = self.lifecycle.events
-        self.actuation.controller.on_change = self._control_changed
         self.filter = LoadFilter(cfg.control.filter_s)
         self.meter_guard = MeterGuard(cfg.contract.peak_kw)
         self.meter_ts: float | None = None
