@@ -14,9 +14,10 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -24,6 +25,10 @@ from agent.config.load import load_site_config
 from agent.config.model import SiteConfig
 from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from drivers.sim.server import free_port
+
+if TYPE_CHECKING:
+    from agent.platform.clock import ManualClock
+    from agent.runtime.daemon import Agent
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "config" / "demo-site.yaml"
@@ -101,6 +106,30 @@ def site_config(broker_port: int, tmp: Path, *, topic_root: str | None = None, b
             "metrics": cfg.metrics.model_copy(update={"port": 0}),
         }
     )
+
+
+@contextlib.asynccontextmanager
+async def agent_on_plant(tmp: Path) -> AsyncIterator[tuple[SiteConfig, ManualClock, SimulatedPlant, Agent]]:
+    """The demo site's plant served over Modbus TCP and an in-process Agent on a manual clock at
+    11:00 local time (no loop running: the test drives `handle_event` and `control_cycle`)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from agent.platform.clock import ManualClock
+    from agent.runtime.daemon import Agent
+
+    cfg = site_config(1883, tmp)
+    clock = ManualClock(datetime(2026, 7, 1, 11, 0, tzinfo=ZoneInfo(cfg.site.timezone)).timestamp())
+    plant, task = await serve_plant(cfg, clock)
+    agent = Agent(cfg, clock, metrics=False)
+    try:
+        yield cfg, clock, plant, agent
+    finally:
+        for t in agent.transports.values():
+            await t.close()
+        await agent.store.close()
+        task.cancel()
+        await plant.stop()
 
 
 async def serve_plant(cfg: SiteConfig, clock: object, seed: int = 1) -> tuple[SimulatedPlant, asyncio.Task[None]]:

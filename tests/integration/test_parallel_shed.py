@@ -15,7 +15,7 @@ from agent.platform.store import AsyncStore, Store
 from agent.runtime.daemon import build_devices
 from drivers.codec import Value
 from drivers.device import WriteError
-from tests.conftest import serve_plant, site_config
+from tests.conftest import agent_on_plant, serve_plant, site_config
 
 
 async def _read_back(
@@ -162,41 +162,31 @@ async def test_a_cycle_sheds_stage_by_stage_each_stage_at_once(tmp_path: Path) -
     """A large target adds several stages in one cycle: each stage goes out as one batch, in
     the decision's order, so a later stage never queues ahead of an earlier one on a shared
     endpoint; every device reads back shed over Modbus, then restored."""
-    from datetime import datetime
-    from zoneinfo import ZoneInfo
-
     from agent.events.model import parse_event
-    from agent.platform.clock import ManualClock
-    from agent.runtime.daemon import Agent
     from tests.helpers import event_payload
 
-    cfg = site_config(1883, tmp_path)
-    tz = ZoneInfo(cfg.site.timezone)
-    clock = ManualClock(datetime(2026, 7, 1, 11, 0, tzinfo=tz).timestamp())
-    plant, task = await serve_plant(cfg, clock)
-    agent = Agent(cfg, clock, metrics=False)
-    batches: list[list[str]] = []
-    real_many, real_one = agent.actuator.shed_many, agent.actuator.shed
+    async with agent_on_plant(tmp_path) as (cfg, clock, _plant, agent):
+        batches: list[list[str]] = []
+        real_many, real_one = agent.actuator.shed_many, agent.actuator.shed
 
-    async def many(sheds: list[Shed], open_entries: object = None) -> list[float | BaseException]:
-        batches.append([s.step for s in sheds])
-        return await real_many(sheds, open_entries)  # type: ignore[arg-type]
+        async def many(sheds: list[Shed], open_entries: object = None) -> list[float | BaseException]:
+            batches.append([s.step for s in sheds])
+            return await real_many(sheds, open_entries)  # type: ignore[arg-type]
 
-    async def one(device: str, role: str, value: float | bool, event_id: str | None, step: str) -> float:
-        batches.append([step])
-        return await real_one(device, role, value, event_id, step)
+        async def one(device: str, role: str, value: float | bool, event_id: str | None, step: str) -> float:
+            batches.append([step])
+            return await real_one(device, role, value, event_id, step)
 
-    agent.actuator.shed_many = many  # type: ignore[method-assign,assignment]
-    agent.actuator.shed = one  # type: ignore[method-assign]
-    roles = {
-        "lights-warehouse": "level_pct",
-        "lights-office": "level_pct",
-        "ev-1": "current_limit_a",
-        "ev-2": "current_limit_a",
-        "ev-3": "current_limit_a",
-        "ev-4": "current_limit_a",
-    }
-    try:
+        agent.actuator.shed_many = many  # type: ignore[method-assign,assignment]
+        agent.actuator.shed = one  # type: ignore[method-assign]
+        roles = {
+            "lights-warehouse": "level_pct",
+            "lights-office": "level_pct",
+            "ev-1": "current_limit_a",
+            "ev-2": "current_limit_a",
+            "ev-3": "current_limit_a",
+            "ev-4": "current_limit_a",
+        }
         before = await _read_back(cfg, list(roles.items()))
         for _ in range(3):
             await agent.poll_all()
@@ -218,9 +208,3 @@ async def test_a_cycle_sheds_stage_by_stage_each_stage_at_once(tmp_path: Path) -
         assert shed[("lights-office", "level_pct")] == 60
         assert await agent.actuator.restore_all("test over") == []
         assert await _read_back(cfg, list(roles.items())) == before
-    finally:
-        for t in agent.transports.values():
-            await t.close()
-        await agent.store.close()
-        task.cancel()
-        await plant.stop()

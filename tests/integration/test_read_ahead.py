@@ -17,12 +17,13 @@ import pytest
 from agent.config.model import SiteConfig
 from agent.control import actuator as actuator_mod
 from agent.control.actuator import Actuator, Shed
-from agent.platform.clock import ManualClock, ScaledClock, SystemClock
+from agent.events.model import parse_event
+from agent.platform.clock import ScaledClock, SystemClock
 from agent.platform.store import AsyncStore, Store
 from agent.runtime.daemon import Agent, build_devices
 from drivers.device import Device
 from drivers.modbus import ModbusTransport
-from tests.conftest import Mosquitto, serve_plant, site_config
+from tests.conftest import Mosquitto, agent_on_plant, serve_plant, site_config
 from tests.helpers import Observer, event_payload
 from tests.integration.test_parallel_shed import _read_back
 
@@ -108,26 +109,17 @@ async def test_a_read_ahead_too_old_is_not_taken(rig: Rig, monkeypatch: pytest.M
 async def test_an_event_starting_now_reads_its_first_stage_ahead_and_restores_it(tmp_path: Path) -> None:
     """Through the lifecycle: the event's arrival starts the reads of its first stage (lighting),
     the cycle's sheds take them, and everything reads back shed, then restored."""
-    from agent.events.model import parse_event
-    from agent.runtime.daemon import Agent
-    from tests.helpers import event_payload
-
-    cfg = site_config(1883, tmp_path)
-    tz = ZoneInfo(cfg.site.timezone)
-    clock = ManualClock(datetime(2026, 7, 1, 11, 0, tzinfo=tz).timestamp())
-    plant, task = await serve_plant(cfg, clock)
-    agent = Agent(cfg, clock, metrics=False)
-    read: list[tuple[str, str]] = []
-    real = agent.actuator.read_ahead
-
-    def spy(keys: Iterable[tuple[str, str]]) -> int:
-        keys = list(keys)
-        read.extend(keys)
-        return real(keys)
-
-    agent.actuator.read_ahead = spy  # type: ignore[method-assign]
     roles = {"lights-warehouse": "level_pct", "lights-office": "level_pct"}
-    try:
+    async with agent_on_plant(tmp_path) as (cfg, clock, _plant, agent):
+        read: list[tuple[str, str]] = []
+        real = agent.actuator.read_ahead
+
+        def spy(keys: Iterable[tuple[str, str]]) -> int:
+            keys = list(keys)
+            read.extend(keys)
+            return real(keys)
+
+        agent.actuator.read_ahead = spy  # type: ignore[method-assign]
         before = await _read_back(cfg, list(roles.items()))
         for _ in range(3):
             await agent.poll_all()
@@ -144,27 +136,12 @@ async def test_an_event_starting_now_reads_its_first_stage_ahead_and_restores_it
         assert {k: originals[k] for k in roles.items()} == before
         assert await agent.actuator.restore_all("test over") == []
         assert await _read_back(cfg, list(roles.items())) == before
-    finally:
-        for t in agent.transports.values():
-            await t.close()
-        await agent.store.close()
-        task.cancel()
-        await plant.stop()
 
 
 async def test_the_step_is_worked_out_from_the_value_read_ahead_not_a_stale_poll(tmp_path: Path) -> None:
     """Dimmed by hand at the last poll, back up a moment before the event: the zone is shed from
     its real level (journalled as the original) instead of skipped as "already dimmed"."""
-    from agent.events.model import parse_event
-    from agent.runtime.daemon import Agent
-    from tests.helpers import event_payload
-
-    cfg = site_config(1883, tmp_path)
-    tz = ZoneInfo(cfg.site.timezone)
-    clock = ManualClock(datetime(2026, 7, 1, 11, 0, tzinfo=tz).timestamp())
-    plant, task = await serve_plant(cfg, clock)
-    agent = Agent(cfg, clock, metrics=False)
-    try:
+    async with agent_on_plant(tmp_path) as (cfg, clock, plant, agent):
         before = (await _read_back(cfg, [KEY]))[KEY]
         assert before is not None and before > 50
         for _ in range(3):
@@ -186,12 +163,6 @@ async def test_the_step_is_worked_out_from_the_value_read_ahead_not_a_stale_poll
         assert originals[KEY] == before
         assert await agent.actuator.restore_all("test over") == []
         assert (await _read_back(cfg, [KEY]))[KEY] == before
-    finally:
-        for t in agent.transports.values():
-            await t.close()
-        await agent.store.close()
-        task.cancel()
-        await plant.stop()
 
 
 async def test_an_event_starting_now_is_answered_after_its_first_stage_is_written(
