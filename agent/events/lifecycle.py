@@ -141,6 +141,9 @@ class EventLifecycle:
         #: for the cycle that begins it to send its first writes (`_first_writes_out`).
         self.defer_bookkeeping = False
         self._writes_out: dict[str, asyncio.Event] = {}
+        #: Begun events whose arrival was waiting for their first writes: `handle_event` persists and
+        #: publishes them, as begun, so `after_cycle` does not do it twice.
+        self._answered_after_begin: set[str] = set()
         #: program -> (the config it was worked out from, its strategy's first stage as (device, role)).
         self._first_stage: dict[str, tuple[SiteConfig, list[tuple[str, str]]]] = {}
         #: Stored events `load` could not read (a newer or broken payload), for `_control_periods`.
@@ -812,6 +815,9 @@ class EventLifecycle:
         for rec in begun:  # their arrival's bookkeeping goes first (`handle_event`)
             self.first_writes_done(rec.event.event_id)
         for rec in begun:
+            if rec.event.event_id in self._answered_after_begin:
+                self._answered_after_begin.discard(rec.event.event_id)
+                continue
             await self._persist(rec)
             await self.publish_state(rec)
 
@@ -821,6 +827,7 @@ class EventLifecycle:
         started = self._writes_out.pop(event_id, None)
         if started is not None:
             started.set()
+            self._answered_after_begin.add(event_id)
 
     async def _first_writes_out(self, rec: EventRecord) -> None:
         """Until the control cycle that begins `rec` has sent its first writes, or FIRST_WRITES_WAIT_S."""

@@ -203,6 +203,8 @@ async def test_an_event_starting_now_is_answered_after_its_first_stage_is_writte
             await obs.publish("in/event", {**ev, "modification_number": 1, "status": "cancelled"})
             await obs.wait_for(lambda t, b: t.endswith("/out/event/path-1") and b.get("state") == "cancelled", 10)
             assert float(bank.get(KEY[1])) == before  # released before the cancellation is published
+            states = [b.get("state") for b in obs.on("out/event/path-1")]
+            assert states.count("active") == 1, states  # published once, by the arrival's bookkeeping
         stop.set()
         await asyncio.wait_for(agent_task, 15)
         assert (await _read_back(cfg, [KEY]))[KEY] == before
