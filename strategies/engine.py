@@ -146,7 +146,9 @@ def build_steps(strategy: Strategy, devices: Mapping[str, Controllable]) -> list
                     )
                 )
     # EV chargers of higher priority (fleet vehicles) are shed last within their stage.
-    steps.sort(key=lambda st: (_stage_index(strategy, st.stage), _priority(st, devices), st.order))
+    stage_index = {s.name: i for i, s in reversed(list(enumerate(strategy.stages)))}
+    priority = {name: _priority(name, devices) for name in {st.device for st in steps}}
+    steps.sort(key=lambda st: (stage_index[st.stage], priority[st.device], st.order))
     for i, st in enumerate(steps):
         st.order = i
     return steps
@@ -170,12 +172,8 @@ def precool_value(step: Step, device: Controllable, original: float | None) -> f
     return step.action.lead_value(device, original)
 
 
-def _stage_index(strategy: Strategy, name: str) -> int:
-    return next(i for i, s in enumerate(strategy.stages) if s.name == name)
-
-
-def _priority(step: Step, devices: Mapping[str, Controllable]) -> int:
-    return int(getattr(devices[step.device].config, "priority", 0))
+def _priority(device: str, devices: Mapping[str, Controllable]) -> int:
+    return int(getattr(devices[device].config, "priority", 0))
 
 
 def shed_value(step: Step, device: Controllable, original: float | None) -> float | bool:

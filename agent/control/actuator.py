@@ -25,6 +25,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agent.platform.store import AsyncStore, JournalEntry
 from drivers.device import Device, RawRegisters, Snapshot, WriteError
@@ -52,6 +53,19 @@ class Shed:
     step: str
 
 
+@dataclass(frozen=True)
+class Originals:
+    """What `Actuator.originals` found for several (device, role), for `shed_many` to reuse."""
+
+    #: Per key asked, the pre-event value.
+    values: list[float | None]
+    #: The open journal entries, by (device, role).
+    open_entries: Mapping[tuple[str, str], JournalEntry]
+    #: The current values read ahead, by (device, role), with the device's write count when the
+    #: read started: a shed takes one only if nothing was written to the device since.
+    read: Mapping[tuple[str, str], tuple[int, Snapshot]]
+
+
 def fail_safe_of(dev: Device) -> str:
     """What a device does on its own when the agent cannot put it back (its config and profile):
     a charger's failsafe current, a battery's setpoint revert timer, a watchdog register."""
@@ -75,6 +89,8 @@ class Actuator:
         self.failed_restores: dict[tuple[str, str], str | None] = {}
         #: (device, role) -> (when, the device's write count then, the fresh read under way): read ahead.
         self._ahead: dict[tuple[str, str], tuple[float, int, asyncio.Task[Snapshot]]] = {}
+        #: The open journal read with them: (when, the store's journal changes then, the read).
+        self._ahead_journal: tuple[float, int, asyncio.Task[list[JournalEntry]]] | None = None
 
     def read_ahead(self, keys: Iterable[tuple[str, str]]) -> int:
         """Start reading, now, the current values sheds of these (device, role) would replace: an
@@ -95,29 +111,60 @@ class Actuator:
             task.add_done_callback(_quiet)
             self._ahead[key] = (now, dev.write_count, task)
             started += 1
+        if started:
+            # The shed needs the open journal too (is a device shed already?): read it meanwhile.
+            journal = asyncio.ensure_future(self.store.journal_open())
+            journal.add_done_callback(_quiet)
+            self._ahead_journal = (now, self.store.journal_changes, journal)
         return started
 
-    async def _ahead_snapshot(self, device: str, role: str) -> Snapshot | None:
-        """The value read ahead for (device, role) if it is still the device's: younger than
-        READ_AHEAD_MAX_AGE_S, read without error, nothing written to the device since it started."""
-        ahead = self._ahead.get((device, role))
-        if ahead is None:
-            return None
-        when, writes, task = ahead
-        dev = self.devices[device]
-        if time.monotonic() - when > READ_AHEAD_MAX_AGE_S or dev.write_count != writes:
-            return None
-        await asyncio.wait([task])  # not `await task`: a cancelled caller must not cancel the read
-        if task.cancelled() or task.exception() is not None or dev.write_count != writes:
-            return None
-        return task.result()
+    async def _open_journal(self) -> list[JournalEntry]:
+        """The open journal entries: as read ahead if the journal has not changed since, else read now."""
+        ahead, self._ahead_journal = self._ahead_journal, None
+        if ahead is not None:
+            when, changes, task = ahead
+            if time.monotonic() - when <= READ_AHEAD_MAX_AGE_S and self.store.journal_changes == changes:
+                await asyncio.wait([task])
+                fine = not task.cancelled() and task.exception() is None
+                if fine and self.store.journal_changes == changes:
+                    return task.result()
+        entries: list[JournalEntry] = await self.store.journal_open()
+        return entries
+
+    async def _ahead_snapshots(self, keys: Sequence[tuple[str, str]]) -> list[tuple[int, Snapshot] | None]:
+        """Per (device, role), the value read ahead, with the device's write count when the read
+        started, if it is still the device's: younger than READ_AHEAD_MAX_AGE_S, read without
+        error, nothing written to the device since it started; else None."""
+        now = time.monotonic()
+        usable: list[tuple[int, asyncio.Task[Snapshot]] | None] = []
+        for device, role in keys:
+            ahead = self._ahead.get((device, role))
+            fresh = ahead is not None and now - ahead[0] <= READ_AHEAD_MAX_AGE_S
+            if ahead is None or not fresh or self.devices[device].write_count != ahead[1]:
+                usable.append(None)
+            else:
+                usable.append((ahead[1], ahead[2]))
+        waiting = [u[1] for u in usable if u is not None and not u[1].done()]
+        if waiting:
+            # All at once, and not `await task`: a cancelled caller must not cancel the reads.
+            await asyncio.wait(waiting)
+        out: list[tuple[int, Snapshot] | None] = []
+        for (device, _role), u in zip(keys, usable, strict=True):
+            if u is None:
+                out.append(None)
+                continue
+            writes, task = u
+            bad = task.cancelled() or task.exception() is not None
+            out.append(None if bad or self.devices[device].write_count != writes else (writes, task.result()))
+        return out
 
     async def _snapshot(self, device: str, role: str) -> Snapshot:
         """The current value a shed replaces: read ahead if still valid, else read now."""
-        snap = await self._ahead_snapshot(device, role)
-        ahead = self._ahead.pop((device, role), None)
-        if snap is not None:
-            return snap
+        key = (device, role)
+        got = (await self._ahead_snapshots([key]))[0]
+        ahead = self._ahead.pop(key, None)
+        if got is not None:
+            return got[1]
         if ahead is not None:
             ahead[2].cancel()
         return await self.devices[device].snapshot(role)
@@ -125,33 +172,34 @@ class Actuator:
     async def original(self, device: str, role: str) -> float | None:
         """The pre-event value: the open journal entry's original if shed, else the value read
         ahead, else the latest reading (`originals` for one)."""
-        return (await self.originals([(device, role)]))[0][0]
+        return (await self.originals([(device, role)])).values[0]
 
-    async def originals(
-        self, keys: Sequence[tuple[str, str]]
-    ) -> tuple[list[float | None], dict[tuple[str, str], JournalEntry]]:
+    async def originals(self, keys: Sequence[tuple[str, str]]) -> Originals:
         """The pre-event value of several (device, role) at once, in one read of the journal: the
-        open entry's original if shed, else the value read ahead, else the latest reading; and the
-        open entries it read (by device and role), for `shed_many` to reuse."""
-        # The journal is read while the reads ahead come in, not after them.
-        journal = asyncio.ensure_future(self.store.journal_open())
+        open entry's original if shed, else the value read ahead, else the latest reading; with
+        the open entries and the values read ahead, for `shed_many` to reuse."""
+        # The journal is read while the reads ahead come in (or was read with them), not after.
+        journal = asyncio.ensure_future(self._open_journal())
         try:
-            ahead = await asyncio.gather(*(self._ahead_snapshot(*k) for k in keys))
+            ahead = await self._ahead_snapshots(keys)
         finally:
             entries = await journal
         open_by_key: dict[tuple[str, str], JournalEntry] = {}
         for e in entries:
             open_by_key.setdefault((e.device, e.role), e)
         out: list[float | None] = []
+        read: dict[tuple[str, str], tuple[int, Snapshot]] = {}
         for k, snap in zip(keys, ahead, strict=True):
+            if snap is not None:
+                read[k] = snap
             if k in open_by_key:
                 out.append(open_by_key[k].original)
             else:
                 # A value read ahead is newer than the last poll, and it is what the shed will
                 # journal: the step's value is worked out from the same original (a zone
                 # un-dimmed by hand a moment ago is dimmed, not skipped as "already dimmed").
-                out.append(snap.value if snap is not None else self.devices[k[0]].reading(k[1]))
-        return out, open_by_key
+                out.append(snap[1].value if snap is not None else self.devices[k[0]].reading(k[1]))
+        return Originals(out, open_by_key, read)
 
     async def shed(
         self, device: str, role: str, value: float | bool, event_id: str | None, step: str
@@ -187,17 +235,16 @@ class Actuator:
         log.info("event_id=%s device=%s step=%s action=shed %s=%s", event_id, device, step, role, value)
         return back
 
-    async def shed_many(
-        self, sheds: Sequence[Shed], open_entries: Mapping[tuple[str, str], JournalEntry] | None = None
-    ) -> list[float | BaseException]:
+    async def shed_many(self, sheds: Sequence[Shed], found: Originals | None = None) -> list[float | BaseException]:
         """Several sheds at once (a stage entering): each device's original read fresh in
         parallel, every original journalled in one transaction, then every write in parallel.
 
         The journal still holds each original before its write goes out; nothing but that one
         transaction sits between the reads and the writes. Two sheds of one (device, role) go
-        one after the other. `open_entries` is the open journal as `originals` just read it (one
-        database trip fewer), else it is read here. Returns, per shed, the read-back value or
-        the exception that refused it (LimitViolation, WriteError), like `shed` raises.
+        one after the other. `found` is what `originals` just found for them: its open journal and
+        values read ahead are used as they are (no database trip, no second wait), else the
+        journal is read here. Returns, per shed, the read-back value or the exception that
+        refused it (LimitViolation, WriteError), like `shed` raises.
         """
         keys = [(s.device, s.role) for s in sheds]
         if len(set(keys)) != len(keys):
@@ -215,17 +262,32 @@ class Actuator:
                 self.limit_refusals += 1
                 results[i] = LimitViolation(f"device {s.device}: {problem}")
         todo = [i for i, r in enumerate(results) if r is None]
-        if open_entries is None:
-            open_entries = (await self.originals([]))[1]
-        open_by_key = open_entries
+        if found is None:
+            found = await self.originals([])
+        open_by_key = found.open_entries
 
-        async def snap(i: int) -> Snapshot | None:
-            s = sheds[i]
-            if (s.device, s.role) in open_by_key:
-                return None
-            return await self._snapshot(s.device, s.role)
-
-        snaps = await asyncio.gather(*(snap(i) for i in todo), return_exceptions=True)
+        # Per shed: None if shed already (its journalled original stands), else its current value,
+        # as `found` read it ahead if nothing was written to the device since, else read now.
+        snaps: list[Snapshot | BaseException | None] = []
+        reads: list[int] = []
+        for i in todo:
+            key = (sheds[i].device, sheds[i].role)
+            pre = found.read.get(key)
+            if key in open_by_key:
+                snaps.append(None)
+            elif pre is not None and pre[0] == self.devices[key[0]].write_count:
+                self._ahead.pop(key, None)
+                snaps.append(pre[1])
+            else:
+                reads.append(len(snaps))
+                snaps.append(None)
+        if reads:
+            got = await asyncio.gather(
+                *(self._snapshot(sheds[todo[j]].device, sheds[todo[j]].role) for j in reads),
+                return_exceptions=True,
+            )
+            for j, res in zip(reads, got, strict=True):
+                snaps[j] = res
         rows: list[tuple[str, str, float | None, float, str | None, str | None, str | None]] = []
         firsts: set[int] = set()
         go: list[int] = []
@@ -423,7 +485,7 @@ class Actuator:
         return [f"{device}.{role}" for device, role, _ in failed]
 
 
-def _quiet(task: asyncio.Task[Snapshot]) -> None:
+def _quiet(task: asyncio.Future[Any]) -> None:
     """A read ahead that nobody takes (the event was refused meanwhile) must not log its error."""
     if not task.cancelled():
         task.exception()

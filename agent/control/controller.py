@@ -910,9 +910,9 @@ class Controller:
         parallel, journalled in one transaction, written in parallel (Actuator.shed_many), so
         the last device of a stage is not written after every other one's round trips."""
         steps = [d.step for d in adds if d.step is not None]
-        originals, open_entries = await self.actuator.originals([(st.device, st.role) for st in steps])
+        found = await self.actuator.originals([(st.device, st.role) for st in steps])
         ready: list[tuple[Decision, ActiveStep, float | bool]] = []
-        for d, original in zip(adds, originals, strict=True):
+        for d, original in zip(adds, found.values, strict=True):
             assert d.step is not None
             try:
                 a, value = self._prepare_add(d.step, now, load_kw, d.depth, original)
@@ -925,7 +925,7 @@ class Controller:
         else:
             results = await self.actuator.shed_many(
                 [Shed(a.step.device, a.step.role, value, ev.event_id, a.step.id) for _, a, value in ready],
-                open_entries,
+                found,
             )
         for (d, a, _), r in zip(ready, results, strict=True):
             if isinstance(r, BaseException):

@@ -301,6 +301,10 @@ class EventLifecycle:
                 )
             )
             return
+        if known is None and self._read_ahead(ev, ev.start_ts - ev.ramp_up_s, now):
+            # A new event's first stage is read while it is decided (the read is wasted if
+            # refused). Tasks start at the next await: let the requests go out now.
+            await asyncio.sleep(0)
         accepted = [
             r.event
             for r in self.events.values()
@@ -351,7 +355,8 @@ class EventLifecycle:
         # message and the first stage's writes (the journal still records each original before
         # its write). The decision is persisted and answered meanwhile, or, when a control loop
         # runs, once those writes are out (`after_cycle`), at most FIRST_WRITES_WAIT_S later.
-        self._read_ahead(rec, now)
+        if known is not None and opt.opt == "in" and rec.control is None:
+            self._read_ahead(ev, rec.control_start, now)
         self.wake()
         new_now = known is None and not opt.supersedes and opt.opt == "in" and rec.control_start <= now
         if self.defer_bookkeeping and new_now:
@@ -369,23 +374,22 @@ class EventLifecycle:
         await self.link.send_response(self.response(rec, **extra))
         await self.publish_state(rec)
 
-    def _read_ahead(self, rec: EventRecord, now: float) -> None:
+    def _read_ahead(self, ev: DrEvent, control_start: float, now: float) -> int:
         """An event whose control starts now: its first stage's current values are read while
-        it is persisted and answered, so the first writes need not wait for them."""
-        if rec.opt.opt != "in" or rec.control is not None or rec.event.test_event:
-            return
-        if rec.control_start > now + self.cfg.control.period_s:
-            return
+        it is decided, persisted and answered, so the first writes need not wait for them.
+        Returns how many reads started."""
+        if ev.test_event or control_start > now + self.cfg.control.period_s:
+            return 0
         cfg = self.cfg
-        cached = self._first_stage.get(rec.event.program)
+        cached = self._first_stage.get(ev.program)
         if cached is None or cached[0] is not cfg:  # a reload gives a new config: work it out again
             try:
-                steps = build_steps(cfg.strategy_for(rec.event.program), self.devices)
+                steps = build_steps(cfg.strategy_for(ev.program), self.devices)
             except KeyError:
-                return  # begin says what is wrong with the strategy
-            keys = [(st.device, st.role) for st in steps if st.stage == steps[0].stage]
-            cached = self._first_stage[rec.event.program] = (cfg, keys)
-        self.actuation.read_ahead(cached[1])
+                return 0  # begin says what is wrong with the strategy
+            keys = [(st.device, st.role) for st in steps if st.stage == steps[0].stage] if steps else []
+            cached = self._first_stage[ev.program] = (cfg, keys)
+        return self.actuation.read_ahead(cached[1])
 
     def response(self, rec: EventRecord, **more: Any) -> EventResponse:
         extra: dict[str, Any] = {}

@@ -717,6 +717,8 @@ class Store:
 #: Store calls on the path from an event to its writes: the revert journal. They go ahead of
 #: queued bookkeeping (readings flushes, the outbox, event rows) on the store's one thread.
 URGENT_CALLS = frozenset({"journal_open", "journal_record", "journal_record_many", "journal_restored"})
+#: Store calls that change the revert journal (`AsyncStore.journal_changes` counts them).
+JOURNAL_CHANGES = frozenset({"journal_record", "journal_record_many", "journal_restored"})
 
 
 class _StoreThread:
@@ -763,6 +765,9 @@ class AsyncStore:
     def __init__(self, store: Store) -> None:
         self.sync = store
         self._thread = _StoreThread()
+        #: Calls that changed the revert journal so far, counted when made (before they run): a
+        #: read of the open journal is current while this count has not moved since it was asked.
+        self.journal_changes = 0
 
     async def call(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
         return await asyncio.wrap_future(self._thread.submit(urgent, lambda: fn(*args)))
@@ -770,8 +775,11 @@ class AsyncStore:
     def __getattr__(self, name: str) -> Callable[..., Any]:
         fn = getattr(self.sync, name)
         urgent = name in URGENT_CALLS
+        changes_journal = name in JOURNAL_CHANGES
 
         async def wrapper(*args: Any) -> Any:
+            if changes_journal:
+                self.journal_changes += 1
             return await self.call(fn, *args, urgent=urgent)
 
         return wrapper

@@ -213,3 +213,88 @@ async def test_an_event_starting_now_is_answered_after_its_first_stage_is_writte
         await asyncio.wait_for(agent_task, 15)
         plant_task.cancel()
         await plant.stop()
+
+
+async def test_the_open_journal_read_ahead_saves_the_shed_a_database_trip(rig: Rig) -> None:
+    """The open journal is read with the values (is a device shed already?), so the shed that
+    takes them reads nothing more: neither the device nor the database."""
+    cfg, _plant, devices, act, store = rig
+    before = (await _read_back(cfg, [KEY]))[KEY]
+    reads: list[str] = []
+    real = store.sync.journal_open
+
+    def counted(*args: Any) -> Any:
+        reads.append("journal_open")
+        return real(*args)
+
+    store.sync.journal_open = counted  # type: ignore[method-assign]
+    assert act.read_ahead([KEY]) == 1
+    await _settled(act)
+    assert reads == ["journal_open"]
+    requests = _requests(devices[KEY[0]])
+    assert await act.shed_many([Shed(*KEY, 50, "ev-1", "s")]) == [50]
+    assert reads == ["journal_open"]  # none more for the shed
+    assert _requests(devices[KEY[0]]) - requests == 2  # the write and its read-back
+    assert [(e.device, e.role, e.original) for e in await store.journal_open()] == [(*KEY, before)]
+    assert await act.restore(*KEY, "test over")
+    assert (await _read_back(cfg, [KEY]))[KEY] == before
+
+
+async def test_a_journal_change_after_the_read_ahead_makes_the_shed_read_it_again(rig: Rig) -> None:
+    """Another shed of the device is journalled between the read ahead (which found it not shed)
+    and this shed: the journal is read again, so this shed keeps the first original instead of
+    journalling the shed value as one; the restore puts the real original back."""
+    cfg, _plant, _devices, act, store = rig
+    before = (await _read_back(cfg, [KEY]))[KEY]
+    assert act.read_ahead([KEY]) == 1
+    await _settled(act)
+    assert await act.shed(*KEY, 60, "ev-0", "first")  == 60  # e.g. an earlier event's stage
+    assert await act.shed_many([Shed(*KEY, 50, "ev-1", "s")]) == [50]
+    assert [(e.event_id, e.original) for e in await store.journal_open()] == [("ev-0", before), ("ev-1", before)]
+    assert (await _read_back(cfg, [KEY]))[KEY] == 50
+    assert await act.restore(*KEY, "test over")
+    assert (await _read_back(cfg, [KEY]))[KEY] == before
+
+
+async def test_a_new_events_first_stage_is_on_the_wire_before_its_contract_decision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reads of a new event's first stage go out before the contract is even decided; one the
+    contract refuses changes nothing (no journal row, the zones as they were)."""
+    from agent.events import lifecycle as lifecycle_mod
+
+    roles = {"lights-warehouse": "level_pct", "lights-office": "level_pct"}
+    async with agent_on_plant(tmp_path) as (cfg, clock, _plant, agent):
+        assert agent.devices["lights-office"].transport is agent.devices[KEY[0]].transport
+        before = await _read_back(cfg, list(roles.items()))
+        for _ in range(3):
+            await agent.poll_all()
+            clock.advance(1)
+        bms = cast(ModbusTransport, agent.devices[KEY[0]].transport)
+        sent_at_decision: list[int] = []
+        real_decide = lifecycle_mod.decide_opt
+
+        def decide(*args: Any, **kw: Any) -> Any:
+            sent_at_decision.append(bms.stats.requests)
+            return real_decide(*args, **kw)
+
+        monkeypatch.setattr(lifecycle_mod, "decide_opt", decide)
+        # Longer than the contract allows a realtime event: refused, after its reads went out.
+        requests = bms.stats.requests
+        refused = event_payload("early-0", clock.now(), 3600, program="realtime", target={"reduce_pct_of_peak": 20})
+        await agent.handle_event(parse_event(refused))
+        assert agent.lifecycle.events["early-0"].opt.code == "event_too_long"
+        assert sent_at_decision[-1] - requests >= 1  # both zones are on one endpoint: the first is out
+        await agent.control_cycle(clock.now())
+        assert await agent.store.journal_open() == []
+        assert await _read_back(cfg, list(roles.items())) == before
+
+        requests = bms.stats.requests
+        ev = event_payload("early-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+        await agent.handle_event(parse_event(ev))
+        assert agent.lifecycle.events["early-1"].opt.opt == "in"
+        assert sent_at_decision[-1] - requests >= 1
+        await agent.control_cycle(clock.now())
+        assert (await _read_back(cfg, [KEY]))[KEY] == 50
+        assert await agent.actuator.restore_all("test over") == []
+        assert await _read_back(cfg, list(roles.items())) == before
