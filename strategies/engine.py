@@ -173,7 +173,10 @@ def precool_value(step: Step, device: Controllable, original: float | None) -> f
 
 
 def _priority(device: str, devices: Mapping[str, Controllable]) -> int:
-    return int(getattr(devices[device].config, "priority", 0))
+    cfg = devices[device].config
+    # A config's fields are in its __dict__: pydantic answers a missing one through a slow __getattr__.
+    fields = getattr(cfg, "__dict__", None)
+    return int(fields.get("priority", 0) if fields is not None else getattr(cfg, "priority", 0))
 
 
 def shed_value(step: Step, device: Controllable, original: float | None) -> float | bool:

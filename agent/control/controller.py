@@ -219,8 +219,9 @@ def decide(
             pick: Option | None = None
             picked_from: list[Option] | None = None
             # Continuous ones are set to the gap. Stages in order; within a stage, the best fit.
+            most = min(gap + slack, room)
             for group in groups:
-                fits = [o for o in group if o.continuous or o.kw <= min(gap + slack, room)]
+                fits = [o for o in group if o.continuous or o.kw <= most]
                 if fits:
                     pick = min(
                         fits, key=lambda o: abs(gap - (min(o.kw, gap, room) if o.continuous else o.kw))
