@@ -235,7 +235,9 @@ class Actuator:
         log.info("event_id=%s device=%s step=%s action=shed %s=%s", event_id, device, step, role, value)
         return back
 
-    async def shed_many(self, sheds: Sequence[Shed], found: Originals | None = None) -> list[float | BaseException]:
+    async def shed_many(
+        self, sheds: Sequence[Shed], found: Originals | None = None
+    ) -> list[float | BaseException]:
         """Several sheds at once (a stage entering): each device's original read fresh in
         parallel, every original journalled in one transaction, then every write in parallel.
 

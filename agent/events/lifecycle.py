@@ -839,7 +839,9 @@ class EventLifecycle:
         try:
             await asyncio.wait_for(started.wait(), FIRST_WRITES_WAIT_S)
         except TimeoutError:
-            log.debug("event_id=%s event=bookkeeping_not_deferred reason=no_cycle_began_it", rec.event.event_id)
+            log.debug(
+                "event_id=%s event=bookkeeping_not_deferred reason=no_cycle_began_it", rec.event.event_id
+            )
         finally:
             self._writes_out.pop(rec.event.event_id, None)
 

@@ -124,7 +124,9 @@ async def test_an_event_starting_now_reads_its_first_stage_ahead_and_restores_it
         for _ in range(3):
             await agent.poll_all()
             clock.advance(1)
-        ev = event_payload("ahead-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+        ev = event_payload(
+            "ahead-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20}
+        )
         await agent.handle_event(parse_event(ev))
         assert set(read) == set(roles.items())  # the strategy's first stage, read on arrival
         await agent.control_cycle(clock.now())
@@ -151,7 +153,9 @@ async def test_the_step_is_worked_out_from_the_value_read_ahead_not_a_stale_poll
         await agent.poll_all()
         assert agent.devices[KEY[0]].reading(KEY[1]) == 40
         plant.banks[KEY[0]].set(KEY[1], before)  # and back, before the next poll
-        ev = event_payload("ahead-2", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+        ev = event_payload(
+            "ahead-2", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20}
+        )
         await agent.handle_event(parse_event(ev))
         await agent.control_cycle(clock.now())
         running = agent.lifecycle.running()
@@ -193,7 +197,9 @@ async def test_an_event_starting_now_is_answered_after_its_first_stage_is_writte
             obs._record = seen  # type: ignore[method-assign]
             await obs.wait_online()
             await asyncio.sleep(0.2)  # a few polls: the meter is known
-            ev = event_payload("path-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+            ev = event_payload(
+                "path-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20}
+            )
             await obs.publish("in/event", ev)
             resp = await obs.wait_for(lambda t, b: t.endswith("/out/response"), 10)
             assert resp["opt"] == "in", resp
@@ -201,7 +207,9 @@ async def test_an_event_starting_now_is_answered_after_its_first_stage_is_writte
             stored = await agent.store.events()
             assert [r["event_id"] for r in stored] == ["path-1"]
             await obs.publish("in/event", {**ev, "modification_number": 1, "status": "cancelled"})
-            await obs.wait_for(lambda t, b: t.endswith("/out/event/path-1") and b.get("state") == "cancelled", 10)
+            await obs.wait_for(
+                lambda t, b: t.endswith("/out/event/path-1") and b.get("state") == "cancelled", 10
+            )
             assert float(bank.get(KEY[1])) == before  # released before the cancellation is published
             states = [b.get("state") for b in obs.on("out/event/path-1")]
             assert states.count("active") == 1, states  # published once, by the arrival's bookkeeping
@@ -248,9 +256,12 @@ async def test_a_journal_change_after_the_read_ahead_makes_the_shed_read_it_agai
     before = (await _read_back(cfg, [KEY]))[KEY]
     assert act.read_ahead([KEY]) == 1
     await _settled(act)
-    assert await act.shed(*KEY, 60, "ev-0", "first")  == 60  # e.g. an earlier event's stage
+    assert await act.shed(*KEY, 60, "ev-0", "first") == 60  # e.g. an earlier event's stage
     assert await act.shed_many([Shed(*KEY, 50, "ev-1", "s")]) == [50]
-    assert [(e.event_id, e.original) for e in await store.journal_open()] == [("ev-0", before), ("ev-1", before)]
+    assert [(e.event_id, e.original) for e in await store.journal_open()] == [
+        ("ev-0", before),
+        ("ev-1", before),
+    ]
     assert (await _read_back(cfg, [KEY]))[KEY] == 50
     assert await act.restore(*KEY, "test over")
     assert (await _read_back(cfg, [KEY]))[KEY] == before
@@ -281,7 +292,9 @@ async def test_a_new_events_first_stage_is_on_the_wire_before_its_contract_decis
         monkeypatch.setattr(lifecycle_mod, "decide_opt", decide)
         # Longer than the contract allows a realtime event: refused, after its reads went out.
         requests = bms.stats.requests
-        refused = event_payload("early-0", clock.now(), 3600, program="realtime", target={"reduce_pct_of_peak": 20})
+        refused = event_payload(
+            "early-0", clock.now(), 3600, program="realtime", target={"reduce_pct_of_peak": 20}
+        )
         await agent.handle_event(parse_event(refused))
         assert agent.lifecycle.events["early-0"].opt.code == "event_too_long"
         assert sent_at_decision[-1] - requests >= 1  # both zones are on one endpoint: the first is out
@@ -290,7 +303,9 @@ async def test_a_new_events_first_stage_is_on_the_wire_before_its_contract_decis
         assert await _read_back(cfg, list(roles.items())) == before
 
         requests = bms.stats.requests
-        ev = event_payload("early-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+        ev = event_payload(
+            "early-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20}
+        )
         await agent.handle_event(parse_event(ev))
         assert agent.lifecycle.events["early-1"].opt.opt == "in"
         assert sent_at_decision[-1] - requests >= 1

@@ -348,3 +348,46 @@ def test_controller_never_breaches_limits_in_simulation(strategy: dict[str, Any]
     # A short lead (2 min of baseline history) keeps each run to a second or two; the limits are the point.
     result = asyncio.run(simulate_event(cfg, event, lead_s=120, tail_s=600))
     assert result.limit_violations == 0, result.violations
+
+
+def test_higher_priority_chargers_are_shed_last_within_their_stage_whatever_the_listing() -> None:
+    """The demo's fleet chargers (priority 10) come after the visitors' (no priority) in their
+    stage even when the strategy names them first; stages keep their order, the rest its listing."""
+    from agent.runtime.devices import build_devices
+
+    cfg, _ = load_site_config(REPO / "config" / "demo-site.yaml")
+    assert {n: getattr(cfg.device(n), "priority", 0) for n in ("ev-1", "ev-3")} == {"ev-1": 0, "ev-3": 10}
+    _transports, devices = build_devices(cfg)
+    strategy = Strategy.model_validate(
+        {
+            "name": "fleet-named-first",
+            "stages": [
+                {
+                    "name": "chargers",
+                    "actions": [
+                        {"kind": "ev_charger", "devices": ["ev-3", "ev-4", "ev-1", "ev-2"], "current_a": 8}
+                    ],
+                },
+                {
+                    "name": "lights",
+                    "actions": [
+                        {
+                            "kind": "lighting",
+                            "devices": ["lights-office", "lights-warehouse"],
+                            "level_pct": 60,
+                        }
+                    ],
+                },
+            ],
+        }
+    )
+    steps = build_steps(strategy, devices)
+    assert [(s.stage, s.device) for s in steps] == [
+        ("chargers", "ev-1"),
+        ("chargers", "ev-2"),
+        ("chargers", "ev-3"),
+        ("chargers", "ev-4"),
+        ("lights", "lights-office"),
+        ("lights", "lights-warehouse"),
+    ]
+    assert [s.order for s in steps] == list(range(6))
