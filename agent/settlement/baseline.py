@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -646,6 +647,19 @@ class RealtimeBaseline:
         return q
 
 
+def _merged(periods: Iterable[Period]) -> tuple[list[float], list[float]]:
+    """Half-open periods [a, b) merged into disjoint ones, as sorted starts and their ends."""
+    starts: list[float] = []
+    ends: list[float] = []
+    for a, b in sorted(p for p in periods if p[1] > p[0]):
+        if ends and a <= ends[-1]:
+            ends[-1] = max(ends[-1], b)
+        else:
+            starts.append(a)
+            ends.append(b)
+    return starts, ends
+
+
 def realtime_baseline(
     samples: Iterable[tuple[float, float]],
     control_start_ts: float,
@@ -670,26 +684,37 @@ def realtime_baseline(
     skip = list(skip)
     pieces = realtime_window(control_start_ts, window_s, skip)
     shifted = pieces != [(control_start_ts - window_s, control_start_ts)]
-    pts = sorted(s for s in samples if s[0] < control_start_ts and not any(a <= s[0] < b for a, b in skip))
+    # Only readings after `oldest` can count (an older one has stopped holding before every
+    # piece starts; a second of margin against rounding), and none in a skipped period. Control
+    # calls this with up to two hours of polls as an event starts: one cheap pass, the skipped
+    # periods merged and bisected.
+    oldest = min((a for a, _ in pieces), default=control_start_ts) - max_hold_s - 1.0
+    starts, ends = _merged(skip)
+    pts = []
+    for s in samples:
+        t = s[0]
+        if oldest <= t < control_start_ts:
+            i = bisect_right(starts, t) - 1
+            if i < 0 or t >= ends[i]:
+                pts.append(s)
+    pts.sort()
+    times = [t for t, _ in pts]
+    n = len(pts)
     acc = covered = 0.0
     for t0, t1 in pieces:
         # Start from the last reading at or before t0: it is in force at t0.
-        first = 0
-        for i, (t, _) in enumerate(pts):
-            if t <= t0:
-                first = i
-            else:
-                break
-        for i in range(first, len(pts)):
+        i = max(0, bisect_right(times, t0) - 1)
+        while i < n:
             t, kw = pts[i]
             if t >= t1:
                 break
-            nxt = pts[i + 1][0] if i + 1 < len(pts) else t1
-            a = max(t, t0)
+            nxt = times[i + 1] if i + 1 < n else t1
+            a = t if t > t0 else t0
             b = min(nxt, t + max_hold_s, t1)
             if b > a:
                 acc += kw * (b - a)
                 covered += b - a
+            i += 1
     used = tuple(pieces)
     if covered <= 0 or covered < min_coverage * window_s:
         return RealtimeBaseline(None, covered, window_s, used, shifted)

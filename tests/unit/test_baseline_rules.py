@@ -12,6 +12,8 @@ from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config.calendar import Calendar
 from agent.settlement.baseline import (
@@ -268,6 +270,87 @@ def test_back_to_back_events_real_time_window_skips_the_first() -> None:
     m = realtime_15min(s, ev, CAL, skip=[(0.0, 2400.0)])
     assert m.mean_kw == pytest.approx(1000.0)
     assert any("skipped earlier events' control and recovery" in n for n in m.notes)
+
+
+def _realtime_baseline_as_written(
+    samples: list[tuple[float, float]],
+    control_start_ts: float,
+    window_s: float,
+    max_hold_s: float,
+    skip: list[tuple[float, float]],
+) -> tuple[float, float]:
+    """The real-time baseline's (acc, covered) exactly as first written (linear scans, `any` over
+    the skipped periods): the oracle the faster one must match to the last bit."""
+    pieces = realtime_window(control_start_ts, window_s, skip)
+    pts = sorted(s for s in samples if s[0] < control_start_ts and not any(a <= s[0] < b for a, b in skip))
+    acc = covered = 0.0
+    for t0, t1 in pieces:
+        first = 0
+        for i, (t, _) in enumerate(pts):
+            if t <= t0:
+                first = i
+            else:
+                break
+        for i in range(first, len(pts)):
+            t, kw = pts[i]
+            if t >= t1:
+                break
+            nxt = pts[i + 1][0] if i + 1 < len(pts) else t1
+            a = max(t, t0)
+            b = min(nxt, t + max_hold_s, t1)
+            if b > a:
+                acc += kw * (b - a)
+                covered += b - a
+    return acc, covered
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.integers(-1000, 1100).map(float), st.floats(-4000, 3000)), st.floats(0, 2000)),
+        max_size=300,
+    ),
+    st.lists(
+        st.tuples(
+            st.one_of(st.integers(-3000, 1100).map(float), st.floats(-3000, 3000)),
+            st.one_of(st.integers(-100, 2000).map(float), st.floats(-100, 2000)),
+        ),
+        max_size=6,
+    ),
+    st.sampled_from([30.0, 300.0, 900.0]),
+    st.sampled_from([1.0, 60.0, 120.0]),
+)
+def test_real_time_baseline_matches_its_first_writing_to_the_bit(
+    samples: list[tuple[float, float]],
+    skip_raw: list[tuple[float, float]],
+    window_s: float,
+    max_hold_s: float,
+) -> None:
+    """Polls in any order and at any spacing (duplicates, gaps), skipped periods overlapping or
+    empty: the same mean and coverage as the linear version, to the bit (control and settlement
+    must agree to the watt)."""
+    start = 1_790_000_000.0  # epoch-sized times: rounding as on a site
+    polls = [(start + t, kw) for t, kw in samples]
+    skip = [(start + a, start + a + d) for a, d in skip_raw]
+    acc, covered = _realtime_baseline_as_written(polls, start + 1000.0, window_s, max_hold_s, skip)
+    rt = realtime_baseline(
+        polls, start + 1000.0, window_s, max_hold_s=max_hold_s, min_coverage=0.0, skip=skip
+    )
+    assert rt.covered_s == covered
+    assert rt.kw == (None if covered <= 0 else acc / covered)
+
+
+def test_real_time_baseline_matches_its_first_writing_on_whole_second_polls() -> None:
+    """1 s polls and whole-second periods: every boundary (a piece's start, a skipped period's
+    end) falls on a poll, where the two could part."""
+    start = 1_790_000_000.0
+    polls = [(start + t, 500.0 + (t * 37) % 101) for t in range(-7200, 1000)]
+    for skip in ([], [(0.0, 100.0)], [(100.0, 400.0), (350.0, 700.0)], [(-2000.0, -1000.0), (500.0, 500.0)]):
+        shifted = [(start + a, start + b) for a, b in skip]
+        for hold in (1.0, 120.0):
+            acc, covered = _realtime_baseline_as_written(polls, start + 1000.0, 900.0, hold, shifted)
+            rt = realtime_baseline(polls, start + 1000.0, max_hold_s=hold, min_coverage=0.0, skip=shifted)
+            assert (rt.kw, rt.covered_s) == (acc / covered, covered), (skip, hold)
 
 
 def test_real_time_minimum_history() -> None:
