@@ -10,6 +10,7 @@ rejected point by point the same way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from drivers.profile import (
     Point,
     Profile,
     ReadBlock,
+    Watchdog,
     check_write,
     decode_raw,
     encode_write,
@@ -152,6 +154,9 @@ class Device:
         self._written_at: dict[str, int] = {}
         self._counter = 0
         self._next_feed: float = 0.0
+        #: One write at a time on the device (a shed with its read-back, a restore, a watchdog
+        #: feed): a feed that took the commanded value before a restore must not land after it.
+        self._write_lock = asyncio.Lock()
         self._set_up = False
         problems = self.check_profile(profile)
         if problems:
@@ -436,6 +441,10 @@ class Device:
             check_write(p, value)  # the range check, before anything goes on the bus
         except ValueError as exc:
             raise WriteError(f"device {self.name}: {exc}") from exc
+        async with self._write_lock:
+            return await self._write_point(p, value)
+
+    async def _write_point(self, p: Point, value: float | bool) -> float:
         ref = self._ref(p)
         self._writes += 1  # before it goes out: a write that fails half way may still have landed
         try:
@@ -521,6 +530,10 @@ class Device:
 
     async def write_raw(self, raw: RawRegisters) -> None:
         """Write registers back verbatim (a restore), each read back and compared. Raises WriteError."""
+        async with self._write_lock:
+            await self._write_raw(raw)
+
+    async def _write_raw(self, raw: RawRegisters) -> None:
         for name, regs in raw.items():
             q = self.profile.point(name)
             self._writes += 1
@@ -567,6 +580,10 @@ class Device:
             return
         if not self._set_up or not self.health.available:
             return
+        async with self._write_lock:  # the commanded value as it is once no write is under way
+            await self._feed(w, now, interval)
+
+    async def _feed(self, w: Watchdog, now: float, interval: float) -> None:
         p = self.profile.point(w.point)
         value: float | bool
         if w.mode == "rewrite":
