@@ -27,8 +27,17 @@ from drivers.sim.plant import SimEndpoint, SimulatedPlant
 from drivers.sim.server import free_port
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from agent.control.actuator import Actuator
     from agent.platform.clock import ManualClock
+    from agent.platform.store import AsyncStore
     from agent.runtime.daemon import Agent
+    from drivers.device import Device
+
+    #: The site's config, its simulated plant, the agent's devices, an actuator and its store.
+    Rig = tuple[SiteConfig, Any, Mapping[str, Device], Actuator, AsyncStore]
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "config" / "demo-site.yaml"
@@ -128,6 +137,31 @@ async def agent_on_plant(tmp: Path) -> AsyncIterator[tuple[SiteConfig, ManualClo
         for t in agent.transports.values():
             await t.close()
         await agent.store.close()
+        task.cancel()
+        await plant.stop()
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """The demo site's plant over Modbus TCP, the agent's devices polled once, an Actuator on a
+    real SQLite file; closed and stopped after the test."""
+    from agent.control.actuator import Actuator
+    from agent.platform.clock import SystemClock
+    from agent.platform.store import AsyncStore, Store
+    from agent.runtime.daemon import build_devices
+
+    cfg = site_config(1883, tmp_path)
+    plant, task = await serve_plant(cfg, SystemClock())
+    store = AsyncStore(Store(tmp_path / "agent.sqlite"))
+    transports, devices = build_devices(cfg)
+    for d in devices.values():
+        await d.poll()
+    try:
+        yield cfg, plant, devices, Actuator(devices, store), store
+    finally:
+        for t in transports.values():
+            await t.close()
+        await store.close()
         task.cancel()
         await plant.stop()
 

@@ -6,31 +6,29 @@ the device back over Modbus after the restore. Real simulators over Modbus TCP, 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.config.model import SiteConfig
 from agent.control import actuator as actuator_mod
 from agent.control.actuator import Actuator, Shed
 from agent.events.model import parse_event
-from agent.platform.clock import ScaledClock, SystemClock
-from agent.platform.store import AsyncStore, Store
-from agent.runtime.daemon import Agent, build_devices
+from agent.platform.clock import ScaledClock
+from agent.runtime.daemon import Agent
 from drivers.device import Device
 from drivers.modbus import ModbusTransport
 from tests.conftest import Mosquitto, agent_on_plant, serve_plant, site_config
 from tests.helpers import Observer, event_payload
 from tests.integration.test_parallel_shed import _read_back
 
-KEY = ("lights-warehouse", "level_pct")
+if TYPE_CHECKING:
+    from tests.conftest import Rig
 
-#: The site's config, its simulated plant, the agent's devices, an actuator and its store.
-Rig = tuple[SiteConfig, Any, Mapping[str, Device], Actuator, AsyncStore]
+KEY = ("lights-warehouse", "level_pct")
 
 
 def _requests(dev: Device) -> int:
@@ -43,24 +41,6 @@ async def _settled(act: Actuator) -> None:
     tasks = [t for _, _, t in act._ahead.values()]
     if tasks:
         await asyncio.wait(tasks)
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    cfg = site_config(1883, tmp_path)
-    plant, task = await serve_plant(cfg, SystemClock())
-    store = AsyncStore(Store(tmp_path / "agent.sqlite"))
-    transports, devices = build_devices(cfg)
-    for d in devices.values():
-        await d.poll()
-    try:
-        yield cfg, plant, devices, Actuator(devices, store), store
-    finally:
-        for t in transports.values():
-            await t.close()
-        await store.close()
-        task.cancel()
-        await plant.stop()
 
 
 async def test_a_read_ahead_is_the_original_and_saves_the_shed_a_round_trip(rig: Rig) -> None:

@@ -6,55 +6,39 @@ the battery is read back over Modbus at the end."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-from agent.control.actuator import Actuator
-from agent.platform.clock import SystemClock
-from agent.platform.store import AsyncStore, Store
-from agent.runtime.daemon import build_devices
 from drivers.modbus import ModbusTransport
-from tests.conftest import serve_plant, site_config
 from tests.integration.test_parallel_shed import _read_back
+
+if TYPE_CHECKING:
+    from tests.conftest import Rig
 
 KEY = ("battery", "power_setpoint_kw")
 
 
-async def test_a_feed_due_during_a_restore_does_not_put_the_shed_value_back(tmp_path: Path) -> None:
-    cfg = site_config(1883, tmp_path)
-    plant, task = await serve_plant(cfg, SystemClock())
-    store = AsyncStore(Store(tmp_path / "agent.sqlite"))
-    transports, devices = build_devices(cfg)
+async def test_a_feed_due_during_a_restore_does_not_put_the_shed_value_back(rig: Rig) -> None:
+    cfg, _plant, devices, act, store = rig
     battery = devices[KEY[0]]
     bus = cast(ModbusTransport, battery.transport)
-    try:
-        for d in devices.values():
-            await d.poll()
-        await battery.setup()
-        before = (await _read_back(cfg, [KEY]))[KEY]
-        act = Actuator(devices, store)
-        assert await act.shed(*KEY, 8.1, "ev-1", "storage/1:battery") == 8.1
-        assert battery.profile.watchdog is not None and battery.profile.watchdog.mode == "rewrite"
+    await battery.setup()
+    before = (await _read_back(cfg, [KEY]))[KEY]
+    assert await act.shed(*KEY, 8.1, "ev-1", "storage/1:battery") == 8.1
+    assert battery.profile.watchdog is not None and battery.profile.watchdog.mode == "rewrite"
 
-        # The endpoint is busy (a poll, say) while the event ends: the restore queues for it,
-        # then the watchdog feed comes due and queues behind it.
-        async with bus._lock:
-            restore = asyncio.create_task(act.restore(*KEY, "event ended", "ev-1"))
-            for _ in range(50):  # until the restore waits for the endpoint (its journal read done)
-                await asyncio.sleep(0.01)
-                if bus._lock._waiters:
-                    break
-            assert bus._lock._waiters, "the restore never reached the endpoint"
-            feed = asyncio.create_task(battery.maintain(now=1e12))
-            await asyncio.sleep(0.05)
-        assert await restore is True
-        await feed
+    # The endpoint is busy (a poll, say) as the event ends: the restore queues for it, then the
+    # watchdog feed comes due and queues behind it.
+    async with bus._lock:
+        restore = asyncio.create_task(act.restore(*KEY, "event ended", "ev-1"))
+        for _ in range(50):  # until the restore waits for the endpoint (its journal read done)
+            await asyncio.sleep(0.01)
+            if bus._lock._waiters:
+                break
+        assert bus._lock._waiters, "the restore never reached the endpoint"
+        feed = asyncio.create_task(battery.maintain(now=1e12))
+        await asyncio.sleep(0.05)
+    assert await restore is True
+    await feed
 
-        assert (await _read_back(cfg, [KEY]))[KEY] == before
-        assert await store.journal_open() == []
-    finally:
-        for t in transports.values():
-            await t.close()
-        await store.close()
-        task.cancel()
-        await plant.stop()
+    assert (await _read_back(cfg, [KEY]))[KEY] == before
+    assert await store.journal_open() == []
