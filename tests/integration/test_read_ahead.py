@@ -37,8 +37,11 @@ def _requests(dev: Device) -> int:
 
 
 async def _settled(act: Actuator) -> None:
-    """Wait for the reads ahead under way (each ends in a simulator's answer or an error)."""
-    tasks = [t for _, _, t in act._ahead.values()]
+    """Wait for the reads ahead under way (each ends in a simulator's answer or an error), and for
+    the open journal's read with them."""
+    tasks: list[asyncio.Future[Any]] = [t for _, _, t in act._ahead.values()]
+    if act._ahead_journal is not None:
+        tasks.append(act._ahead_journal[2])
     if tasks:
         await asyncio.wait(tasks)
 
