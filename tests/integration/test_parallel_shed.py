@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.config.model import SiteConfig
-from agent.control.actuator import Actuator, LimitViolation, Shed
-from agent.platform.clock import SystemClock
-from agent.platform.store import AsyncStore, Store
+from agent.control.actuator import LimitViolation, Shed
 from agent.runtime.daemon import build_devices
 from drivers.codec import Value
 from drivers.device import WriteError
-from tests.conftest import agent_on_plant, serve_plant, site_config
+from tests.conftest import agent_on_plant
+
+if TYPE_CHECKING:
+    from tests.conftest import Rig
 
 
 async def _read_back(
@@ -32,130 +34,102 @@ async def _read_back(
             await t.close()
 
 
-async def test_a_stage_sheds_in_parallel_journal_first_and_restores(tmp_path: Path) -> None:
-    cfg = site_config(1883, tmp_path)
-    plant, task = await serve_plant(cfg, SystemClock())
-    db_path = tmp_path / "agent.sqlite"
-    store = AsyncStore(Store(db_path))
-    transports, devices = build_devices(cfg)
-    try:
-        for d in devices.values():
-            await d.poll()
-        sheds = [
-            Shed("lights-warehouse", "level_pct", 50, "ev-1", "lighting/1:lights-warehouse"),
-            Shed("lights-office", "level_pct", 30, "ev-1", "lighting/2:lights-office"),  # below min 50
-            Shed("ev-1", "current_limit_a", 8, "ev-1", "chargers/1:ev-1"),
-            Shed("ev-3", "current_limit_a", 16, "ev-1", "chargers/2:ev-3"),
+async def test_a_stage_sheds_in_parallel_journal_first_and_restores(rig: Rig, tmp_path: Path) -> None:
+    cfg, plant, _devices, act, store = rig
+    db_path = tmp_path / "agent.sqlite"  # the rig's database, read behind the store's back
+    sheds = [
+        Shed("lights-warehouse", "level_pct", 50, "ev-1", "lighting/1:lights-warehouse"),
+        Shed("lights-office", "level_pct", 30, "ev-1", "lighting/2:lights-office"),  # below min 50
+        Shed("ev-1", "current_limit_a", 8, "ev-1", "chargers/1:ev-1"),
+        Shed("ev-3", "current_limit_a", 16, "ev-1", "chargers/2:ev-3"),
+    ]
+    before = await _read_back(cfg, [(s.device, s.role) for s in sheds])
+    # At the moment a write reaches a simulator, its original must already be journalled.
+    unjournalled: list[str] = []
+    written: set[str] = set()
+
+    def watch(name: str) -> None:
+        inner = plant.banks[name].on_write
+
+        def hook(key: str, value: Value) -> None:
+            with sqlite3.connect(db_path) as db:
+                n = db.execute(
+                    "SELECT COUNT(*) FROM journal WHERE device=? AND restored_ts IS NULL", (name,)
+                ).fetchone()[0]
+            written.add(name)
+            if n == 0:
+                unjournalled.append(f"{name}.{key}")
+            if inner:
+                inner(key, value)
+
+        plant.banks[name].on_write = hook
+
+    for s in sheds:
+        watch(s.device)
+    results = await act.shed_many(sheds)
+
+    assert isinstance(results[1], LimitViolation)
+    assert [r for i, r in enumerate(results) if i != 1] == [50, 8, 16]
+    assert written == {"lights-warehouse", "ev-1", "ev-3"}
+    assert unjournalled == []
+    after = await _read_back(cfg, [(s.device, s.role) for s in sheds])
+    assert after[("lights-warehouse", "level_pct")] == 50
+    assert after[("ev-1", "current_limit_a")] == 8
+    assert after[("ev-3", "current_limit_a")] == 16
+    assert after[("lights-office", "level_pct")] == before[("lights-office", "level_pct")]
+    opened = {(e.device, e.role): e.original for e in await store.journal_open()}
+    assert set(opened) == {
+        ("lights-warehouse", "level_pct"),
+        ("ev-1", "current_limit_a"),
+        ("ev-3", "current_limit_a"),
+    }
+    for key, original in opened.items():
+        assert original == before[key]
+
+    # A second stage entering deepens an open shed: the journal keeps the first original.
+    again = await act.shed_many(
+        [
+            Shed("lights-warehouse", "level_pct", 45, "ev-1", "x"),
+            Shed("lights-office", "level_pct", 60, "ev-1", "y"),
         ]
-        before = await _read_back(cfg, [(s.device, s.role) for s in sheds])
-        # At the moment a write reaches a simulator, its original must already be journalled.
-        unjournalled: list[str] = []
-        written: set[str] = set()
+    )
+    assert again == [45, 60]
+    opened = {(e.device, e.role): e.original for e in await store.journal_open()}
+    assert opened[("lights-warehouse", "level_pct")] == before[("lights-warehouse", "level_pct")]
 
-        def watch(name: str) -> None:
-            inner = plant.banks[name].on_write
-
-            def hook(key: str, value: Value) -> None:
-                with sqlite3.connect(db_path) as db:
-                    n = db.execute(
-                        "SELECT COUNT(*) FROM journal WHERE device=? AND restored_ts IS NULL", (name,)
-                    ).fetchone()[0]
-                written.add(name)
-                if n == 0:
-                    unjournalled.append(f"{name}.{key}")
-                if inner:
-                    inner(key, value)
-
-            plant.banks[name].on_write = hook
-
-        for s in sheds:
-            watch(s.device)
-        act = Actuator(devices, store)
-        results = await act.shed_many(sheds)
-
-        assert isinstance(results[1], LimitViolation)
-        assert [r for i, r in enumerate(results) if i != 1] == [50, 8, 16]
-        assert written == {"lights-warehouse", "ev-1", "ev-3"}
-        assert unjournalled == []
-        after = await _read_back(cfg, [(s.device, s.role) for s in sheds])
-        assert after[("lights-warehouse", "level_pct")] == 50
-        assert after[("ev-1", "current_limit_a")] == 8
-        assert after[("ev-3", "current_limit_a")] == 16
-        assert after[("lights-office", "level_pct")] == before[("lights-office", "level_pct")]
-        opened = {(e.device, e.role): e.original for e in await store.journal_open()}
-        assert set(opened) == {
-            ("lights-warehouse", "level_pct"),
-            ("ev-1", "current_limit_a"),
-            ("ev-3", "current_limit_a"),
-        }
-        for key, original in opened.items():
-            assert original == before[key]
-
-        # A second stage entering deepens an open shed: the journal keeps the first original.
-        again = await act.shed_many(
-            [
-                Shed("lights-warehouse", "level_pct", 45, "ev-1", "x"),
-                Shed("lights-office", "level_pct", 60, "ev-1", "y"),
-            ]
-        )
-        assert again == [45, 60]
-        opened = {(e.device, e.role): e.original for e in await store.journal_open()}
-        assert opened[("lights-warehouse", "level_pct")] == before[("lights-warehouse", "level_pct")]
-
-        for device, role in list(opened):
-            assert await act.restore(device, role, "test over")
-        restored = await _read_back(cfg, [(s.device, s.role) for s in sheds])
-        assert restored == before
-        assert await store.journal_open() == []
-    finally:
-        for t in transports.values():
-            await t.close()
-        await store.close()
-        task.cancel()
-        await plant.stop()
+    for device, role in list(opened):
+        assert await act.restore(device, role, "test over")
+    restored = await _read_back(cfg, [(s.device, s.role) for s in sheds])
+    assert restored == before
+    assert await store.journal_open() == []
 
 
-async def test_an_unreachable_device_is_refused_alone_and_the_same_point_twice_goes_in_turn(
-    tmp_path: Path,
-) -> None:
-    cfg = site_config(1883, tmp_path)
-    plant, task = await serve_plant(cfg, SystemClock())
-    store = AsyncStore(Store(tmp_path / "agent.sqlite"))
-    transports, devices = build_devices(cfg)
-    try:
-        for d in devices.values():
-            await d.poll()
-        plant.fail("ev-2")  # answers every request with an exception from now on
-        act = Actuator(devices, store)
-        results = await act.shed_many(
-            [
-                Shed("ev-1", "current_limit_a", 8, "e", "a"),
-                Shed("ev-2", "current_limit_a", 8, "e", "b"),
-            ]
-        )
-        assert results[0] == 8
-        assert isinstance(results[1], WriteError)
-        opened = {(e.device, e.role) for e in await store.journal_open()}
-        assert opened == {("ev-1", "current_limit_a")}  # nothing journalled for what was never written
+async def test_an_unreachable_device_is_refused_alone_and_the_same_point_twice_goes_in_turn(rig: Rig) -> None:
+    cfg, plant, _devices, act, store = rig
+    plant.fail("ev-2")  # answers every request with an exception from now on
+    results = await act.shed_many(
+        [
+            Shed("ev-1", "current_limit_a", 8, "e", "a"),
+            Shed("ev-2", "current_limit_a", 8, "e", "b"),
+        ]
+    )
+    assert results[0] == 8
+    assert isinstance(results[1], WriteError)
+    opened = {(e.device, e.role) for e in await store.journal_open()}
+    assert opened == {("ev-1", "current_limit_a")}  # nothing journalled for what was never written
 
-        twice = await act.shed_many(
-            [
-                Shed("ev-3", "current_limit_a", 16, "e", "c"),
-                Shed("ev-3", "current_limit_a", 10, "e", "d"),
-            ]
-        )
-        assert twice == [16, 10]
-        back = await _read_back(cfg, [("ev-3", "current_limit_a")])
-        assert back[("ev-3", "current_limit_a")] == 10
-        assert await act.restore_all("test over") == []
-        assert await store.journal_open() == []
-        await asyncio.sleep(0)
-    finally:
-        for t in transports.values():
-            await t.close()
-        await store.close()
-        task.cancel()
-        await plant.stop()
+    twice = await act.shed_many(
+        [
+            Shed("ev-3", "current_limit_a", 16, "e", "c"),
+            Shed("ev-3", "current_limit_a", 10, "e", "d"),
+        ]
+    )
+    assert twice == [16, 10]
+    back = await _read_back(cfg, [("ev-3", "current_limit_a")])
+    assert back[("ev-3", "current_limit_a")] == 10
+    assert await act.restore_all("test over") == []
+    assert await store.journal_open() == []
+    await asyncio.sleep(0)
 
 
 async def test_a_cycle_sheds_stage_by_stage_each_stage_at_once(tmp_path: Path) -> None:
