@@ -166,6 +166,22 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         await plant.stop()
 
 
+async def stop_run(proc: asyncio.subprocess.Process, plant: SimulatedPlant, plant_task: asyncio.Task[None]) -> None:
+    """A `dr-agent run` test's teardown: kill the process if it is still up, stop the plant."""
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    plant_task.cancel()
+    await plant.stop()
+
+
+async def polled(agent: Agent, clock: ManualClock, n: int = 3) -> None:
+    """`n` polls of every endpoint a second apart: the meter is known and its filter settled."""
+    for _ in range(n):
+        await agent.poll_all()
+        clock.advance(1)
+
+
 async def serve_plant(cfg: SiteConfig, clock: object, seed: int = 1) -> tuple[SimulatedPlant, asyncio.Task[None]]:
     """Build the plant for `cfg`, serve every endpoint over Modbus TCP, and run its physics on `clock`."""
     plant = SimulatedPlant.build(cfg.devices, peak_kw=cfg.contract.peak_kw, meter_name=cfg.site.meter, seed=seed)

@@ -19,8 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from agent.config.model import SiteConfig
 from agent.platform.clock import ScaledClock
-from tests.conftest import Mosquitto, serve_plant, site_config
+from tests.conftest import Mosquitto, serve_plant, site_config, stop_run
 from tests.helpers import Observer, agent_command, event_payload, write_config
 from tests.integration.test_event_end_to_end import controllable_state
 
@@ -51,6 +52,20 @@ async def reload_status(obs: Observer, result: str, seen: int) -> dict[str, Any]
             await asyncio.sleep(0.05)
 
 
+async def _start(path: Path, clock: ScaledClock, tmp_path: Path) -> tuple[asyncio.subprocess.Process, Path]:
+    """`dr-agent run` on `path` and `clock`, its JSON log lines to tmp_path/agent.log."""
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            *agent_command(path, clock.spec()), stdout=asyncio.subprocess.DEVNULL, stderr=log_file
+        )
+    return proc, log_path
+
+
+def _log(log_path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+
+
 async def test_sighup_mid_event_rejects_invalid_and_applies_valid(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
@@ -62,11 +77,7 @@ async def test_sighup_mid_event_rejects_invalid_and_applies_valid(
     clock = ScaledClock(30.0, origin_sim=datetime(2026, 7, 1, 11, 0, tzinfo=tz).timestamp())
     plant, plant_task = await serve_plant(cfg, clock)
     before = controllable_state(plant)
-    log_path = tmp_path / "agent.log"
-    with log_path.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *agent_command(path, clock.spec()), stdout=asyncio.subprocess.DEVNULL, stderr=log_file
-        )
+    proc, log_path = await _start(path, clock, tmp_path)
     try:
         async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
             await obs.wait_online(20)
@@ -116,12 +127,8 @@ async def test_sighup_mid_event_rejects_invalid_and_applies_valid(
             proc.send_signal(signal.SIGTERM)
             rc = await asyncio.wait_for(proc.wait(), 30)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        plant_task.cancel()
-        await plant.stop()
-    log = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+        await stop_run(proc, plant, plant_task)
+    log = _log(log_path)
     assert rc == 0, log[-20:]
     msgs = [r["msg"] for r in log]
     rejected_line = next(m for m in msgs if "event=config_reload_rejected" in m)
@@ -173,6 +180,19 @@ async def test_apply_config_keeps_busy_devices_and_restart_only_sections(tmp_pat
         await agent.store.close()
 
 
+def _rerated(cfg: SiteConfig, like: str) -> SiteConfig:
+    """The site after a reload that changes storage: ev-1 rated 220 kW, ev-4 removed, and ten
+    chargers ev-new-0..9 (100 kW) added, copied from `like`."""
+    ev = next(d for d in cfg.devices if d.name == like)
+    added = [ev.model_copy(update={"name": f"ev-new-{i}", "rated_kw": 100.0}) for i in range(10)]
+    devices = [
+        d.model_copy(update={"rated_kw": 220.0}) if d.name == "ev-1" else d
+        for d in cfg.devices
+        if d.name != "ev-4"
+    ]
+    return cfg.model_copy(update={"devices": [*devices, *added]})
+
+
 async def test_a_reload_applies_new_deadbands_and_the_retention_plan_to_storage(tmp_path: Path) -> None:
     """In process, on the agent's own SQLite file: a rating changed, a device added and one
     removed by a reload are stored under the new deadbands at once, and the retention plan for
@@ -185,14 +205,7 @@ async def test_a_reload_applies_new_deadbands_and_the_retention_plan_to_storage(
 
     base = site_config(1883, tmp_path)
     cfg = base.model_copy(update={"storage": base.storage.model_copy(update={"max_mb": 64})})
-    ev = next(d for d in cfg.devices if d.name == "ev-1")
-    added = [ev.model_copy(update={"name": f"ev-new-{i}", "rated_kw": 100.0}) for i in range(10)]
-    devices = [
-        d.model_copy(update={"rated_kw": 220.0}) if d.name == "ev-1" else d
-        for d in cfg.devices
-        if d.name != "ev-4"
-    ]
-    new = cfg.model_copy(update={"devices": [*devices, *added]})
+    new = _rerated(cfg, like="ev-1")
     # The plan for 10 other devices keeps 15-minute means 50 days old; the one for 19 does not.
     assert plan_retention(cfg.storage, 10).quarter_days > 50 > plan_retention(cfg.storage, 19).quarter_days
 
@@ -275,11 +288,7 @@ async def test_sighup_that_adds_devices_replans_storage_at_the_next_flush(
     old_quarters = "SELECT COUNT(*) FROM readings_15m WHERE device='chiller-1' AND quarter < ?"
     cutoff = int((clock.now() - 40 * DAY_S) // 900)
     plant, plant_task = await serve_plant(cfg, clock)
-    log_path = tmp_path / "agent.log"
-    with log_path.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *agent_command(path, clock.spec()), stdout=asyncio.subprocess.DEVNULL, stderr=log_file
-        )
+    proc, log_path = await _start(path, clock, tmp_path)
     try:
         async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
             await obs.wait_online(20)
@@ -288,14 +297,7 @@ async def test_sighup_that_adds_devices_replans_storage_at_the_next_flush(
             await asyncio.sleep(1)
             assert _rows(db, old_quarters, cutoff) == [(1,)], "pruned under the plan for 10 devices"
 
-            ev = next(d for d in cfg.devices if d.name == "ev-2")
-            added = [ev.model_copy(update={"name": f"ev-new-{i}", "rated_kw": 100.0}) for i in range(10)]
-            devices = [
-                d.model_copy(update={"rated_kw": 220.0}) if d.name == "ev-1" else d
-                for d in cfg.devices
-                if d.name != "ev-4"
-            ]
-            write_config(cfg.model_copy(update={"devices": [*devices, *added]}), path)
+            write_config(_rerated(cfg, like="ev-2"), path)
             proc.send_signal(signal.SIGHUP)
             await reload_status(obs, "applied", 0)
             # The next flush, minutes of simulated time later (the hourly prune is not due).
@@ -304,12 +306,8 @@ async def test_sighup_that_adds_devices_replans_storage_at_the_next_flush(
             proc.send_signal(signal.SIGTERM)
             rc = await asyncio.wait_for(proc.wait(), 30)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        plant_task.cancel()
-        await plant.stop()
-    log = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+        await stop_run(proc, plant, plant_task)
+    log = _log(log_path)
     assert rc == 0, log[-20:]
     changed = next(r["msg"] for r in log if "event=storage_deadbands_changed" in r["msg"])
     assert "ev-1," in changed and "ev-4," in changed and "ev-new-0" in changed

@@ -12,7 +12,7 @@ import pytest
 
 from agent.platform.clock import ScaledClock
 from agent.platform.store import Store
-from tests.conftest import Mosquitto, serve_plant, site_config
+from tests.conftest import Mosquitto, serve_plant, site_config, stop_run
 from tests.helpers import Observer, agent_command, event_payload, write_config
 from tests.integration.test_event_end_to_end import controllable_state
 
@@ -47,11 +47,7 @@ async def test_sigterm_mid_event_restores_devices_and_says_stopped(
             rc = await asyncio.wait_for(proc.wait(), 30)
             await obs.wait_for(lambda t, b: t.endswith("/status") and b.get("state") == "stopped", 5)
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        plant_task.cancel()
-        await plant.stop()
+        await stop_run(proc, plant, plant_task)
     err = (await proc.stderr.read()).decode() if proc.stderr else ""
     assert rc == 0, err[-2000:]
     after = controllable_state(plant)

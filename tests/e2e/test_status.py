@@ -14,7 +14,7 @@ import pytest
 
 from agent.platform.clock import ScaledClock
 from agent.runtime.statefile import read_state, state_path
-from tests.conftest import Mosquitto, serve_plant, site_config
+from tests.conftest import Mosquitto, serve_plant, site_config, stop_run
 from tests.helpers import Observer, agent_command, dr_agent, event_payload, write_config
 
 pytestmark = pytest.mark.e2e
@@ -84,11 +84,7 @@ async def test_status_and_diagnose_follow_the_running_agent(mosquitto: Mosquitto
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        plant_task.cancel()
-        await plant.stop()
+        await stop_run(proc, plant, plant_task)
 
     stopped, diag = await asyncio.gather(
         cli("status", "-c", str(path)), cli("diagnose", "-c", str(path), "--json")

@@ -14,7 +14,7 @@ from agent.control.actuator import LimitViolation, Shed
 from agent.runtime.daemon import build_devices
 from drivers.codec import Value
 from drivers.device import WriteError
-from tests.conftest import agent_on_plant
+from tests.conftest import agent_on_plant, polled
 
 if TYPE_CHECKING:
     from tests.conftest import Rig
@@ -162,9 +162,7 @@ async def test_a_cycle_sheds_stage_by_stage_each_stage_at_once(tmp_path: Path) -
             "ev-4": "current_limit_a",
         }
         before = await _read_back(cfg, list(roles.items()))
-        for _ in range(3):
-            await agent.poll_all()
-            clock.advance(1)
+        await polled(agent, clock)
         ev = event_payload(
             "stages-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20}
         )

@@ -21,7 +21,7 @@ from agent.platform.clock import ScaledClock
 from agent.runtime.daemon import Agent
 from drivers.device import Device
 from drivers.modbus import ModbusTransport
-from tests.conftest import Mosquitto, agent_on_plant, serve_plant, site_config
+from tests.conftest import Mosquitto, agent_on_plant, polled, serve_plant, site_config
 from tests.helpers import Observer, event_payload
 from tests.integration.test_parallel_shed import _read_back
 
@@ -104,9 +104,7 @@ async def test_an_event_starting_now_reads_its_first_stage_ahead_and_restores_it
 
         agent.actuator.read_ahead = spy  # type: ignore[method-assign]
         before = await _read_back(cfg, list(roles.items()))
-        for _ in range(3):
-            await agent.poll_all()
-            clock.advance(1)
+        await polled(agent, clock)
         ev = event_payload(
             "ahead-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20}
         )
@@ -129,9 +127,7 @@ async def test_the_step_is_worked_out_from_the_value_read_ahead_not_a_stale_poll
     async with agent_on_plant(tmp_path) as (cfg, clock, plant, agent):
         before = (await _read_back(cfg, [KEY]))[KEY]
         assert before is not None and before > 50
-        for _ in range(3):
-            await agent.poll_all()
-            clock.advance(1)
+        await polled(agent, clock)
         plant.banks[KEY[0]].set(KEY[1], 40)  # by hand, below the step's 50 %
         await agent.poll_all()
         assert agent.devices[KEY[0]].reading(KEY[1]) == 40
@@ -261,9 +257,7 @@ async def test_a_new_events_first_stage_is_on_the_wire_before_its_contract_decis
     async with agent_on_plant(tmp_path) as (cfg, clock, _plant, agent):
         assert agent.devices["lights-office"].transport is agent.devices[KEY[0]].transport
         before = await _read_back(cfg, list(roles.items()))
-        for _ in range(3):
-            await agent.poll_all()
-            clock.advance(1)
+        await polled(agent, clock)
         bms = cast(ModbusTransport, agent.devices[KEY[0]].transport)
         sent_at_decision: list[int] = []
         real_decide = lifecycle_mod.decide_opt
