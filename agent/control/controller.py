@@ -23,6 +23,7 @@ devices' physics differ.
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -134,14 +135,71 @@ class Held:
     adjustable: bool  # continuous and not adjusted too recently
 
 
-def _stage_groups(options: Sequence[Option]) -> list[list[Option]]:
+class _Stage:
+    """One stage's options as decide() picks from them: in pool order, the fixed-kW ones also
+    sorted by kW, so a best fit costs two bisections instead of a scan of the stage (a stage of
+    N zones is picked from up to N times in one cycle)."""
+
+    def __init__(self, options: Sequence[Option]) -> None:
+        self.stage = options[0].step.stage
+        self.options = list(options)
+        #: (rank in pool order, option): the continuous ones, scanned (they are few).
+        self._continuous = [(r, o) for r, o in enumerate(options) if o.continuous]
+        fixed = sorted(((o.kw, r) for r, o in enumerate(options) if not o.continuous))
+        self._kws = [kw for kw, _ in fixed]
+        self._fixed = [(r, options[r]) for _, r in fixed]
+
+    def best_fit(self, gap: float, room: float, most: float) -> Option | None:
+        """The option whose kW comes closest to `gap` (the first in pool order of equals), among
+        those that fit: continuous ones (set to the gap, within `room`) and fixed ones of at most
+        `most` kW."""
+        best: tuple[float, int, Option] | None = None
+        for r, o in self._continuous:
+            miss = abs(gap - min(o.kw, gap, room))
+            if best is None or (miss, r) < best[:2]:
+                best = (miss, r, o)
+        kws = self._kws
+        fit = bisect.bisect_right(kws, most)
+        below = bisect.bisect_right(kws, gap, 0, fit)
+        # The closest fixed kW are the largest at most the gap and the smallest above it; each is
+        # the first of its equals in pool order (sorted by kW, then rank).
+        near = [] if below == fit else [below]
+        if below:
+            near.append(bisect.bisect_left(kws, kws[below - 1], 0, below))
+        for i in near:
+            r, o = self._fixed[i]
+            miss = abs(gap - kws[i])
+            if best is None or (miss, r) < best[:2]:
+                best = (miss, r, o)
+        return None if best is None else best[2]
+
+    def remove(self, option: Option) -> None:
+        _remove(self.options, option)
+        for i, (_r, o) in enumerate(self._fixed):
+            if o is option:
+                del self._fixed[i], self._kws[i]
+                return
+        self._continuous = [(r, o) for r, o in self._continuous if o is not option]
+
+
+def _stages(options: Sequence[Option]) -> list[_Stage]:
+    """`options` cut where the stage changes (a stage split by the fast-first order is two)."""
     groups: list[list[Option]] = []
     for o in options:
         if groups and groups[-1][0].step.stage == o.step.stage:
             groups[-1].append(o)
         else:
             groups.append([o])
-    return groups
+    return [_Stage(g) for g in groups]
+
+
+def _remove(options: list[Option], option: Option) -> None:
+    """Remove `option` itself: `list.remove` would compare options field by field (dataclass ==)."""
+    for i, o in enumerate(options):
+        if o is option:
+            del options[i]
+            return
+    raise ValueError("option not in the list")
 
 
 def decide(
@@ -214,18 +272,16 @@ def decide(
             slack += sum(h.kw for h in held if h.continuous) + sum(d.kw for d in out if d.action == "adjust")
         # The pool's stage groups, kept as steps are picked (grouped again only when one empties,
         # which may join its neighbours): a stage of 50 devices is not regrouped 50 times.
-        groups = _stage_groups(pool)
+        groups = _stages(pool)
+        why_add = f"{predicted_kw:.1f} kW predicted, aiming at {aim:.1f} kW"
         while gap > deadband_kw / 2 and pool:
             pick: Option | None = None
-            picked_from: list[Option] | None = None
+            picked_from: _Stage | None = None
             # Continuous ones are set to the gap. Stages in order; within a stage, the best fit.
             most = min(gap + slack, room)
             for group in groups:
-                fits = [o for o in group if o.continuous or o.kw <= most]
-                if fits:
-                    pick = min(
-                        fits, key=lambda o: abs(gap - (min(o.kw, gap, room) if o.continuous else o.kw))
-                    )
+                pick = group.best_fit(gap, room, most)
+                if pick is not None:
                     picked_from = group
                     break
             if pick is None and aim - gap < lo + deadband_kw:
@@ -233,20 +289,16 @@ def decide(
                 pick = next((o for o in pool if o.kw <= room), None)
             if pick is None:
                 break
-            pool.remove(pick)
-            if picked_from is not None and len(picked_from) > 1:
+            _remove(pool, pick)
+            if picked_from is not None and len(picked_from.options) > 1:
                 picked_from.remove(pick)
             else:
-                groups = _stage_groups(pool)
+                groups = _stages(pool)
             kw = min(pick.kw, gap, room) if pick.continuous else pick.kw
             if kw <= 0:
                 continue
             depth = kw / pick.kw if pick.continuous and pick.kw > 0 else 1.0
-            out.append(
-                Decision(
-                    "add", f"{predicted_kw:.1f} kW predicted, aiming at {aim:.1f} kW", pick.step, depth, kw
-                )
-            )
+            out.append(Decision("add", why_add, pick.step, depth, kw))
             gap -= kw
             room -= kw
         if not at_stake:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from agent.control.controller import Decision, Held, Option, aim_kw, decide
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.control.controller import Decision, Held, Option, _Stage, aim_kw, decide
 from strategies.engine import Step
 from strategies.model import LightingAction, StorageAction
 
@@ -120,3 +123,39 @@ def test_aim_stays_inside_the_band_with_a_margin() -> None:
     assert aim_kw(10.0, BAND, 5.0) == 65.0  # below the band: lifted to lo + 10 % of the width
     assert aim_kw(500.0, BAND, 5.0) == 185.0
     assert aim_kw(100.0, BAND, 5.0) == 100.0
+
+
+def _best_fit_by_scan(group: list[Option], gap: float, room: float, most: float) -> Option | None:
+    """The best fit as decide() first wrote it, kept as the oracle: a scan of the whole stage."""
+    fits = [o for o in group if o.continuous or o.kw <= most]
+    if not fits:
+        return None
+    return min(fits, key=lambda o: abs(gap - (min(o.kw, gap, room) if o.continuous else o.kw)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kws=st.lists(
+        st.tuples(st.sampled_from([0.5, 1.0, 2.0, 2.5, 4.0, 7.0, 10.0]), st.booleans()),
+        min_size=1,
+        max_size=25,
+    ),
+    picks=st.lists(
+        st.tuples(st.floats(0.0, 60.0), st.floats(0.0, 80.0), st.floats(0.0, 80.0)), min_size=1, max_size=30
+    ),
+)
+def test_the_best_fit_of_a_stage_is_the_scan_s_pick_of_the_same_options(
+    kws: list[tuple[float, bool]], picks: list[tuple[float, float, float]]
+) -> None:
+    """The bisected best fit (a stage picked from many times in one cycle) picks exactly what a scan
+    of the stage would, ties to the first in pool order, through picks that remove what they pick."""
+    options = [Option(step(i, kw), kw, continuous) for i, (kw, continuous) in enumerate(kws)]
+    stage = _Stage(options)
+    left = list(options)
+    for gap, room, most in picks:
+        expected = _best_fit_by_scan(left, gap, room, most)
+        assert stage.best_fit(gap, room, most) is expected
+        if expected is not None:
+            stage.remove(expected)
+            left = [o for o in left if o is not expected]
+        assert stage.options == left
