@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
@@ -111,6 +112,30 @@ class EventRecord:
         return self.effective_start - self.event.start_ts
 
 
+def _closed(r: EventRecord) -> bool:
+    """Final, its control over and nothing left to settle: nothing of it changes any more."""
+    return (
+        r.state in FINAL_STATES and not r.settle_pending and (r.control is None or r.control.phase == "done")
+    )
+
+
+def _ledger_entry(r: EventRecord) -> LedgerEntry | None:
+    """How the ledger counts `r`, or None if it does not (opted out, or cancelled before it ran)."""
+    ran = r.ended_ts is not None or r.control is not None or (r.runtime or {}).get("baseline_kw") is not None
+    if r.opt.opt != "in" and not ran:
+        return None
+    if r.state == State.CANCELLED and not ran:
+        return None
+    if r.state in (State.FAR, State.NEAR):
+        state = "planned"
+    elif r.state in (State.CANCELLED, State.SUPERSEDED, State.OPTED_OUT):
+        state = "cancelled"
+    else:
+        state = str(r.state)
+    end = r.ended_ts if r.ended_ts is not None else r.event.end_ts
+    return LedgerEntry(r.event.event_id, r.event.program, r.event.start_ts, end, state, r.event.test_event)
+
+
 class EventLifecycle:
     """Every event the agent knows, and each state change of them (published and persisted)."""
 
@@ -146,6 +171,9 @@ class EventLifecycle:
         self._answered_after_begin: set[str] = set()
         #: program -> (the config it was worked out from, its strategy's first stage as (device, role)).
         self._first_stage: dict[str, tuple[SiteConfig, list[tuple[str, str]]]] = {}
+        #: event id -> (what they were worked out from, its ledger entry, its control period) of a
+        #: closed event (`_closed`): worked out once, not on every event that arrives.
+        self._closed_facts: dict[str, tuple[tuple[Any, ...], LedgerEntry | None, Period | None]] = {}
         #: Stored events `load` could not read (a newer or broken payload), for `_control_periods`.
         self._unreadable_rows: list[dict[str, Any]] = []
         self._rng = random.Random()
@@ -234,29 +262,34 @@ class EventLifecycle:
     def ledger(self) -> Ledger:
         """What the opted-in events used: planned ones, running ones, and those that ran (even cut short)."""
         entries = []
+        cfg = self.cfg
         for r in self.events.values():
-            ran = (
-                r.ended_ts is not None
-                or r.control is not None
-                or (r.runtime or {}).get("baseline_kw") is not None
-            )
-            if r.opt.opt != "in" and not ran:
-                continue
-            if r.state == State.CANCELLED and not ran:
-                continue
-            if r.state in (State.FAR, State.NEAR):
-                state = "planned"
-            elif r.state in (State.CANCELLED, State.SUPERSEDED, State.OPTED_OUT):
-                state = "cancelled"
-            else:
-                state = str(r.state)
-            end = r.ended_ts if r.ended_ts is not None else r.event.end_ts
-            entries.append(
-                LedgerEntry(
-                    r.event.event_id, r.event.program, r.event.start_ts, end, state, r.event.test_event
-                )
-            )
-        return Ledger(self.cfg.contract, self.tz, entries)
+            e = self._facts(r, cfg)[0] if _closed(r) else _ledger_entry(r)
+            if e is not None:
+                entries.append(e)
+        return Ledger(cfg.contract, self.tz, entries)
+
+    def _facts(self, r: EventRecord, cfg: SiteConfig) -> tuple[LedgerEntry | None, Period | None]:
+        """A closed event's ledger entry and control period, worked out once: again only if what
+        they come from was replaced (the record, its event, decision or stored runtime, the config:
+        the period's recovery window may be its strategy's)."""
+        got = self._closed_facts.get(r.event.event_id)
+        if got is not None:
+            k = got[0]
+            if (
+                k[0] is r
+                and k[1] is r.event
+                and k[2] is r.opt
+                and k[3] is r.runtime
+                and k[4] is r.state
+                and k[5] is r.ended_ts
+                and k[6] is cfg
+            ):
+                return got[1], got[2]
+        source = (r, r.event, r.opt, r.runtime, r.state, r.ended_ts, cfg)
+        got = (source, _ledger_entry(r), self._control_period(r))
+        self._closed_facts[r.event.event_id] = got
+        return got[1], got[2]
 
     async def handle_event(self, ev: DrEvent) -> None:
         now = self.clock.now()
@@ -848,22 +881,31 @@ class EventLifecycle:
     def _control_periods(self, before: float, exclude_event: str) -> list[Period]:
         """Earlier events' control and recovery periods (`control_periods`), from the events in
         memory (every stored one: `load` reads them all) instead of reading every stored event."""
-        rows = [
-            {
-                "event_id": r.event.event_id,
-                "opt": r.opt.opt,
-                "runtime": r.runtime,
-                "span": (r.event.end_ts, r.event.recovery_s, r.event.program),
-            }
-            for r in self.events.values()
-            if r.opt.opt == "in" and (r.runtime or {}).get("control_start") is not None
-        ]
-        return control_periods(
-            [*self._unreadable_rows, *rows],
-            before,
-            exclude_event,
-            lambda p: self.cfg.strategy_for(p).restore.rebound_window_s,
-        )
+        periods = control_periods(self._unreadable_rows, before, exclude_event, self._rebound_window)
+        cfg = self.cfg
+        for r in self.events.values():
+            if r.event.event_id == exclude_event:
+                continue
+            p = self._facts(r, cfg)[1] if _closed(r) else self._control_period(r)
+            if p is not None and p[0] < before:
+                periods.append(p)
+        return periods
+
+    def _control_period(self, r: EventRecord) -> Period | None:
+        """The control and recovery period of `r`, if it ran control (`control_periods`)."""
+        if r.opt.opt != "in" or (r.runtime or {}).get("control_start") is None:
+            return None
+        row = {
+            "event_id": r.event.event_id,
+            "opt": r.opt.opt,
+            "runtime": r.runtime,
+            "span": (r.event.end_ts, r.event.recovery_s, r.event.program),
+        }
+        got = control_periods([row], math.inf, "", self._rebound_window)
+        return got[0] if got else None
+
+    def _rebound_window(self, program: str) -> float:
+        return self.cfg.strategy_for(program).restore.rebound_window_s
 
     async def settle(self, rec: EventRecord, end: float | None = None) -> None:
         """Settle `rec` (agent/settlement/books.py computes the record), store it and publish it with the year to date."""

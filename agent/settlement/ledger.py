@@ -9,6 +9,7 @@ contract period's. `summary()` is what `dr-agent report --year` prints.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -66,6 +67,12 @@ class Participation:
         }
 
 
+@functools.lru_cache(maxsize=4096)
+def _local_day(ts: float, tz: ZoneInfo) -> date:
+    """The local date of `ts`: each limit walks every event of the year, on every event that arrives."""
+    return datetime.fromtimestamp(ts, tz).date()
+
+
 class Ledger:
     """Counts over the opted-in events; test events and events cancelled before they began do not count."""
 
@@ -75,7 +82,7 @@ class Ledger:
         self.entries = [e for e in entries if not e.test]
 
     def _day(self, ts: float) -> date:
-        return datetime.fromtimestamp(ts, self.tz).date()
+        return _local_day(ts, self.tz)
 
     def _program(self, program: str | None) -> list[LedgerEntry]:
         return [e for e in self.entries if program is None or e.program == program]
