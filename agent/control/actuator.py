@@ -23,11 +23,12 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agent.platform.store import AsyncStore, JournalEntry
+from drivers.actions import NotApplicable
 from drivers.device import Device, RawRegisters, Snapshot, WriteError
 from strategies.engine import within_limits
 
@@ -42,28 +43,75 @@ class LimitViolation(Exception):
     """A write would breach a device's configured comfort/safety limit: never sent."""
 
 
+#: A shed's value worked out from the device's pre-event value (a dim level or a setpoint relative
+#: to it); raises NotApplicable when there is nothing to shed.
+ValueOf = Callable[[float | None], float | bool]
+
+#: A journal row: (device, role, original, written, event_id, step, original_raw).
+JournalRow = tuple[str, str, float | None, float, str | None, str | None, str | None]
+
+#: Why `shed_many` may refuse one shed and go on with the others.
+REFUSALS = (LimitViolation, WriteError, NotApplicable)
+
+
 @dataclass(frozen=True)
 class Shed:
-    """One shed write of `Actuator.shed_many`: `value` to `role` of `device`, for `event_id`'s `step`."""
+    """One shed write of `Actuator.shed_many`: `value` to `role` of `device`, for `event_id`'s `step`.
+
+    `value` is fixed, or worked out from the pre-event value as soon as that is known (`ValueOf`)."""
 
     device: str
     role: str
-    value: float | bool
+    value: float | bool | ValueOf
     event_id: str | None
     step: str
 
+    def value_for(self, original: float | None) -> float | bool:
+        return self.value(original) if callable(self.value) else self.value
 
-@dataclass(frozen=True)
-class Originals:
-    """What `Actuator.originals` found for several (device, role), for `shed_many` to reuse."""
 
-    #: Per key asked, the pre-event value.
-    values: list[float | None]
-    #: The open journal entries, by (device, role).
-    open_entries: Mapping[tuple[str, str], JournalEntry]
-    #: The current values read ahead, by (device, role), with the device's write count when the
-    #: read started: a shed takes one only if nothing was written to the device since.
-    read: Mapping[tuple[str, str], tuple[int, Snapshot]]
+class _JournalBatches:
+    """Journal rows written as they come, in as few transactions as the database thread allows.
+
+    The first row goes at once; rows that come while its transaction is under way go together in
+    the next. A shed waits for its own row only, so a device whose original is in is written while
+    slower devices are still being read, and the journal still holds each original before its write.
+    """
+
+    def __init__(self, store: AsyncStore) -> None:
+        self._store = store
+        self._waiting: list[tuple[JournalRow, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, row: JournalRow) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((row, done))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="journal batches")
+        await done
+
+    async def _write(self) -> None:
+        batch: list[tuple[JournalRow, asyncio.Future[None]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    await self._store.journal_record_many([row for row, _ in batch])
+                except Exception as exc:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc)
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            # Cancelled (the agent stopping): whoever still waits is not journalled, so not written.
+            for _, done in batch + self._waiting:
+                if not done.done():
+                    done.cancel()
+            self._waiting = []
+            self._writer = None
 
 
 def fail_safe_of(dev: Device) -> str:
@@ -91,6 +139,7 @@ class Actuator:
         self._ahead: dict[tuple[str, str], tuple[float, int, asyncio.Task[Snapshot]]] = {}
         #: The open journal read with them: (when, the store's journal changes then, the read).
         self._ahead_journal: tuple[float, int, asyncio.Task[list[JournalEntry]]] | None = None
+        self._journal = _JournalBatches(store)
 
     def read_ahead(self, keys: Iterable[tuple[str, str]]) -> int:
         """Start reading, now, the current values sheds of these (device, role) would replace: an
@@ -172,26 +221,20 @@ class Actuator:
     async def original(self, device: str, role: str) -> float | None:
         """The pre-event value: the open journal entry's original if shed, else the value read
         ahead, else the latest reading (`originals` for one)."""
-        return (await self.originals([(device, role)])).values[0]
+        return (await self.originals([(device, role)]))[0]
 
-    async def originals(self, keys: Sequence[tuple[str, str]]) -> Originals:
+    async def originals(self, keys: Sequence[tuple[str, str]]) -> list[float | None]:
         """The pre-event value of several (device, role) at once, in one read of the journal: the
-        open entry's original if shed, else the value read ahead, else the latest reading; with
-        the open entries and the values read ahead, for `shed_many` to reuse."""
+        open entry's original if shed, else the value read ahead, else the latest reading."""
         # The journal is read while the reads ahead come in (or was read with them), not after.
         journal = asyncio.ensure_future(self._open_journal())
         try:
             ahead = await self._ahead_snapshots(keys)
         finally:
             entries = await journal
-        open_by_key: dict[tuple[str, str], JournalEntry] = {}
-        for e in entries:
-            open_by_key.setdefault((e.device, e.role), e)
+        open_by_key = _by_key(entries)
         out: list[float | None] = []
-        read: dict[tuple[str, str], tuple[int, Snapshot]] = {}
         for k, snap in zip(keys, ahead, strict=True):
-            if snap is not None:
-                read[k] = snap
             if k in open_by_key:
                 out.append(open_by_key[k].original)
             else:
@@ -199,17 +242,14 @@ class Actuator:
                 # journal: the step's value is worked out from the same original (a zone
                 # un-dimmed by hand a moment ago is dimmed, not skipped as "already dimmed").
                 out.append(snap[1].value if snap is not None else self.devices[k[0]].reading(k[1]))
-        return Originals(out, open_by_key, read)
+        return out
 
     async def shed(
         self, device: str, role: str, value: float | bool, event_id: str | None, step: str
     ) -> float:
         """Journal the original, then write `value` and read it back. Returns the read-back value."""
         dev = self.devices[device]
-        problem = within_limits(dev, role, value)
-        if problem:
-            self.limit_refusals += 1
-            raise LimitViolation(f"device {device}: {problem}")
+        self._check_limits(dev, role, value)
         entries = await self.store.journal_open(device, role)
         if not entries:
             # Never shed what could not be put back: read it fresh, check it, keep its exact registers.
@@ -235,112 +275,82 @@ class Actuator:
         log.info("event_id=%s device=%s step=%s action=shed %s=%s", event_id, device, step, role, value)
         return back
 
-    async def shed_many(
-        self, sheds: Sequence[Shed], found: Originals | None = None
-    ) -> list[float | BaseException]:
-        """Several sheds at once (a stage entering): each device's original read fresh in
-        parallel, every original journalled in one transaction, then every write in parallel.
+    async def shed_many(self, sheds: Sequence[Shed]) -> list[float | BaseException]:
+        """Several sheds at once (a stage entering), each device on its own as soon as it answers:
+        its current value read fresh (or as read ahead), journalled as its original, then written
+        and read back, while slower devices are still being read. Originals that come in together
+        share one transaction (`_JournalBatches`); the journal holds each before its write goes out.
+        A (device, role) shed already keeps its journalled original and is not read. Two sheds of
+        one (device, role) go one after the other.
 
-        The journal still holds each original before its write goes out; nothing but that one
-        transaction sits between the reads and the writes. Two sheds of one (device, role) go
-        one after the other. `found` is what `originals` just found for them: its open journal and
-        values read ahead are used as they are (no database trip, no second wait), else the
-        journal is read here. Returns, per shed, the read-back value or the exception that
-        refused it (LimitViolation, WriteError), like `shed` raises.
+        Returns, per shed, the read-back value or the exception that stopped it: a refusal
+        (REFUSALS: a limit, a device that cannot be read, written or put back, nothing to shed), or
+        a database error, for which that shed was not written (the caller books the others first).
         """
         keys = [(s.device, s.role) for s in sheds]
         if len(set(keys)) != len(keys):
             out: list[float | BaseException] = []
             for s in sheds:
                 try:
-                    out.append(await self.shed(s.device, s.role, s.value, s.event_id, s.step))
-                except (LimitViolation, WriteError) as exc:
+                    value = (
+                        s.value_for(await self.original(s.device, s.role)) if callable(s.value) else s.value
+                    )
+                    out.append(await self.shed(s.device, s.role, value, s.event_id, s.step))
+                except (*REFUSALS, sqlite3.Error) as exc:
                     out.append(exc)
             return out
-        results: list[float | BaseException | None] = [None] * len(sheds)
-        for i, s in enumerate(sheds):
-            problem = within_limits(self.devices[s.device], s.role, s.value)
-            if problem:
-                self.limit_refusals += 1
-                results[i] = LimitViolation(f"device {s.device}: {problem}")
-        todo = [i for i, r in enumerate(results) if r is None]
-        if found is None:
-            found = await self.originals([])
-        open_by_key = found.open_entries
+        open_by_key = _by_key(await self._open_journal())
+        results = await asyncio.gather(
+            *(self._shed_one(s, open_by_key.get(k)) for s, k in zip(sheds, keys, strict=True)),
+            return_exceptions=True,
+        )
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, (*REFUSALS, sqlite3.Error)):
+                raise r
+        return results
 
-        # Per shed: None if shed already (its journalled original stands), else its current value,
-        # as `found` read it ahead if nothing was written to the device since, else read now.
-        snaps: list[Snapshot | BaseException | None] = []
-        reads: list[int] = []
-        for i in todo:
-            key = (sheds[i].device, sheds[i].role)
-            pre = found.read.get(key)
-            if key in open_by_key:
-                snaps.append(None)
-            elif pre is not None and pre[0] == self.devices[key[0]].write_count:
-                self._ahead.pop(key, None)
-                snaps.append(pre[1])
-            else:
-                reads.append(len(snaps))
-                snaps.append(None)
-        if reads:
-            got = await asyncio.gather(
-                *(self._snapshot(sheds[todo[j]].device, sheds[todo[j]].role) for j in reads),
-                return_exceptions=True,
-            )
-            for j, res in zip(reads, got, strict=True):
-                snaps[j] = res
-        rows: list[tuple[str, str, float | None, float, str | None, str | None, str | None]] = []
-        firsts: set[int] = set()
-        go: list[int] = []
-        for i, sn in zip(todo, snaps, strict=True):
-            s = sheds[i]
-            if isinstance(sn, BaseException):
-                if not isinstance(sn, WriteError):
-                    raise sn
-                results[i] = sn
-                continue
-            key = (s.device, s.role)
-            if sn is None:
-                original = open_by_key[key].original
-                rows.append((s.device, s.role, original, float(s.value), s.event_id, s.step, None))
-            else:
-                original = sn.value
-                rows.append(
-                    (s.device, s.role, original, float(s.value), s.event_id, s.step, json.dumps(sn.raw))
-                )
-                self._raw_originals.setdefault(key, sn.raw)
-                firsts.add(i)
-            self._originals.setdefault(key, original)
-            go.append(i)
-        if rows:
-            await self.store.journal_record_many(rows)
+    async def _shed_one(self, s: Shed, entry: JournalEntry | None) -> float:
+        """One shed of `shed_many`: `entry` is its open journal entry if shed already."""
+        dev = self.devices[s.device]
+        key = (s.device, s.role)
+        value = None if callable(s.value) else s.value
+        if value is not None:
+            self._check_limits(dev, s.role, value)  # a fixed value is checked before any read
+        snap = None
+        original: float | None
+        if entry is None:
+            # Never shed what could not be put back: read it fresh, check it, keep its exact registers.
+            snap = await self._snapshot(s.device, s.role)
+            original = snap.value
+        else:
+            original = entry.original
+        if value is None:
+            value = s.value_for(original)
+            self._check_limits(dev, s.role, value)
+        raw = None if snap is None else json.dumps(snap.raw)
+        await self._journal.record((s.device, s.role, original, float(value), s.event_id, s.step, raw))
+        if snap is not None:
+            self._raw_originals.setdefault(key, snap.raw)
+        self._originals.setdefault(key, original)
+        try:
+            back = await dev.write_role(s.role, value)
+        except WriteError:
+            if snap is not None:
+                # The write may have reached the device (its answer lost with the connection):
+                # put the original back now, or as soon as the device answers (failed_restores).
+                await self.restore(s.device, s.role, "shed write failed: undone", s.event_id)
+            raise
+        self.writes += 1
+        log.info(
+            "event_id=%s device=%s step=%s action=shed %s=%s", s.event_id, s.device, s.step, s.role, value
+        )
+        return back
 
-        async def write(i: int) -> float:
-            s = sheds[i]
-            try:
-                back = await self.devices[s.device].write_role(s.role, s.value)
-            except WriteError:
-                if i in firsts:
-                    await self.restore(s.device, s.role, "shed write failed: undone", s.event_id)
-                raise
-            self.writes += 1
-            log.info(
-                "event_id=%s device=%s step=%s action=shed %s=%s",
-                s.event_id,
-                s.device,
-                s.step,
-                s.role,
-                s.value,
-            )
-            return back
-
-        backs = await asyncio.gather(*(write(i) for i in go), return_exceptions=True)
-        for i, b in zip(go, backs, strict=True):
-            if isinstance(b, BaseException) and not isinstance(b, WriteError):
-                raise b
-            results[i] = b
-        return [r if r is not None else WriteError("not attempted") for r in results]
+    def _check_limits(self, dev: Device, role: str, value: float | bool) -> None:
+        problem = within_limits(dev, role, value)
+        if problem:
+            self.limit_refusals += 1
+            raise LimitViolation(f"device {dev.name}: {problem}")
 
     async def restore(self, device: str, role: str, reason: str, event_id: str | None = None) -> bool:
         """Write back the journalled original. Returns True if the device took it (or nothing was open)."""
@@ -485,6 +495,14 @@ class Actuator:
                     f"left shed {role} ({reason}); its own fail-safe: {fail_safe}", event_id, device
                 )
         return [f"{device}.{role}" for device, role, _ in failed]
+
+
+def _by_key(entries: Iterable[JournalEntry]) -> dict[tuple[str, str], JournalEntry]:
+    """Open journal entries by (device, role), the first of each."""
+    out: dict[tuple[str, str], JournalEntry] = {}
+    for e in entries:
+        out.setdefault((e.device, e.role), e)
+    return out
 
 
 def _quiet(task: asyncio.Future[Any]) -> None:

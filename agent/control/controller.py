@@ -35,7 +35,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from agent.config.model import ControlConfig
-from agent.control.actuator import Actuator, LimitViolation, Shed
+from agent.control.actuator import REFUSALS, Actuator, LimitViolation, Shed
 from agent.platform.logs import FailureLog
 from drivers.device import Device, WriteError
 from strategies.engine import NotApplicable, Step, shed_value
@@ -959,32 +959,53 @@ class Controller:
     async def _add_many(
         self, ev: EventControl, adds: list[Decision], now: float, load_kw: float | None
     ) -> None:
-        """Several adds of one cycle (a stage entering) at once: the devices' originals read in
-        parallel, journalled in one transaction, written in parallel (Actuator.shed_many), so
-        the last device of a stage is not written after every other one's round trips."""
-        steps = [d.step for d in adds if d.step is not None]
-        found = await self.actuator.originals([(st.device, st.role) for st in steps])
-        ready: list[tuple[Decision, ActiveStep, float | bool]] = []
-        for d, original in zip(adds, found.values, strict=True):
+        """Several adds of one cycle (a stage entering) at once (Actuator.shed_many): each device
+        is journalled and written as soon as its original is read, so no device waits for the
+        slowest one's round trip. A step's value is worked out from its own original.
+
+        A device the database could not journal is not written and its step stays a candidate:
+        the others are booked, then the error holds the cycle (the control loop tries again)."""
+        prepared: dict[int, ActiveStep] = {}
+
+        def value_of(i: int, d: Decision) -> Callable[[float | None], float | bool]:
             assert d.step is not None
-            try:
-                a, value = self._prepare_add(d.step, now, load_kw, d.depth, original)
-            except NotApplicable as exc:
-                self._skip(ev, d.step, exc)
-                continue
-            ready.append((d, a, value))
+            step = d.step
+
+            def work_out(original: float | None) -> float | bool:
+                a, value = self._prepare_add(step, now, load_kw, d.depth, original)
+                prepared[i] = a
+                return value
+
+            return work_out
+
+        sheds = [
+            Shed(d.step.device, d.step.role, value_of(i, d), ev.event_id, d.step.id)
+            for i, d in enumerate(adds)
+            if d.step is not None
+        ]
         if ev.test_event:
-            results: list[float | BaseException] = [0.0] * len(ready)
+            # Nothing is written: each value is worked out from the original all the same.
+            results: list[float | BaseException] = []
+            originals = await self.actuator.originals([(s.device, s.role) for s in sheds])
+            for s, original in zip(sheds, originals, strict=True):
+                try:
+                    s.value_for(original)
+                    results.append(0.0)
+                except NotApplicable as exc:
+                    results.append(exc)
         else:
-            results = await self.actuator.shed_many(
-                [Shed(a.step.device, a.step.role, value, ev.event_id, a.step.id) for _, a, value in ready],
-                found,
-            )
-        for (d, a, _), r in zip(ready, results, strict=True):
-            if isinstance(r, BaseException):
-                self._skip(ev, a.step, r if isinstance(r, Exception) else WriteError(str(r)))
+            results = await self.actuator.shed_many(sheds)
+        held: BaseException | None = None
+        for i, (d, r) in enumerate(zip(adds, results, strict=True)):
+            assert d.step is not None
+            if isinstance(r, REFUSALS):
+                self._skip(ev, d.step, r)
+            elif isinstance(r, BaseException):
+                held = held or r
             else:
-                await self._added(ev, a, now, d.kw)
+                await self._added(ev, prepared[i], now, d.kw)
+        if held is not None:
+            raise held
 
     def _adjust_log(self, event_id: str, step_id: str) -> FailureLog:
         key = f"{event_id}/{step_id}"

@@ -12,6 +12,7 @@ endpoint misbehave the way field gateways do, and change it mid-run:
 - `drop_write` forward a write to the device, then close the connection instead of answering it
   (the device applied it; the agent never heard): for the next `drop_writes` writes, then `pass`.
 
+`delay_s` holds every request that long before it goes on (a slow gateway: a serial bus behind it).
 `requests`, `writes` and `dropped` count what went through, for the test's assertions.
 """
 
@@ -40,6 +41,7 @@ class ModbusFaultProxy:
         self.mode: Mode = "pass"
         self.exception_code = 4
         self.drop_writes = 0
+        self.delay_s = 0.0
         self.requests = 0
         self.writes = 0
         self.dropped = 0
@@ -91,6 +93,8 @@ class ModbusFaultProxy:
                 function = req[7] if len(req) > 7 else 0
                 is_write = function in WRITE_FUNCTIONS
                 self.writes += is_write
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
                 mode = self.mode
                 if mode == "stall":
                     continue  # read and ignore: the client waits for its timeout

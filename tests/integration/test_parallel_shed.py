@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from agent.config.model import SiteConfig
-from agent.control.actuator import LimitViolation, Shed
+from agent.control.actuator import Actuator, LimitViolation, Shed
+from agent.platform.clock import SystemClock
+from agent.platform.store import AsyncStore, Store
 from agent.runtime.daemon import build_devices
 from drivers.codec import Value
 from drivers.device import WriteError
-from tests.conftest import agent_on_plant, polled
+from tests.conftest import agent_on_plant, polled, serve_plant, site_config
+from tests.faults.proxy import ModbusFaultProxy
 
 if TYPE_CHECKING:
     from tests.conftest import Rig
@@ -143,9 +149,9 @@ async def test_a_cycle_sheds_stage_by_stage_each_stage_at_once(tmp_path: Path) -
         batches: list[list[str]] = []
         real_many, real_one = agent.actuator.shed_many, agent.actuator.shed
 
-        async def many(sheds: list[Shed], open_entries: object = None) -> list[float | BaseException]:
+        async def many(sheds: list[Shed]) -> list[float | BaseException]:
             batches.append([s.step for s in sheds])
-            return await real_many(sheds, open_entries)  # type: ignore[arg-type]
+            return await real_many(sheds)
 
         async def one(device: str, role: str, value: float | bool, event_id: str | None, step: str) -> float:
             batches.append([step])
@@ -180,3 +186,77 @@ async def test_a_cycle_sheds_stage_by_stage_each_stage_at_once(tmp_path: Path) -
         assert shed[("lights-office", "level_pct")] == 60
         assert await agent.actuator.restore_all("test over") == []
         assert await _read_back(cfg, list(roles.items())) == before
+
+
+async def test_a_slow_endpoint_holds_back_only_its_own_devices(tmp_path: Path) -> None:
+    """A stage across a fast endpoint and a slow one (a serial bus behind a gateway: 0.5 s a
+    request): the fast endpoint's device is journalled and written while the slow one is still
+    being read, not after it. Both read back shed over Modbus, then restored."""
+    cfg = site_config(1883, tmp_path)
+    plant, task = await serve_plant(cfg, SystemClock())
+    carpark = next(e for e in cfg.modbus.endpoints if e.name == "carpark")
+    proxy = ModbusFaultProxy(carpark.port)
+    port = await proxy.start()
+    endpoints = [
+        e.model_copy(update={"port": port, "timeout_s": 2.0}) if e.name == "carpark" else e
+        for e in cfg.modbus.endpoints
+    ]
+    slow = cfg.model_copy(update={"modbus": cfg.modbus.model_copy(update={"endpoints": endpoints})})
+    store = AsyncStore(Store(tmp_path / "agent.sqlite"))
+    transports, devices = build_devices(slow)
+    keys = [("lights-warehouse", "level_pct"), ("ev-1", "current_limit_a")]
+    try:
+        for d in devices.values():
+            await d.poll()
+        before = await _read_back(cfg, keys)
+        landed: dict[str, float] = {}
+        for name, _role in keys:
+
+            def hook(_key: str, _value: Value, name: str = name) -> None:
+                landed.setdefault(name, time.monotonic())
+
+            plant.banks[name].on_write = hook
+        proxy.delay_s = 0.5
+        t0 = time.monotonic()
+        results = await Actuator(devices, store).shed_many(
+            [
+                Shed("lights-warehouse", "level_pct", 50, "ev-1", "a"),
+                Shed("ev-1", "current_limit_a", 8, "ev-1", "b"),
+            ]
+        )
+        assert results == [50, 8]
+        assert landed["lights-warehouse"] - t0 < 0.3, "the fast device waited for the slow one's read"
+        assert landed["ev-1"] - t0 >= 0.5
+        assert await _read_back(cfg, keys) == {keys[0]: 50, keys[1]: 8}
+        proxy.delay_s = 0.0
+        assert await Actuator(devices, store).restore_all("test over") == []
+        assert await _read_back(cfg, keys) == before
+    finally:
+        for t in transports.values():
+            await t.close()
+        await store.close()
+        await proxy.stop()
+        task.cancel()
+        await plant.stop()
+
+
+async def test_an_original_the_database_cannot_journal_is_not_written(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal write fails (a full disk): no device of the stage is written, each shed says
+    why, and nothing reads back changed over Modbus."""
+    cfg, _plant, _devices, act, store = rig
+    keys = [("lights-warehouse", "level_pct"), ("ev-1", "current_limit_a")]
+    before = await _read_back(cfg, keys)
+
+    def full(*_args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store.sync, "journal_record_many", full)
+    results = await act.shed_many(
+        [Shed("lights-warehouse", "level_pct", 50, "e", "a"), Shed("ev-1", "current_limit_a", 8, "e", "b")]
+    )
+    assert [type(r) for r in results] == [sqlite3.OperationalError, sqlite3.OperationalError]
+    assert await _read_back(cfg, keys) == before
+    monkeypatch.undo()
+    assert await store.journal_open() == []
