@@ -62,6 +62,8 @@ FLUSH_INTERVAL_S = 10.0
 #: The control path failing this many times in a row (no healthy run between) stops the agent
 #: safely: without control nothing would ever end a shed.
 CONTROL_MAX_FAILURES = 5
+#: Longest a new event's first stage holds the polls back (from its reads ahead to its first writes).
+POLL_HOLD_S = 0.25
 
 
 class AgentFailed(Exception):
@@ -96,7 +98,12 @@ class Agent:
             Controller(cfg.control, self.devices, self.actuator, self.tz, on_change=self._control_changed),
             self.actuator,
             self.store,
+            on_read_ahead=self.hold_polls,
         )
+        #: Cleared while a new event's first stage is on its way (`hold_polls`).
+        self._polls_go = asyncio.Event()
+        self._polls_go.set()
+        self._poll_hold: asyncio.TimerHandle | None = None
         self.mqtt: MqttLink | None = None
         #: The OpenADR VEN (agent/openadr/ven.py) when openadr is an event source.
         self.ven: Any = None
@@ -185,6 +192,22 @@ class Agent:
 
     def wake_now(self) -> None:
         self.wake.set()
+
+    def hold_polls(self) -> None:
+        """A new event's first stage is being read: no device starts a poll until its first writes
+        are out (`release_polls`: the control cycle's change hook, or its end), at most POLL_HOLD_S.
+        A poll burst (every device of an endpoint at once) would otherwise put its requests on the
+        endpoints and its replies in the event loop between the event and its writes."""
+        self._polls_go.clear()
+        if self._poll_hold is not None:
+            self._poll_hold.cancel()
+        self._poll_hold = asyncio.get_running_loop().call_later(POLL_HOLD_S, self.release_polls)
+
+    def release_polls(self) -> None:
+        self._polls_go.set()
+        if self._poll_hold is not None:
+            self._poll_hold.cancel()
+            self._poll_hold = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -372,6 +395,8 @@ class Agent:
         cycle; an unavailable one is only retried when its backoff is due (one timeout at most)."""
         for d in sorted(devices, key=lambda d: not d.health.available):
             if d.due():
+                if not self._polls_go.is_set():
+                    await self._polls_go.wait()  # a new event's first stage first (hold_polls)
                 await d.poll()
         now = self.clock.now()
         for d in devices:
@@ -530,6 +555,7 @@ class Agent:
 
     async def _control_changed(self, event_id: str, what: str) -> None:
         """A step added or released: the first stage of a new event is out, its answer may go."""
+        self.release_polls()
         self.lifecycle.first_writes_done(event_id)
 
     async def restore_orphans(self) -> list[str]:
@@ -580,6 +606,7 @@ class Agent:
                 await self.controller.cycle(c, now, load, c.peak_kw or self.cfg.contract.peak_kw, raw_kw=raw)
         finally:
             # An event begun this cycle is persisted and published once its first writes are out.
+            self.release_polls()
             await self.lifecycle.after_cycle()
 
     # -- live reports -------------------------------------------------------------------

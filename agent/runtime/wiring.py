@@ -20,10 +20,18 @@ class ControlActuation:
     """`Actuation` by the controller (releases, staggered restore) and the actuator (writes,
     journal). `controller` may be replaced (the control benchmark's naive variant)."""
 
-    def __init__(self, controller: Controller, actuator: Actuator, store: AsyncStore) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        actuator: Actuator,
+        store: AsyncStore,
+        on_read_ahead: Callable[[], None] | None = None,
+    ) -> None:
         self.controller = controller
         self.actuator = actuator
         self.store = store
+        #: Called when a new event's first stage starts being read (the daemon holds its polls).
+        self.on_read_ahead = on_read_ahead
 
     @property
     def failed_restores(self) -> dict[tuple[str, str], str | None]:
@@ -54,7 +62,10 @@ class ControlActuation:
         return self.controller.deadband_kw(peak_kw)
 
     def read_ahead(self, keys: Iterable[tuple[str, str]]) -> int:
-        return self.actuator.read_ahead(keys)
+        started = self.actuator.read_ahead(keys)
+        if started and self.on_read_ahead is not None:
+            self.on_read_ahead()
+        return started
 
 
 @dataclass

@@ -43,8 +43,10 @@ def meters(transport: ModbusTransport, units: list[int]) -> list[Device]:
 
 async def cycle(devices: list[Device]) -> float:
     """One poll cycle of one endpoint, exactly as the daemon runs it; returns its duration."""
+    polls_go = asyncio.Event()
+    polls_go.set()  # no event's first stage holding the polls
     t0 = time.monotonic()
-    await Agent._poll_endpoint(SimpleNamespace(clock=SystemClock()), devices)  # type: ignore[arg-type]
+    await Agent._poll_endpoint(SimpleNamespace(clock=SystemClock(), _polls_go=polls_go), devices)  # type: ignore[arg-type]
     return time.monotonic() - t0
 
 

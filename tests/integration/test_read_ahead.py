@@ -18,7 +18,7 @@ from agent.control import actuator as actuator_mod
 from agent.control.actuator import Actuator, Shed
 from agent.events.model import parse_event
 from agent.platform.clock import ScaledClock
-from agent.runtime.daemon import Agent
+from agent.runtime.daemon import POLL_HOLD_S, Agent
 from drivers.device import Device
 from drivers.modbus import ModbusTransport
 from tests.conftest import Mosquitto, agent_on_plant, polled, serve_plant, site_config
@@ -288,5 +288,35 @@ async def test_a_new_events_first_stage_is_on_the_wire_before_its_contract_decis
         assert sent_at_decision[-1] - requests >= 1
         await agent.control_cycle(clock.now())
         assert (await _read_back(cfg, [KEY]))[KEY] == 50
+        assert await agent.actuator.restore_all("test over") == []
+        assert await _read_back(cfg, list(roles.items())) == before
+
+
+async def test_a_new_event_holds_the_polls_until_its_first_writes_are_out(tmp_path: Path) -> None:
+    """From a new event's reads ahead to its first writes no device starts a poll: a poll burst
+    would stand on the endpoints and in the event loop between the event and its writes. The
+    hold ends with the cycle that writes the first stage (or by itself after POLL_HOLD_S)."""
+    roles = {"lights-warehouse": "level_pct", "lights-office": "level_pct"}
+    async with agent_on_plant(tmp_path) as (cfg, clock, _plant, agent):
+        before = await _read_back(cfg, list(roles.items()))
+        await polled(agent, clock)
+        ev = event_payload("hold-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+        await agent.handle_event(parse_event(ev))
+        bms = [d for d in agent.devices.values() if d.config.endpoint == "bms"]
+        polls = [d.health.polls for d in bms]
+        poller = asyncio.create_task(agent._poll_endpoint(bms))
+        await asyncio.sleep(0.05)
+        assert [d.health.polls for d in bms] == polls  # held: the event's writes go first
+        await agent.control_cycle(clock.now())
+        shed = await _read_back(cfg, list(roles.items()))
+        assert shed[("lights-warehouse", "level_pct")] == 50
+        await asyncio.wait_for(poller, 5)  # released by the first writes
+        assert all(d.health.polls > n for d, n in zip(bms, polls, strict=True))
+
+        # A refused or stuck event does not hold the polls for longer than POLL_HOLD_S.
+        agent.hold_polls()
+        polls = [d.health.polls for d in bms]
+        await asyncio.wait_for(agent._poll_endpoint(bms), POLL_HOLD_S + 2)
+        assert all(d.health.polls > n for d, n in zip(bms, polls, strict=True))
         assert await agent.actuator.restore_all("test over") == []
         assert await _read_back(cfg, list(roles.items())) == before
