@@ -260,3 +260,36 @@ async def test_an_original_the_database_cannot_journal_is_not_written(
     assert await _read_back(cfg, keys) == before
     monkeypatch.undo()
     assert await store.journal_open() == []
+
+
+async def test_a_cycle_whose_journal_fails_writes_nothing_and_sheds_on_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database cannot journal a stage's originals (a full disk) while an event begins: the
+    cycle fails (the control loop holds it and tries again), no device is written, and no step is
+    skipped for good; once the database takes writes the next cycle sheds them."""
+    from agent.events.model import parse_event
+    from tests.helpers import event_payload
+
+    keys = [("lights-warehouse", "level_pct"), ("lights-office", "level_pct")]
+    async with agent_on_plant(tmp_path) as (cfg, clock, _plant, agent):
+        before = await _read_back(cfg, keys)
+        await polled(agent, clock)
+
+        def full(*_args: object) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(agent.store.sync, "journal_record_many", full)
+        ev = event_payload("full-1", clock.now(), 1800, program="realtime", target={"reduce_pct_of_peak": 20})
+        await agent.handle_event(parse_event(ev))
+        with pytest.raises(sqlite3.OperationalError):
+            await agent.control_cycle(clock.now())
+        assert await _read_back(cfg, keys) == before
+        control = agent.lifecycle.running().control  # type: ignore[union-attr]
+        assert control is not None and control.skipped == {}
+        monkeypatch.undo()
+        await agent.control_cycle(clock.now())
+        shed = await _read_back(cfg, keys)
+        assert shed[keys[0]] == 50 and shed[keys[1]] == 60
+        assert await agent.actuator.restore_all("test over") == []
+        assert await _read_back(cfg, keys) == before
