@@ -52,6 +52,8 @@ JournalRow = tuple[str, str, float | None, float, str | None, str | None, str | 
 
 #: Why `shed_many` may refuse one shed and go on with the others.
 REFUSALS = (LimitViolation, WriteError, NotApplicable)
+#: What `shed_many` returns for a shed instead of raising: a refusal, or the database failing.
+_RETURNED = (*REFUSALS, sqlite3.Error)
 
 
 @dataclass(frozen=True)
@@ -180,10 +182,10 @@ class Actuator:
         entries: list[JournalEntry] = await self.store.journal_open()
         return entries
 
-    async def _ahead_snapshots(self, keys: Sequence[tuple[str, str]]) -> list[tuple[int, Snapshot] | None]:
-        """Per (device, role), the value read ahead, with the device's write count when the read
-        started, if it is still the device's: younger than READ_AHEAD_MAX_AGE_S, read without
-        error, nothing written to the device since it started; else None."""
+    async def _ahead_snapshots(self, keys: Sequence[tuple[str, str]]) -> list[Snapshot | None]:
+        """Per (device, role), the value read ahead if it is still the device's: younger than
+        READ_AHEAD_MAX_AGE_S, read without error, nothing written to the device since it started;
+        else None."""
         now = time.monotonic()
         usable: list[tuple[int, asyncio.Task[Snapshot]] | None] = []
         for device, role in keys:
@@ -197,14 +199,14 @@ class Actuator:
         if waiting:
             # All at once, and not `await task`: a cancelled caller must not cancel the reads.
             await asyncio.wait(waiting)
-        out: list[tuple[int, Snapshot] | None] = []
+        out: list[Snapshot | None] = []
         for (device, _role), u in zip(keys, usable, strict=True):
             if u is None:
                 out.append(None)
                 continue
             writes, task = u
             bad = task.cancelled() or task.exception() is not None
-            out.append(None if bad or self.devices[device].write_count != writes else (writes, task.result()))
+            out.append(None if bad or self.devices[device].write_count != writes else task.result())
         return out
 
     async def _snapshot(self, device: str, role: str) -> Snapshot:
@@ -213,7 +215,7 @@ class Actuator:
         got = (await self._ahead_snapshots([key]))[0]
         ahead = self._ahead.pop(key, None)
         if got is not None:
-            return got[1]
+            return got
         if ahead is not None:
             ahead[2].cancel()
         return await self.devices[device].snapshot(role)
@@ -241,39 +243,18 @@ class Actuator:
                 # A value read ahead is newer than the last poll, and it is what the shed will
                 # journal: the step's value is worked out from the same original (a zone
                 # un-dimmed by hand a moment ago is dimmed, not skipped as "already dimmed").
-                out.append(snap[1].value if snap is not None else self.devices[k[0]].reading(k[1]))
+                out.append(snap.value if snap is not None else self.devices[k[0]].reading(k[1]))
         return out
 
     async def shed(
         self, device: str, role: str, value: float | bool, event_id: str | None, step: str
     ) -> float:
-        """Journal the original, then write `value` and read it back. Returns the read-back value."""
-        dev = self.devices[device]
-        self._check_limits(dev, role, value)
-        entries = await self.store.journal_open(device, role)
-        if not entries:
-            # Never shed what could not be put back: read it fresh, check it, keep its exact registers.
-            snap = await self._snapshot(device, role)
-            original = snap.value
-            await self.store.journal_record(
-                device, role, original, float(value), event_id, step, json.dumps(snap.raw)
-            )
-            self._raw_originals.setdefault((device, role), snap.raw)
-        else:
-            original = entries[0].original
-            await self.store.journal_record(device, role, original, float(value), event_id, step)
-        self._originals.setdefault((device, role), original)
-        try:
-            back = await dev.write_role(role, value)
-        except WriteError:
-            if not entries:
-                # The write may have reached the device (its answer lost with the connection):
-                # put the original back now, or as soon as the device answers (failed_restores).
-                await self.restore(device, role, "shed write failed: undone", event_id)
-            raise
-        self.writes += 1
-        log.info("event_id=%s device=%s step=%s action=shed %s=%s", event_id, device, step, role, value)
-        return back
+        """Journal the original, then write `value` and read it back (`shed_many` for one).
+        Returns the read-back value; raises what refused it."""
+        result = (await self._shed_together([Shed(device, role, value, event_id, step)]))[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def shed_many(self, sheds: Sequence[Shed]) -> list[float | BaseException]:
         """Several sheds at once (a stage entering), each device on its own as soon as it answers:
@@ -288,24 +269,21 @@ class Actuator:
         a database error, for which that shed was not written (the caller books the others first).
         """
         keys = [(s.device, s.role) for s in sheds]
-        if len(set(keys)) != len(keys):
-            out: list[float | BaseException] = []
-            for s in sheds:
-                try:
-                    value = (
-                        s.value_for(await self.original(s.device, s.role)) if callable(s.value) else s.value
-                    )
-                    out.append(await self.shed(s.device, s.role, value, s.event_id, s.step))
-                except (*REFUSALS, sqlite3.Error) as exc:
-                    out.append(exc)
-            return out
+        if len(set(keys)) == len(keys):
+            return await self._shed_together(sheds)
+        out: list[float | BaseException] = []
+        for s in sheds:
+            out += await self._shed_together([s])
+        return out
+
+    async def _shed_together(self, sheds: Sequence[Shed]) -> list[float | BaseException]:
+        """`shed_many` of distinct (device, role): each `_shed_one` on its own, at once."""
         open_by_key = _by_key(await self._open_journal())
         results = await asyncio.gather(
-            *(self._shed_one(s, open_by_key.get(k)) for s, k in zip(sheds, keys, strict=True)),
-            return_exceptions=True,
+            *(self._shed_one(s, open_by_key.get((s.device, s.role))) for s in sheds), return_exceptions=True
         )
         for r in results:
-            if isinstance(r, BaseException) and not isinstance(r, (*REFUSALS, sqlite3.Error)):
+            if isinstance(r, BaseException) and not isinstance(r, _RETURNED):
                 raise r
         return results
 
