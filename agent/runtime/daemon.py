@@ -395,8 +395,7 @@ class Agent:
         cycle; an unavailable one is only retried when its backoff is due (one timeout at most)."""
         for d in sorted(devices, key=lambda d: not d.health.available):
             if d.due():
-                if not self._polls_go.is_set():
-                    await self._polls_go.wait()  # a new event's first stage first (hold_polls)
+                await self._polls_go.wait()  # a new event's first stage goes first (hold_polls)
                 await d.poll()
         now = self.clock.now()
         for d in devices:
