@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
@@ -54,7 +53,7 @@ from agent.events.signing import Verifier
 from agent.platform.clock import Clock
 from agent.settlement.baseline import Period, realtime_baseline
 from agent.settlement.books import EventRun, published
-from agent.settlement.history import control_periods
+from agent.settlement.history import control_period, control_periods
 from agent.settlement.ledger import Ledger, LedgerEntry
 from drivers.device import Device
 from strategies.engine import build_steps
@@ -893,16 +892,10 @@ class EventLifecycle:
 
     def _control_period(self, r: EventRecord) -> Period | None:
         """The control and recovery period of `r`, if it ran control (`control_periods`)."""
-        if r.opt.opt != "in" or (r.runtime or {}).get("control_start") is None:
+        if r.opt.opt != "in" or r.runtime is None:
             return None
-        row = {
-            "event_id": r.event.event_id,
-            "opt": r.opt.opt,
-            "runtime": r.runtime,
-            "span": (r.event.end_ts, r.event.recovery_s, r.event.program),
-        }
-        got = control_periods([row], math.inf, "", self._rebound_window)
-        return got[0] if got else None
+        ev = r.event
+        return control_period(r.runtime, (ev.end_ts, ev.recovery_s, ev.program), self._rebound_window)
 
     def _rebound_window(self, program: str) -> float:
         return self.cfg.strategy_for(program).restore.rebound_window_s

@@ -150,18 +150,26 @@ def control_periods(
         rt = row.get("runtime") or {}
         if row["event_id"] == exclude_event or row.get("opt") != "in" or rt.get("control_start") is None:
             continue
-        # A caller holding the events already gives each row's (end, recovery_s, program) as "span".
-        span = row["span"] if "span" in row else _stored_span(row["payload"])
+        span = _stored_span(row["payload"])
         if span is None:  # a row this version cannot read ran no control we know of
             continue
-        ev_end, ev_recovery, program = span
-        start = float(rt["control_start"])
-        if start >= before:
-            continue
-        end = ev_end if rt.get("ended_ts") is None else min(ev_end, float(rt["ended_ts"]))
-        rec = ev_recovery if ev_recovery > 0 else recovery_s(program)
-        out.append((start, end + rec))
+        period = control_period(rt, span, recovery_s)
+        if period is not None and period[0] < before:
+            out.append(period)
     return out
+
+
+def control_period(
+    runtime: dict[str, Any], span: tuple[float, float, str], recovery_s: Callable[[str], float]
+) -> Period | None:
+    """One event's control and recovery period (`control_periods`) from its runtime and its
+    (end, recovery_s, program); None if it ran no control."""
+    if runtime.get("control_start") is None:
+        return None
+    ev_end, ev_recovery, program = span
+    end = ev_end if runtime.get("ended_ts") is None else min(ev_end, float(runtime["ended_ts"]))
+    rec = ev_recovery if ev_recovery > 0 else recovery_s(program)
+    return float(runtime["control_start"]), end + rec
 
 
 def prune(store: Store, storage: StorageConfig, devices: Iterable[str], meter: str, now: float) -> int:
