@@ -27,10 +27,12 @@ __all__ = [
     "NotApplicable",
     "Step",
     "StepLimits",
+    "StepPlan",
     "build_steps",
     "config_estimate_kw",
     "default_expected_kw",
     "effective_action",
+    "plan_steps",
     "precool_value",
     "resolve_targets",
     "shed_value",
@@ -125,33 +127,60 @@ def default_expected_kw(action: Action, device: Controllable) -> float:
     return action.expected_kw_on(device)
 
 
-def build_steps(strategy: Strategy, devices: Mapping[str, Controllable]) -> list[Step]:
-    """Expand stages x actions x devices into ordered steps; unknown devices raise KeyError."""
-    steps: list[Step] = []
+@dataclass(frozen=True)
+class StepPlan:
+    """A strategy's steps as the config lays them out: their ids, stages, devices, actions as run
+    on each device, and order (stage, then charger priority, then listing). What each step is
+    expected to shed depends on its device when an event begins: `steps()` works that out each
+    time, so a plan is made once per config and strategy (`plan_steps`)."""
+
+    #: (step id, stage, device, the action as written, the action as run on the device), in order.
+    rows: tuple[tuple[str, str, str, Action, Action], ...]
+
+    @property
+    def first_stage(self) -> list[tuple[str, str]]:
+        """(device, role) of the first stage's steps, in order."""
+        if not self.rows:
+            return []
+        first = self.rows[0][1]
+        return [(device, run.shed_role) for _id, stage, device, _a, run in self.rows if stage == first]
+
+    def steps(self, devices: Mapping[str, Controllable]) -> list[Step]:
+        """Fresh steps (the controller changes them during an event), each with its expected kW now."""
+        return [
+            Step(
+                id=step_id,
+                order=i,
+                stage=stage,
+                device=device,
+                action=run,
+                expected_kw=action.expected_kw or default_expected_kw(action, devices[device]),
+            )
+            for i, (step_id, stage, device, action, run) in enumerate(self.rows)
+        ]
+
+
+def plan_steps(strategy: Strategy, devices: Mapping[str, Controllable]) -> StepPlan:
+    """Expand stages x actions x devices into the ordered plan; unknown devices raise KeyError."""
+    rows: list[tuple[str, str, str, Action, Action]] = []
     for stage in strategy.stages:
         for a_i, action in enumerate(stage.actions):
             for name in resolve_targets(action, devices):
                 dev = devices.get(name)
                 if dev is None:
                     raise KeyError(f"strategy {strategy.name}: unknown device {name!r}")
-                expected = action.expected_kw or default_expected_kw(action, dev)
-                steps.append(
-                    Step(
-                        id=f"{stage.name}/{a_i + 1}:{name}",
-                        order=len(steps),
-                        stage=stage.name,
-                        device=name,
-                        action=effective_action(action, dev.config),
-                        expected_kw=expected,
-                    )
-                )
+                run = effective_action(action, dev.config)
+                rows.append((f"{stage.name}/{a_i + 1}:{name}", stage.name, name, action, run))
     # EV chargers of higher priority (fleet vehicles) are shed last within their stage.
     stage_index = {s.name: i for i, s in reversed(list(enumerate(strategy.stages)))}
-    priority = {name: _priority(name, devices) for name in {st.device for st in steps}}
-    steps.sort(key=lambda st: (stage_index[st.stage], priority[st.device], st.order))
-    for i, st in enumerate(steps):
-        st.order = i
-    return steps
+    priority = {name: _priority(name, devices) for name in {row[2] for row in rows}}
+    order = sorted(range(len(rows)), key=lambda i: (stage_index[rows[i][1]], priority[rows[i][2]], i))
+    return StepPlan(tuple(rows[i] for i in order))
+
+
+def build_steps(strategy: Strategy, devices: Mapping[str, Controllable]) -> list[Step]:
+    """Expand stages x actions x devices into ordered steps; unknown devices raise KeyError."""
+    return plan_steps(strategy, devices).steps(devices)
 
 
 def effective_action(action: Action, device_config: Any) -> Action:

@@ -56,7 +56,7 @@ from agent.settlement.books import EventRun, published
 from agent.settlement.history import control_period, control_periods
 from agent.settlement.ledger import Ledger, LedgerEntry
 from drivers.device import Device
-from strategies.engine import build_steps
+from strategies.engine import StepPlan, plan_steps
 
 log = logging.getLogger("dr_agent")
 
@@ -168,8 +168,8 @@ class EventLifecycle:
         #: Begun events whose arrival was waiting for their first writes: `handle_event` persists and
         #: publishes them, as begun, so `after_cycle` does not do it twice.
         self._answered_after_begin: set[str] = set()
-        #: program -> (the config it was worked out from, its strategy's first stage as (device, role)).
-        self._first_stage: dict[str, tuple[SiteConfig, list[tuple[str, str]]]] = {}
+        #: program -> (the config it was made from, its strategy's step plan): made again after a reload.
+        self._plans: dict[str, tuple[SiteConfig, StepPlan]] = {}
         #: event id -> (what they were worked out from, its ledger entry, its control period) of a
         #: closed event (`_closed`): worked out once, not on every event that arrives.
         self._closed_facts: dict[str, tuple[tuple[Any, ...], LedgerEntry | None, Period | None]] = {}
@@ -412,16 +412,19 @@ class EventLifecycle:
         Returns how many reads started."""
         if ev.test_event or control_start > now + self.cfg.control.period_s:
             return 0
+        try:
+            plan = self._plan(ev.program)
+        except KeyError:
+            return 0  # begin says what is wrong with the strategy
+        return self.actuation.read_ahead(plan.first_stage)
+
+    def _plan(self, program: str) -> StepPlan:
+        """The step plan of `program`'s strategy, made once per config (a reload gives a new one)."""
         cfg = self.cfg
-        cached = self._first_stage.get(ev.program)
-        if cached is None or cached[0] is not cfg:  # a reload gives a new config: work it out again
-            try:
-                steps = build_steps(cfg.strategy_for(ev.program), self.devices)
-            except KeyError:
-                return 0  # begin says what is wrong with the strategy
-            keys = [(st.device, st.role) for st in steps if st.stage == steps[0].stage] if steps else []
-            cached = self._first_stage[ev.program] = (cfg, keys)
-        return self.actuation.read_ahead(cached[1])
+        cached = self._plans.get(program)
+        if cached is None or cached[0] is not cfg:
+            cached = self._plans[program] = (cfg, plan_steps(cfg.strategy_for(program), self.devices))
+        return cached[1]
 
     def response(self, rec: EventRecord, **more: Any) -> EventResponse:
         extra: dict[str, Any] = {}
@@ -812,7 +815,7 @@ class EventLifecycle:
             baseline_kw=baseline,
             committed_kw=committed,
             band=self.cfg.contract.band_kw(),
-            steps=build_steps(strategy, self.devices),
+            steps=self._plan(ev.program).steps(self.devices),
             restore_policy=strategy.restore,
             control_start=control_start,
             end=ev.end_ts,
