@@ -581,8 +581,10 @@ class Agent:
         feed = wd / 2 if wd else None
         deadline = time.monotonic() + max(0.001, wait_s)
         while (left := deadline - time.monotonic()) > 0 and not self.wake.is_set():
+            # asyncio.timeout, not wait_for: no task per wait, so a wake-up resumes the loop in one step.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), timeout=min(left, feed) if feed else left)
+                async with asyncio.timeout(min(left, feed) if feed else left):
+                    await self.wake.wait()
             if feed:
                 self.notifier.watchdog()
 
