@@ -632,14 +632,14 @@ class Store:
             with self.transaction():
                 self.db.executemany(insert, values)
             return
-        db.execute("BEGIN IMMEDIATE")
         try:
+            db.execute("BEGIN IMMEDIATE")
             db.executemany(insert, values)
+            db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
+            if db.in_transaction:  # a failed COMMIT too: never leave the write lock held
                 db.execute("ROLLBACK")
             raise
-        db.execute("COMMIT")
 
     def journal_restored(self, device: str, role: str, note: str) -> None:
         with self.transaction():
@@ -805,6 +805,8 @@ class DirectJournal:
             self._store.journal_record_many(rows, self._db)
         except sqlite3.Error as exc:
             log.debug("event=journal_direct_declined error=%r", str(exc))
+            if self._db is not None and self._db.in_transaction:
+                self.close()  # could not even roll back: start again with a new connection
             return False
         return True
 

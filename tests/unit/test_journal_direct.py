@@ -142,3 +142,42 @@ async def test_an_in_memory_store_journals_through_its_thread(tmp_path: Path) ->
         assert [(e.device, e.original) for e in await store.journal_open()] == [("zone-1", 80.0)]
     finally:
         await store.close()
+
+
+def test_a_commit_that_fails_rolls_back_and_leaves_the_write_lock_free(tmp_path: Path) -> None:
+    """COMMIT itself fails (an I/O error): the transaction is rolled back, so the journal's own
+    connection never keeps the write lock the store's thread needs; the next rows go in."""
+    path = tmp_path / "agent.sqlite"
+    store = Store(path)
+    real = sqlite3.connect(path, isolation_level=None)
+
+    class CommitFails:
+        """The journal's connection, but its COMMIT raises (a fake: SQLite offers no such fault)."""
+
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def execute(self, sql: str, *args: object) -> object:
+            self.calls.append(sql)
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("disk I/O error")
+            return real.execute(sql, *args)
+
+        def executemany(self, sql: str, rows: object) -> object:
+            return real.executemany(sql, rows)  # type: ignore[arg-type]
+
+        @property
+        def in_transaction(self) -> bool:
+            return real.in_transaction
+
+    db = CommitFails()
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+            store.journal_record_many([row("zone-1")], db)  # type: ignore[arg-type]
+        assert db.calls == ["BEGIN IMMEDIATE", "COMMIT", "ROLLBACK"]
+        assert not real.in_transaction
+        store.journal_record_many([row("zone-2")])  # the store's connection takes the lock at once
+        assert open_rows(path) == [("zone-2", 80.0)]
+    finally:
+        real.close()
+        store.close()
