@@ -948,6 +948,7 @@ class EventLifecycle:
             body["data_quality"]["status"],
         )
         now = self.clock.now()
+        self.forget_old(now)
         await self.link.send_ledger(await self.books.year_to_date(now))
         p = self.ledger().participation(now)
         if p.warning and p.warning != self.participation_warning:
@@ -1040,6 +1041,33 @@ class EventLifecycle:
             ):
                 # Restarted inside the recovery window (devices back, settlement pending): settle now.
                 rec.settle_pending = True
+        self.forget_old(now)
+
+    def forget_old(self, now: float) -> int:
+        """Forget the events the contract no longer counts: closed (`_closed`), settled or never run,
+        and over before this year and the contract's period began (a day's margin). They stay
+        stored (`dr-agent report` reads them there); each event that arrives walks those in memory
+        (the ledger, the control periods), so an agent that runs for years must not keep them all.
+        Returns how many were forgotten."""
+        local = datetime.fromtimestamp(now, self.tz)
+        first = local.date().replace(month=1, day=1)
+        period = self.cfg.contract.period
+        if period is not None and period.start < first:
+            first = period.start
+        horizon = datetime(first.year, first.month, first.day, tzinfo=self.tz).timestamp() - 86400
+        old = [
+            eid
+            for eid, r in self.events.items()
+            if _closed(r)
+            and (r.settled or _ledger_entry(r) is None)
+            and max(r.event.end_ts, r.ended_ts or 0.0) < horizon
+        ]
+        for eid in old:
+            del self.events[eid]
+            self._closed_facts.pop(eid, None)
+        if old:
+            log.info("event=events_forgotten n=%d before=%s (still stored)", len(old), first.isoformat())
+        return len(old)
 
     async def _resume(self, rec: EventRecord, now: float, entries: list[Any]) -> set[tuple[str, str]]:
         """Carry on a running event: stored baseline and commitment, shed steps from the revert journal."""
