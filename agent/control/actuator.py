@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.platform.store import AsyncStore, JournalEntry
+from agent.platform.store import AsyncStore, JournalEntry, JournalRow
 from drivers.actions import NotApplicable
 from drivers.device import Device, RawRegisters, Snapshot, WriteError
 from strategies.engine import within_limits
@@ -46,9 +46,6 @@ class LimitViolation(Exception):
 #: A shed's value worked out from the device's pre-event value (a dim level or a setpoint relative
 #: to it); raises NotApplicable when there is nothing to shed.
 ValueOf = Callable[[float | None], float | bool]
-
-#: A journal row: (device, role, original, written, event_id, step, original_raw).
-JournalRow = tuple[str, str, float | None, float, str | None, str | None, str | None]
 
 #: Why `shed_many` may refuse one shed and go on with the others.
 REFUSALS = (LimitViolation, WriteError, NotApplicable)

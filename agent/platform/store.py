@@ -115,6 +115,11 @@ class NewerDatabase(RuntimeError):
         self.version = version
 
 
+#: A journal row as `Store.journal_record_many` takes it: (device, role, original, written,
+#: event_id, step, original_raw).
+JournalRow = tuple[str, str, float | None, float | None, str | None, str | None, str | None]
+
+
 @dataclass
 class JournalEntry:
     id: int
@@ -616,7 +621,7 @@ class Store:
 
     def journal_record_many(
         self,
-        rows: Iterable[tuple[str, str, float | None, float | None, str | None, str | None, str | None]],
+        rows: Iterable[JournalRow],
         db: sqlite3.Connection | None = None,
     ) -> None:
         """Record several writes before they are sent, in one transaction:
@@ -775,11 +780,6 @@ class _StoreThread:
         self._thread.join()
 
 
-#: A journal row as `Store.journal_record_many` takes it: (device, role, original, written,
-#: event_id, step, original_raw).
-JournalRow = tuple[str, str, float | None, float | None, str | None, str | None, str | None]
-
-
 class DirectJournal:
     """The revert journal's own connection, used on the event loop's thread for a shed's rows.
 
@@ -843,9 +843,13 @@ class AsyncStore:
         self.journal_changes += 1
         if self._journal_queued == 0 and self._direct is not None and self._direct.record(rows):
             return
+        await self._queued_journal_change(self.sync.journal_record_many, rows)
+
+    async def _queued_journal_change(self, fn: Callable[..., T], *args: Any) -> T:
+        """A journal change on the store's thread, ahead of bookkeeping; counted while queued."""
         self._journal_queued += 1
         try:
-            await self.call(self.sync.journal_record_many, rows, urgent=True)
+            return await self.call(fn, *args, urgent=True)
         finally:
             self._journal_queued -= 1
 
@@ -858,11 +862,7 @@ class AsyncStore:
             if not changes_journal:
                 return await self.call(fn, *args, urgent=urgent)
             self.journal_changes += 1
-            self._journal_queued += 1
-            try:
-                return await self.call(fn, *args, urgent=urgent)
-            finally:
-                self._journal_queued -= 1
+            return await self._queued_journal_change(fn, *args)
 
         return wrapper
 
