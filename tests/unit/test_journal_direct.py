@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,11 +135,22 @@ async def test_a_database_that_cannot_take_the_rows_raises_its_own_error(tmp_pat
         await store.close()
 
 
-async def test_an_in_memory_store_journals_through_its_thread(tmp_path: Path) -> None:
-    """A second connection to ":memory:" would be another database: the rows go to the store's."""
-    store = AsyncStore(Store(":memory:"))
+async def test_an_in_memory_store_journals_through_its_thread() -> None:
+    """A second connection to ":memory:" would be another, empty database: the rows go to the
+    store's own connection, never tried elsewhere first."""
+    sync = Store(":memory:")
+    store = AsyncStore(sync)
+    real = sync.journal_record_many
+    given: list[object] = []
+
+    def record(rows: Any, db: Any = None) -> None:
+        given.append(db)
+        real(rows, db)
+
+    sync.journal_record_many = record  # type: ignore[method-assign]
     try:
         await store.journal_record_many([row("zone-1")])
+        assert given == [None]
         assert [(e.device, e.original) for e in await store.journal_open()] == [("zone-1", 80.0)]
     finally:
         await store.close()
