@@ -872,7 +872,8 @@ class EventLifecycle:
         """Until the control cycle that begins `rec` has sent its first writes, or FIRST_WRITES_WAIT_S."""
         started = self._writes_out[rec.event.event_id] = asyncio.Event()
         try:
-            await asyncio.wait_for(started.wait(), FIRST_WRITES_WAIT_S)
+            async with asyncio.timeout(FIRST_WRITES_WAIT_S):  # no task per event, as wait_for makes
+                await started.wait()
         except TimeoutError:
             log.debug(
                 "event_id=%s event=bookkeeping_not_deferred reason=no_cycle_began_it", rec.event.event_id
