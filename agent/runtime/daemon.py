@@ -22,6 +22,7 @@ import functools
 import gc
 import logging
 import sqlite3
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -64,6 +65,12 @@ FLUSH_INTERVAL_S = 10.0
 CONTROL_MAX_FAILURES = 5
 #: Longest a new event's first stage holds the polls back (from its reads ahead to its first writes).
 POLL_HOLD_S = 0.25
+#: The interpreter's switch interval once READY. Each time the event loop waits on a socket it
+#: hands Python over; a thread running Python meanwhile (the store's thread settling an event)
+#: gives it back at the latest after this long. With Python's default, 5 ms, an event's first
+#: stage (some twenty waits) took about 100 ms instead of 1 while the other thread ran Python;
+#: with 1 ms about 20 ms, and that thread about a tenth slower (`bench/thread_contention.py`).
+SWITCH_INTERVAL_S = 0.001
 
 
 class AgentFailed(Exception):
@@ -346,6 +353,7 @@ class Agent:
         # stopped) at random moments, an event's first writes included. Garbage goes first.
         gc.collect()
         gc.freeze()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
 
     async def shutdown(self, reason: str | None = None) -> None:
         """Restore every touched device, record it, publish the final state and the status.
