@@ -266,19 +266,22 @@ class Store:
         self.db.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One real transaction: `with self.db` does not BEGIN on an autocommit connection
-        (isolation_level=None), so a batch would be one commit per row (5x slower) and not atomic."""
-        self.db.execute("BEGIN")
+    def transaction(self, db: sqlite3.Connection | None = None, begin: str = "BEGIN") -> Iterator[None]:
+        """One real transaction on `db` (the store's connection unless given): `with self.db` does
+        not BEGIN on an autocommit connection (isolation_level=None), so a batch would be one
+        commit per row (5x slower) and not atomic. A COMMIT that fails is rolled back too: the
+        connection never keeps the write lock."""
+        conn = self.db if db is None else db
+        conn.execute(begin)
         try:
             yield
+            conn.execute("COMMIT")
         except BaseException:
             # sqlite rolls back by itself on some errors (SQLITE_FULL): a second ROLLBACK would
             # raise "no transaction is active" and hide the real error.
-            if self.db.in_transaction:
-                self.db.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     # -- readings -------------------------------------------------------------
 
@@ -637,14 +640,8 @@ class Store:
             with self.transaction():
                 self.db.executemany(insert, values)
             return
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with self.transaction(db, "BEGIN IMMEDIATE"):  # busy: fail at once, before any work
             db.executemany(insert, values)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:  # a failed COMMIT too: never leave the write lock held
-                db.execute("ROLLBACK")
-            raise
 
     def journal_restored(self, device: str, role: str, note: str) -> None:
         with self.transaction():
