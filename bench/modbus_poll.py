@@ -140,18 +140,25 @@ def site_mix_config(tmp: Path, devices: int, endpoints: int) -> Path:
         out.append(d)
     raw["devices"] = out
     raw["site"]["meter"] = out[0]["name"]
+    # A strategy the config accepts (it is never run): dim the first lighting zone.
+    zone = next((d["zone"] for d in out if d["kind"] == "lighting"), None)
+    if zone is None:
+        raise SystemExit(f"--map site-mix needs a lighting zone among its devices: {devices} are too few")
     raw["strategies"] = [
         {
             "name": "bench",
             "description": "polling only",
             "programs": ["contracted", "realtime"],
             "default": True,
-            "stages": [
-                {"name": "lights", "actions": [{"kind": "lighting", "group": "warehouse", "level_pct": 50}]}
-            ],
+            "stages": [{"name": "lights", "actions": [{"kind": "lighting", "group": zone, "level_pct": 50}]}],
         }
     ]
     raw.pop("outdoor_temperature", None)
+    # Only polled here, but the config must still load at any size: a few devices cannot shed a
+    # band sized for the demo's 1,000 kW peak, so the peak follows the site's size (never below
+    # its largest device).
+    largest = max(float(d.get("rated_kw", 0)) for d in out)
+    raw["contract"]["peak_kw"] = max(largest, min(raw["contract"]["peak_kw"], 10.0 * devices))
     path = tmp / "site-mix.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
@@ -245,7 +252,11 @@ async def poll(args: argparse.Namespace, build: Any) -> dict[str, Any]:
     groups: list[list[Device]] = build()
     transports: list[Any] = [g[0].transport for g in groups]
     devices = [d for g in groups for d in g]
-    fake_agent = SimpleNamespace(clock=SystemClock())
+    # What `_poll_endpoint` takes from the agent: its clock, and the gate a new event's first
+    # stage closes (`hold_polls`), open here as it is between events.
+    polls_go = asyncio.Event()
+    polls_go.set()
+    fake_agent = SimpleNamespace(clock=SystemClock(), _polls_go=polls_go)
 
     async def cycle() -> float:
         t0 = time.perf_counter()
