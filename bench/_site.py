@@ -211,7 +211,8 @@ def start_agent(
     site: Site, log_path: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     # The agent of this tree (not whichever one the venv installed): bench a checkout as it is.
-    env = {**os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
+    # On asyncio, as a default install runs, unless DR_AGENT_LOOP says otherwise (the speed extra).
+    env = {"DR_AGENT_LOOP": "asyncio", **os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
     return subprocess.Popen(
         [
             sys.executable,

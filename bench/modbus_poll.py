@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import yaml
 
+from agent.cli.main import event_loop_runner
 from drivers.device import Device
 from drivers.modbus import ModbusTransport
 from drivers.profile import Profile, load_profile
@@ -351,12 +352,10 @@ def run_map(args: argparse.Namespace, which: str) -> dict[str, Any]:
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise RuntimeError("simulators did not start")
-            try:
-                import uvloop
-
-                runner: Any = uvloop.run
-            except ImportError:
-                runner = asyncio.run
+            # The agent's own choice of loop (DR_AGENT_LOOP), on asyncio unless asked: a default
+            # install has no uvloop.
+            os.environ.setdefault("DR_AGENT_LOOP", "asyncio")
+            runner: Any = event_loop_runner()
             result = runner(poll(args, build))
         finally:
             child.terminate()

@@ -22,7 +22,7 @@ import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, cast
 
 from drivers.backoff import Backoff
 from drivers.errors import ModbusIOError
@@ -127,7 +127,9 @@ class _MbapLink(asyncio.Protocol):
         return self.transport is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A stream transport, but not necessarily asyncio's class: uvloop's is its own (the
+        # `speed` extra), so no isinstance check here.
+        transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # One small request, then wait for its answer: never hold it back (Nagle).

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -28,7 +28,6 @@ from drivers.sim.server import free_port
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import Any
 
     from agent.control.actuator import Actuator
     from agent.platform.clock import ManualClock
@@ -41,6 +40,20 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "config" / "demo-site.yaml"
+
+# The dev venv has uvloop (the speed extra); the agents the tests start run on asyncio, as a
+# default install does, unless a test asks for uvloop (tests/e2e/test_run_sigterm.py).
+os.environ.setdefault("DR_AGENT_LOOP", "asyncio")
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """asyncio's loop for every async test; a test or module marked `each_loop` runs on uvloop
+    (the speed extra) as well, once per loop."""
+    if item.get_closest_marker("each_loop") is None:
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 def mosquitto_binary() -> str:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level, args.log_format)
     try:
+        run_loop = event_loop_runner()
+    except LoopChoiceError as exc:
+        print(f"dr-agent: {exc}", file=sys.stderr)
+        return 2
+    try:
         cfg, warnings = load_site_config(args.config)
     except ConfigError as exc:
         for line in exc.lines:
@@ -91,7 +97,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         await agent.run(stop)
 
     try:
-        _run_loop(main())
+        run_loop(main())
     except AgentFailed as exc:
         # Devices were restored (or what could not be is in the log and the audit), and the
         # broker shows `failed`: exit non-zero so systemd and the operator see it.
@@ -100,14 +106,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
-    """uvloop when installed (the `speed` extra: about half the CPU per Modbus request), else asyncio."""
+#: Which event loop `dr-agent run` runs on: `auto` (the default: uvloop when installed, the
+#: `speed` extra, else asyncio), `asyncio` or `uvloop`. An operator who suspects uvloop sets
+#: `asyncio` in the unit's environment; the test suite runs its agents on both.
+LOOP_ENV = "DR_AGENT_LOOP"
+LOOP_CHOICES = ("auto", "asyncio", "uvloop")
+
+
+class LoopChoiceError(Exception):
+    """DR_AGENT_LOOP names a loop this machine cannot run."""
+
+
+def event_loop_runner() -> Callable[[Coroutine[Any, Any, None]], None]:
+    """What runs the loop DR_AGENT_LOOP asks for (the agent's `starting` line says which ran).
+    uvloop costs about a fifth less CPU per polled Modbus request (bench/modbus_poll.py); the
+    event path's latency is the same."""
+    choice = os.environ.get(LOOP_ENV, "").strip().lower() or "auto"
+    if choice not in LOOP_CHOICES:
+        raise LoopChoiceError(f"{LOOP_ENV}={choice!r}: expected one of {', '.join(LOOP_CHOICES)}")
+    if choice == "asyncio":
+        return asyncio.run
     try:
         import uvloop
     except ImportError:
-        asyncio.run(coro)
-        return
-    uvloop.run(coro)
+        if choice == "uvloop":
+            raise LoopChoiceError(
+                f"{LOOP_ENV}=uvloop, but uvloop is not installed (pip install 'dr-agent[speed]')"
+            ) from None
+        return asyncio.run
+    return uvloop.run
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -285,7 +285,12 @@ class Agent:
             )
             self.provider.primary = MqttProviderLink(self.mqtt)
             log.info(
-                "event=starting site=%s version=%s devices=%d", cfg.site.id, __version__, len(self.devices)
+                "event=starting site=%s version=%s devices=%d loop=%s",
+                cfg.site.id,
+                __version__,
+                len(self.devices),
+                # uvloop's class lives in module "uvloop"; asyncio's in "asyncio.unix_events".
+                type(asyncio.get_running_loop()).__module__.split(".")[0],
             )
             async with asyncio.TaskGroup() as tg:
                 tasks = {

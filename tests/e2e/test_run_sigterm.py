@@ -1,8 +1,12 @@
-"""SIGTERM to `dr-agent run` mid-event restores every touched device, read back over Modbus."""
+"""SIGTERM to `dr-agent run` mid-event restores every touched device, read back over Modbus.
+
+On both event loops the agent can run on: asyncio (a default install) and uvloop (the speed
+extra, taken when installed), chosen with DR_AGENT_LOOP."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from datetime import datetime
 from pathlib import Path
@@ -19,8 +23,9 @@ from tests.integration.test_event_end_to_end import controllable_state
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 async def test_sigterm_mid_event_restores_devices_and_says_stopped(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, loop: str
 ) -> None:
     cfg = site_config(mosquitto.port, tmp_path)
     path = write_config(cfg, tmp_path / "site.yaml")
@@ -29,7 +34,10 @@ async def test_sigterm_mid_event_restores_devices_and_says_stopped(
     plant, plant_task = await serve_plant(cfg, clock)
     before = controllable_state(plant)
     proc = await asyncio.create_subprocess_exec(
-        *agent_command(path, clock.spec()), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        *agent_command(path, clock.spec()),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "DR_AGENT_LOOP": loop},
     )
     try:
         async with Observer(mosquitto.host, mosquitto.port, cfg.topic_root) as obs:
@@ -50,6 +58,7 @@ async def test_sigterm_mid_event_restores_devices_and_says_stopped(
         await stop_run(proc, plant, plant_task)
     err = (await proc.stderr.read()).decode() if proc.stderr else ""
     assert rc == 0, err[-2000:]
+    assert f"loop={loop}" in err, "the agent did not say it ran on the loop asked for"
     after = controllable_state(plant)
     for key in shed:
         assert after[key] == pytest.approx(before[key]), f"{key} left at {after[key]}, was {before[key]}"

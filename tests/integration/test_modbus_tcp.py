@@ -24,7 +24,9 @@ from drivers.profile import Profile
 from drivers.sim.bank import RegisterBank
 from drivers.sim.server import SimServer
 
-pytestmark = pytest.mark.integration
+# Every test here on both loops (tests/conftest.py): the transport is the part of the agent that
+# meets the loop's own transport classes, and uvloop's are not asyncio's.
+pytestmark = [pytest.mark.integration, pytest.mark.each_loop]
 
 TIMEOUT_S = 0.3
 

@@ -26,7 +26,9 @@ from drivers.registry import kinds
 from drivers.sim.bank import RegisterBank
 from drivers.sim.server import SimServer
 
-pytestmark = pytest.mark.integration
+# Every test here on both loops (tests/conftest.py): the transport is the part of the agent that
+# meets the loop's own transport classes, and uvloop's are not asyncio's.
+pytestmark = [pytest.mark.integration, pytest.mark.each_loop]
 
 # Raw test values by type: signed types get negatives, wide types values that need every register.
 RAW: dict[str, Value] = {
