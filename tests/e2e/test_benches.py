@@ -47,11 +47,12 @@ def test_shed_latency_measures_the_agent_and_the_reference_on_every_event() -> N
     out = run_bench("shed_latency", "--sizes", "10x1", "--events", "2")
     (size,) = out["sizes"]
     assert size["missed"] == 0 and size["ref_missed"] == 0, size
-    assert out["p99_all_ms"] > 0 and out["ref_p99_all_ms"] > 0
+    assert out["p99_all_ms"] > 0 and out["ref_p99_all_ms"] > 0 and out["ratio_p99_all"] > 0
 
 
 def test_footprint_reports_rss_cpu_and_start_up() -> None:
     out = run_bench("footprint", "--sizes", "10", "--idle-s", "1", "--event-s", "1")
+    assert {"idle_rss_mb", "rss_mb_100dev", "cpu_pct_1000dev", "startup_s"} <= out.keys()
     assert out["idle_rss_mb"] > 0 and out["startup_s"] > 0
     (size,) = out["sizes"]
     assert size["zones_shed"] == size["first_stage"] > 0, size
@@ -59,6 +60,7 @@ def test_footprint_reports_rss_cpu_and_start_up() -> None:
 
 def test_storage_reports_the_day_and_the_budget() -> None:
     out = run_bench("storage", "--devices", "10")
+    assert {"mb_per_day_100dev", "write_mb_per_day_100dev", "budget_mb", "max_db_mb"} <= out.keys()
     (size,) = out["sizes"]
     assert size["within_budget"] is True, size
     assert 0 < size["max_db_mb"] <= size["budget_mb"], size
