@@ -22,7 +22,8 @@ from tests.conftest import Mosquitto, _spawn_mosquitto, serve_plant, site_config
 from tests.helpers import Observer, event_payload
 from tests.integration.test_event_end_to_end import controllable_state
 
-pytestmark = pytest.mark.integration
+# On uvloop too (the speed extra): the reconnects go through the loop's own socket handling.
+pytestmark = [pytest.mark.integration, pytest.mark.each_loop]
 
 
 def quick_restore(cfg: SiteConfig) -> SiteConfig:

@@ -34,6 +34,8 @@ from tests.integration.test_openadr import Vtn, agent_on_plant, until, vtn_on_lo
 from tests.integration.test_supervision import changed, read_back
 
 pytestmark = [
+    # On uvloop too (the speed extra): its TLS is its own, not asyncio's.
+    pytest.mark.each_loop,
     pytest.mark.integration,
     pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning"),
 ]
