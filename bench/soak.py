@@ -464,7 +464,8 @@ async def soak(
     )  # the broker autosaves the provider's session (1 s): a SIGKILL must not forget it
 
     log_path = tmp / "agent.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # On asyncio, as a default install runs, unless DR_AGENT_LOOP says otherwise (the speed extra).
+    env = {"DR_AGENT_LOOP": "asyncio", **os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg_path), "--clock", clock.spec()]
     cmd += ["--log-format", "json", "--log-level", "warning"]
     procs: list[subprocess.Popen[bytes]] = []
