@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 
 import pytest
 import uvloop
 
 from agent.cli.main import LoopChoiceError, event_loop_runner, main
-from tests.conftest import DEMO_CONFIG
 
 
 def test_auto_takes_uvloop_when_installed_and_each_name_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -33,9 +33,10 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(monkeypatch: pytes
 
 
 def test_run_refuses_an_unknown_loop_before_reading_the_config(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     monkeypatch.setenv("DR_AGENT_LOOP", "trio")
-    assert main(["run", "-c", str(DEMO_CONFIG)]) == 2
+    # A config that does not exist: read first, it would be the error (exit 1), not the loop.
+    assert main(["run", "-c", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "DR_AGENT_LOOP='trio': expected one of auto, asyncio, uvloop" in err
+    assert err.strip() == "dr-agent: DR_AGENT_LOOP='trio': expected one of auto, asyncio, uvloop"
