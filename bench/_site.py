@@ -207,12 +207,17 @@ def build_site(
     return Site(devices, endpoints, path, cfg, clock, first, where)
 
 
+def agent_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a bench starts `dr-agent run` in: the agent of this tree (not whichever
+    one the venv installed), on asyncio as a default install runs unless DR_AGENT_LOOP says
+    otherwise (the speed extra)."""
+    return {"DR_AGENT_LOOP": "asyncio", **os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
+
+
 def start_agent(
     site: Site, log_path: Path, extra_env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    # The agent of this tree (not whichever one the venv installed): bench a checkout as it is.
-    # On asyncio, as a default install runs, unless DR_AGENT_LOOP says otherwise (the speed extra).
-    env = {"DR_AGENT_LOOP": "asyncio", **os.environ, "PYTHONPATH": str(REPO), **(extra_env or {})}
+    env = agent_env(extra_env)
     return subprocess.Popen(
         [
             sys.executable,

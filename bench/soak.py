@@ -464,8 +464,7 @@ async def soak(
     )  # the broker autosaves the provider's session (1 s): a SIGKILL must not forget it
 
     log_path = tmp / "agent.log"
-    # On asyncio, as a default install runs, unless DR_AGENT_LOOP says otherwise (the speed extra).
-    env = {"DR_AGENT_LOOP": "asyncio", **os.environ, "PYTHONPATH": str(REPO)}
+    env = _site.agent_env()
     cmd = [sys.executable, "-m", "agent.cli", "run", "-c", str(cfg_path), "--clock", clock.spec()]
     cmd += ["--log-format", "json", "--log-level", "warning"]
     procs: list[subprocess.Popen[bytes]] = []
