@@ -636,12 +636,10 @@ class Store:
             "INSERT INTO journal(device, role, original, written, ts, event_id, step, original_raw)"
             " VALUES (?,?,?,?,?,?,?,?)"
         )
-        if db is None:
-            with self.transaction():
-                self.db.executemany(insert, values)
-            return
-        with self.transaction(db, "BEGIN IMMEDIATE"):  # busy: fail at once, before any work
-            db.executemany(insert, values)
+        conn = self.db if db is None else db
+        # On the journal's own connection, IMMEDIATE: a busy database fails at once, before any work.
+        with self.transaction(conn, "BEGIN" if db is None else "BEGIN IMMEDIATE"):
+            conn.executemany(insert, values)
 
     def journal_restored(self, device: str, role: str, note: str) -> None:
         with self.transaction():
